@@ -1,0 +1,129 @@
+"""Writers and Rich rendering. Every command builds a plain result `{"rows": [...], ...}` first;
+tables and files are rendered from that object, never the other way round."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .errors import GtpcliError
+
+FORMATS = ("table", "json", "csv", "yaml")
+
+
+def dumps(result: dict[str, Any], fmt: str) -> str:
+    """The result as text in a machine-readable format."""
+    if fmt == "json":
+        return json.dumps(result, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(result, sort_keys=False)
+    if fmt == "csv":
+        return rows_to_csv(result["rows"])
+    raise GtpcliError(f"unknown format {fmt!r} (choose from json, csv, yaml)")
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def format_for(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    fmt = {"yml": "yaml"}.get(suffix, suffix)
+    if fmt not in ("json", "csv", "yaml"):
+        raise GtpcliError(f"cannot tell the format of {path} from its suffix (use .json, .csv or .yaml)")
+    return fmt
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    """Write atomically, so an interrupted run never leaves half a file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(dumps(result, format_for(path)))
+    tmp.replace(path)
+
+
+def emit(result: dict[str, Any], fmt: str, output: Path | None, render) -> None:
+    """Print the table (or a format) to stdout and optionally write the result to a file."""
+    if output is not None:
+        write(result, output)
+    if fmt == "table":
+        render(result, console())
+    else:
+        print(dumps(result, fmt), end="")
+
+
+def console(stderr: bool = False) -> Console:
+    """A terminal keeps its width; a pipe or file gets room enough that no column is cut."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=220)
+
+
+def table(title: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]], caption: str | None = None) -> Table:
+    """A Rich table from (header, justify) pairs and rows of already formatted cells."""
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for header, justify in columns:
+        t.add_column(header, justify=justify)
+    for row in rows:
+        t.add_row(*(str(cell) for cell in row))
+    return t
+
+
+def thousands(value: int | float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
+def mmacs(value: int | float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:,.3f}"
+
+
+def render_complexity(result: dict[str, Any], console: Console) -> None:
+    rows = result["rows"]
+    with_backbone = any("backbone_macs" in r for r in rows)
+    columns = [("N", "right"), ("C", "right"), ("L", "right"), ("H", "right"), ("P", "right"),
+               ("GTP sum", "right"), ("GTP Eq.15", "right"), ("ToMe sum", "right"), ("ToMe Eq.14", "right"),
+               ("Eq. - sum (MACs)", "right"), ("ToMe/GTP", "right")]
+    if with_backbone:
+        columns.append(("backbone GMACs", "right"))
+    cells = []
+    for r in rows:
+        diff = _diff_cell(r["gtp_closed_form_diff"], "GTP") + " " + _diff_cell(r["tome_closed_form_diff"], "ToMe")
+        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], mmacs(r["gtp_macs"]), mmacs(r["gtp_macs_closed_form"]),
+                mmacs(r["tome_macs"]), mmacs(r["tome_macs_closed_form"]), diff.strip() or "[green]0[/]",
+                f"{r['ratio']:.2f}" if r["ratio"] else "-"]
+        if with_backbone:
+            cell.append(f"{r['backbone_macs'] / 1e9:.3f}")
+        cells.append(cell)
+    title = "Extra MMACs of the reduction method itself (paper appendix C.4, Eq. 14 ToMe, Eq. 15 GTP)"
+    if result.get("model"):
+        title += f" - {result['model']}"
+    console.print(table(title, columns, cells, caption="\n".join(result.get("notes", [])) or None))
+    for r in rows:
+        if "layers" in r:
+            _render_layers(r, console)
+
+
+def _diff_cell(diff: int | float, label: str) -> str:
+    return "" if not diff else f"[yellow]{label} {diff:+,}[/]"
+
+
+def _render_layers(row: dict[str, Any], console: Console) -> None:
+    layers = row["layers"]
+    keys = [k for k in dict.fromkeys(k for layer in layers for k in layer) if k not in ("layer", "N_l")]
+    cells = [[layer["layer"], layer["N_l"], *(thousands(layer.get(k)) for k in keys)] for layer in layers]
+    title = f"Per layer, N={row['N']} C={row['C']} L={row['L']} H={row['H']} P={row['P']} (MACs)"
+    console.print(table(title, [("layer", "right"), ("N_l", "right")] + [(k, "right") for k in keys], cells))
