@@ -1,0 +1,175 @@
+"""What every token-reduction method shares: attention that can return its map, proportional
+attention, token sizes, prefix-token bookkeeping, the per-layer schedule and the block patch.
+
+A patched model keeps its timm modules and weights; only the classes of the model's blocks are
+swapped for a subclass whose forward calls `Reduction.reduce` between attention and MLP.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import record_function
+
+from ..analytic import per_layer, token_schedule
+
+# Stage labels for `gtpcli trace`. Off by default so the hot path pays nothing for them.
+LABELS = {"on": False}
+
+
+def stage(name: str):
+    """A profiler label around one stage of the forward pass, only while tracing."""
+    return record_function(name) if LABELS["on"] else nullcontext()
+
+
+def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
+           sparsity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, when asked, the
+    (sparsified) attention map. Returns (output, attention map or None, keys)."""
+    B, N, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = None
+    if need_weights or sparsity < 1.0 or not getattr(attn, "fused_attn", True):
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        weights = logits.softmax(dim=-1)
+        if sparsity < 1.0:
+            weights = sparsify(weights, sparsity)
+        out = attn.attn_drop(weights) @ v
+    else:
+        drop = attn.attn_drop.p if attn.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+    out = out.transpose(1, 2).reshape(B, N, -1)
+    out = attn.norm(out) if hasattr(attn, "norm") else out
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), weights, k
+
+
+def sparsify(weights: torch.Tensor, theta: float) -> torch.Tensor:
+    """Keep the largest ceil(theta * N^2) values of each head's N x N map, zero the rest
+    (values tied with the smallest kept one are kept too); no renormalisation, as in the paper."""
+    N = weights.shape[-1]
+    keep = max(1, int(-(-theta * N * N // 1)))
+    flat = weights.flatten(-2)
+    threshold = flat.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return (flat * (flat >= threshold)).view_as(weights)
+
+
+def size_bias(size: torch.Tensor | None) -> torch.Tensor | None:
+    """Proportional attention (paper Eq. 11): log s added to every query's logits, shape (B, 1, 1, N)."""
+    return None if size is None else size.log().transpose(1, 2).unsqueeze(1)
+
+
+class Reduction:
+    """Configuration and per-forward state of a token-reduction method, shared by all patched blocks.
+
+    `P` is the number of tokens removed per layer: one int, or one per layer. It can be changed between
+    forward passes (`model.reduction.P = 4`) without rebuilding the model.
+    """
+
+    method = "none"
+
+    def __init__(self, model: nn.Module, P: int | Sequence[int], prop_attn: bool = True):
+        self.num_layers = len(model.blocks)
+        self.prefix = int(getattr(model, "num_prefix_tokens", 1))
+        self.tokens = model.patch_embed.num_patches + self.prefix
+        self.prop_attn = prop_attn
+        self.P = P
+        self.size: torch.Tensor | None = None  # (B, N, 1) token sizes, None while all are 1
+
+    @property
+    def P(self) -> int | list[int]:
+        return self._P
+
+    @P.setter
+    def P(self, value: int | Sequence[int]) -> None:
+        self._P = value if isinstance(value, int) else list(value)
+        self.removals = self.schedule_removals(self._P)
+
+    def schedule_removals(self, P: int | Sequence[int]) -> list[int]:
+        """Tokens removed in each layer; a schedule that empties a layer is a ValueError naming it."""
+        token_schedule(self.tokens, self.num_layers, P, self.prefix)
+        return per_layer(P, self.num_layers)
+
+    def schedule(self) -> list[int]:
+        """Tokens entering each block."""
+        return token_schedule(self.tokens, self.num_layers, self.removals, self.prefix)
+
+    def start(self, x: torch.Tensor) -> None:
+        """Called by the first block with the embedded tokens: forget the previous image batch."""
+        self.size = None
+
+    def bias(self) -> torch.Tensor | None:
+        return size_bias(self.size) if self.prop_attn else None
+
+    def needs_weights(self, layer: int) -> bool:
+        return False
+
+    def sparsity(self, layer: int) -> float:
+        return 1.0
+
+    def reduce(self, layer: int, x: torch.Tensor, weights: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sizes_or_ones(self, x: torch.Tensor) -> torch.Tensor:
+        return self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
+
+
+def reduced_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+    """A pre-norm timm Block with the reduction between attention and MLP (as GTP and ToMe place it)."""
+    red: Reduction = self.reduction
+    layer = self.layer_index
+    if layer == 0:
+        red.start(x)
+    with stage("attention"):
+        out, weights, keys = attend(self.attn, self.norm1(x), red.bias(), red.needs_weights(layer),
+                                    red.sparsity(layer))
+        x = x + self.drop_path1(self.ls1(out))
+    if red.removals[layer] > 0:
+        x = red.reduce(layer, x, weights, keys)
+    with stage("mlp"):
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def patch_blocks(model: nn.Module, reduction: Reduction) -> nn.Module:
+    """Swap each block's class for a reducing subclass (weights untouched) and attach the reduction."""
+    unpatch_blocks(model)
+    for index, block in enumerate(model.blocks):
+        for needed in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"):
+            if not hasattr(block, needed):
+                raise ValueError(f"block {index} ({type(block).__name__}) is not a pre-norm timm ViT block: "
+                                 f"it has no '{needed}'")
+        block.__class__ = _reducing_class(type(block))
+        block.reduction = reduction
+        block.layer_index = index
+    model.reduction = reduction
+    return model
+
+
+def unpatch_blocks(model: nn.Module) -> nn.Module:
+    """Restore stock timm behaviour."""
+    for block in getattr(model, "blocks", []):
+        if getattr(type(block), "_stock_class", None) is not None:
+            block.__class__ = type(block)._stock_class
+            del block.reduction, block.layer_index
+    if "reduction" in model.__dict__:
+        del model.reduction
+    return model
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _reducing_class(stock: type) -> type:
+    if stock not in _CLASSES:
+        _CLASSES[stock] = type(f"Reducing{stock.__name__}", (stock,), {"forward": reduced_forward, "_stock_class": stock})
+    return _CLASSES[stock]

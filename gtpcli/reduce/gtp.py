@@ -1,0 +1,208 @@
+"""Graph-based Token Propagation (GTP-ViT, paper section 3.2) as a patch of timm ViT blocks.
+
+Per image, once, after patch embedding: a sparse token graph (spatial 8-neighbourhood, and/or each
+token's M most cosine-similar tokens), stored as padded neighbour lists with the weights of
+A_hat = D^-1/2 A D^-1/2. In every block with P > 0, after attention: score the image tokens from the
+attention map, keep the N - P best, and propagate the other P into the kept ones:
+X^s = X^k + alpha A_hat^p X^p, s^s = s^k + alpha A_hat^p s^p. A_hat^p (kept x propagated) is assembled
+from the neighbour lists each layer, so no N x N matrix is stored or multiplied after the first block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import Reduction, stage
+
+SELECTIONS = ("mixed", "diag", "broad", "cls", "cossim", "random")
+GRAPHS = ("mixed", "spatial", "semantic", "none")
+FUSIONS = ("max", "mean")
+
+
+@dataclass
+class Graph:
+    """Row i of A_hat for each image token: neighbour indices (B, N, K) and weights (B, N, K).
+    Padding slots have weight 0 (and index 0)."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> "Graph":
+        """The lists of these rows (B, R), neighbour indices still in the old numbering."""
+        K = self.index.shape[-1]
+        at = rows.unsqueeze(-1).expand(-1, -1, K)
+        return Graph(self.index.gather(1, at), self.weight.gather(1, at))
+
+    def dense(self, n: int) -> torch.Tensor:
+        """A_hat as a dense (B, N, n) matrix: for tests and small inputs only."""
+        out = self.weight.new_zeros(*self.index.shape[:2], n)
+        return out.scatter_add_(2, self.index, self.weight)
+
+
+def spatial_neighbours(height: int, width: int) -> torch.Tensor:
+    """(H*W, 8) indices of the 8-neighbourhood on the patch grid, -1 where the grid ends."""
+    rows = torch.arange(height).view(-1, 1).expand(height, width).reshape(-1)
+    cols = torch.arange(width).view(1, -1).expand(height, width).reshape(-1)
+    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    out = []
+    for dr, dc in offsets:
+        r, c = rows + dr, cols + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        out.append(torch.where(inside, r * width + c, torch.full_like(r, -1)))
+    return torch.stack(out, dim=-1)
+
+
+def semantic_neighbours(x: torch.Tensor, M: int) -> torch.Tensor:
+    """(B, N, M) indices of each token's M most cosine-similar other tokens (paper Eq. 6-7).
+    Exactly M per row, no self loops; ties at the threshold are broken by torch.topk."""
+    xn = F.normalize(x, dim=-1)
+    similarity = xn @ xn.transpose(-1, -2)
+    similarity.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    return similarity.topk(M, dim=-1).indices
+
+
+def build_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str) -> Graph:
+    """The normalised graph A_hat over the image tokens x (B, N, C) (paper Eq. 5-9)."""
+    B, N, _ = x.shape
+    parts = []
+    if kind in ("mixed", "spatial"):
+        if grid[0] * grid[1] != N:
+            raise ValueError(f"a spatial graph needs a {grid[0]}x{grid[1]} grid of tokens, got {N} tokens")
+        parts.append(spatial_neighbours(*grid).to(x.device).expand(B, N, 8))
+    if kind in ("mixed", "semantic"):
+        parts.append(semantic_neighbours(x, min(M, N - 1)))
+    index = torch.cat(parts, dim=-1)
+    valid = index >= 0
+    if kind == "mixed":  # union: a semantic neighbour that is also a spatial one counts once
+        spatial, semantic = index[..., :8], index[..., 8:]
+        repeated = (semantic.unsqueeze(-1) == spatial.unsqueeze(-2)).any(-1)
+        valid[..., 8:] &= ~repeated
+    index = index.clamp(min=0)
+    degree = valid.sum(-1).to(x.dtype).clamp(min=1)  # D_ii = row sums of A
+    weight = valid.to(x.dtype) * (degree.unsqueeze(-1) * degree.gather(1, index.flatten(1)).view_as(index)).rsqrt()
+    return Graph(index, weight)
+
+
+def fuse(values: torch.Tensor, how: str) -> torch.Tensor:
+    """Fuse per-head scores (B, H, N) into (B, N)."""
+    return values.amax(dim=1) if how == "max" else values.mean(dim=1)
+
+
+def token_scores(weights: torch.Tensor, prefix: int, selection: str, fusion: str,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Importance of each image token (B, N_img): the largest are kept (paper section 3.2.1, Fig. 5)."""
+    if selection == "random":
+        return torch.rand(weights.shape[0], weights.shape[-1] - prefix, device=weights.device)
+    if selection == "cossim":  # ToMe's view: a token very similar to another one is redundant
+        k = F.normalize(keys.mean(dim=1)[:, prefix:], dim=-1)
+        similarity = k @ k.transpose(-1, -2)
+        similarity.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        return -similarity.amax(dim=-1)
+    if selection == "cls":  # EViT: attention from [CLS] to each token
+        return fuse(weights[:, :, 0, prefix:], fusion)
+    diagonal = weights.diagonal(dim1=-2, dim2=-1)
+    regeneration = fuse(diagonal[..., prefix:], fusion)  # Gamma (Eq. 3)
+    if selection == "diag":
+        return regeneration
+    broadcasting = fuse((weights.sum(dim=-2) - diagonal)[..., prefix:], fusion)  # Psi (Eq. 4)
+    return broadcasting if selection == "broad" else regeneration * broadcasting
+
+
+def split(scores: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the kept tokens (in their original order) and of the P propagated ones."""
+    order = scores.argsort(dim=-1, descending=True)
+    keep = order[:, : scores.shape[1] - P].sort(dim=-1).values
+    return keep, order[:, scores.shape[1] - P:]
+
+
+def propagation_matrix(graph: Graph, keep: torch.Tensor, propagated: torch.Tensor) -> torch.Tensor:
+    """A_hat^p, the (B, N - P, P) block of A_hat from propagated to kept tokens, from the neighbour lists."""
+    B, N = graph.index.shape[:2]
+    P = propagated.shape[1]
+    column = torch.zeros(B, N, dtype=torch.long, device=keep.device)
+    column.scatter_(1, propagated, torch.arange(1, P + 1, device=keep.device).expand(B, P))
+    kept_rows = graph.rows(keep)
+    slot = column.gather(1, kept_rows.index.flatten(1)).view_as(kept_rows.index)  # 0: not propagated
+    matrix = kept_rows.weight.new_zeros(B, keep.shape[1], P + 1)
+    return matrix.scatter_add_(2, slot, kept_rows.weight)[..., 1:]
+
+
+def restrict(graph: Graph, keep: torch.Tensor) -> Graph:
+    """Only the kept rows and columns of A_hat survive (renumbered); weights are not renormalised."""
+    B, N = graph.index.shape[:2]
+    new_index = torch.full((B, N), -1, dtype=torch.long, device=keep.device)
+    new_index.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
+    kept_rows = graph.rows(keep)
+    index = new_index.gather(1, kept_rows.index.flatten(1)).view_as(kept_rows.index)
+    return Graph(index.clamp(min=0), kept_rows.weight * (index >= 0))
+
+
+class GTP(Reduction):
+    """GTP's configuration (hyperparameters of the paper) and its per-image state."""
+
+    method = "gtp"
+
+    def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, alpha: float = 0.1, sparsity: float = 1.0,
+                 M: int = 8, selection: str = "mixed", graph: str = "mixed", head_fusion: str = "max",
+                 prop_attn: bool = True):
+        _choose("selection", selection, SELECTIONS)
+        _choose("graph", graph, GRAPHS)
+        _choose("head_fusion", head_fusion, FUSIONS)
+        if selection == "cls" and getattr(model, "cls_token", None) is None:
+            raise ValueError("selection 'cls' needs a [CLS] token, and this model has none (use mixed)")
+        if not 0.0 < sparsity <= 1.0:
+            raise ValueError(f"sparsity must be in (0, 1], got {sparsity}")
+        if M < 1:
+            raise ValueError(f"M (semantic neighbours) must be >= 1, got {M}")
+        self.alpha, self.theta, self.M = float(alpha), float(sparsity), int(M)
+        self.selection, self.graph_kind, self.fusion = selection, graph, head_fusion
+        self.grid = tuple(model.patch_embed.grid_size)
+        self.graph: Graph | None = None
+        super().__init__(model, P, prop_attn)
+
+    def start(self, x: torch.Tensor) -> None:
+        super().start(x)
+        self.graph = None
+        if any(self.removals) and self.propagates:
+            with stage("gtp.graph"):
+                self.graph = build_graph(x[:, self.prefix:], self.grid, self.M, self.graph_kind)
+
+    @property
+    def propagates(self) -> bool:
+        return self.graph_kind != "none" and self.alpha != 0.0
+
+    def needs_weights(self, layer: int) -> bool:
+        return self.removals[layer] > 0 and self.selection not in ("random", "cossim")
+
+    def sparsity(self, layer: int) -> float:
+        return self.theta if self.removals[layer] > 0 else 1.0
+
+    def reduce(self, layer, x, weights, keys):
+        P, p = self.removals[layer], self.prefix
+        with stage("gtp.select"):
+            keep, propagated = split(token_scores(weights, p, self.selection, self.fusion, keys), P)
+        with stage("gtp.propagate"):
+            size = self.sizes_or_ones(x)
+            image, image_size = x[:, p:], size[:, p:]
+            kept, kept_size = _take(image, keep), _take(image_size, keep)
+            if self.graph is not None:
+                matrix = self.alpha * propagation_matrix(self.graph, keep, propagated)
+                kept = kept + matrix @ _take(image, propagated)  # Eq. 10
+                kept_size = kept_size + matrix @ _take(image_size, propagated)  # Eq. 12
+                self.graph = restrict(self.graph, keep)
+            self.size = torch.cat([size[:, :p], kept_size], dim=1)
+            return torch.cat([x[:, :p], kept], dim=1)
+
+
+def _take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def _choose(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
