@@ -94,6 +94,48 @@ def list_profiles(fmt: str = FormatOpt):
     emit({"rows": rows}, check_format(fmt), None, render)
 
 
+GTP = "GTP hyperparameters"
+RUN = "Measurement"
+
+
+@app.command()
+@friendly
+def profile(
+    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
+    P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 [default: the profile's]"),
+    method: Optional[str] = typer.Option(None, "--method", help="gtp, tome or gtp,tome [default: the profile's]"),
+    alpha: Optional[float] = typer.Option(None, help="Propagation strength alpha", rich_help_panel=GTP),
+    sparsity: Optional[float] = typer.Option(None, help="Attention sparsity theta (1 = off)", rich_help_panel=GTP),
+    M: Optional[int] = typer.Option(None, "--M", help="Semantic neighbours per token", rich_help_panel=GTP),
+    selection: Optional[str] = typer.Option(None, help="mixed, diag, broad, cls, cossim, random", rich_help_panel=GTP),
+    graph: Optional[str] = typer.Option(None, help="mixed, spatial, semantic, none", rich_help_panel=GTP),
+    head_fusion: Optional[str] = typer.Option(None, help="max or mean", rich_help_panel=GTP),
+    prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
+    strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N", rich_help_panel=RUN),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 128 on CUDA as in the paper, 16 on CPU]", rich_help_panel=RUN),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution [default: the model's]", rich_help_panel=RUN),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per point (at least)", rich_help_panel=RUN),
+    warmup: Optional[int] = typer.Option(None, help="Untimed batches per point", rich_help_panel=RUN),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Skip throughput", rich_help_panel=RUN),
+    no_flops: bool = typer.Option(False, "--no-flops", help="Skip MAC counting", rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the points already saved in the output file", rich_help_panel=RUN),
+    fmt: str = FormatOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file, rewritten after every point [default: gtpcli-results/MODEL.json]"),
+):
+    """Sweep P over a backbone: real GMACs (fvcore), real img/s, speed-ups, and the paper's row (Table-1 style)."""
+    from .profile_command import ProfileOptions, run_profile
+
+    check_format(fmt)
+    hparams = {"alpha": alpha, "sparsity": sparsity, "M": M, "selection": selection, "graph": graph,
+               "head_fusion": head_fusion}
+    run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
+                               checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
+                               not no_speed, not no_flops, resume, fmt, output))
+
+
 def _profile_for(model: str):
     """A profile by name, path or timm model name; unknown names get close matches."""
     from .profiles import builtin_names, find_profile, suggest

@@ -127,3 +127,54 @@ def _render_layers(row: dict[str, Any], console: Console) -> None:
     cells = [[layer["layer"], layer["N_l"], *(thousands(layer.get(k)) for k in keys)] for layer in layers]
     title = f"Per layer, N={row['N']} C={row['C']} L={row['L']} H={row['H']} P={row['P']} (MACs)"
     console.print(table(title, [("layer", "right"), ("N_l", "right")] + [(k, "right") for k in keys], cells))
+
+
+def render_profile(result: dict[str, Any], console: Console) -> None:
+    """Table-1 style: one block per method, P across, measured rows then the paper's reference rows."""
+    rows = result["rows"]
+    stock = next((r for r in rows if r["method"] == "stock"), None)
+    env = result.get("env", {})
+    setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} {env.get('dtype', '')}, batch {env.get('batch_size', '?')}"
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
+        block = [r for r in rows if r["method"] == method]
+        lines = [
+            ("GMACs", [_num(r["gmacs"], 2) for r in block]),
+            ("img/s", [_num(r["img_s"], 1) for r in block]),
+            ("IQR img/s", [_num(r["img_s_spread"], 1) for r in block]),
+            ("speed-up vs stock", [_times(r["speedup"]) for r in block]),
+            ("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]),
+        ]
+        if any(r.get("acc") is not None for r in block):
+            lines.append(("Acc (%)", [_num(r.get("acc"), 1) for r in block]))
+        if any("paper_gmacs" in r for r in block):
+            lines += [
+                ("paper GMACs", [_num(r.get("paper_gmacs"), 1) for r in block]),
+                ("GMACs - paper", [_delta(r.get("gmacs"), r.get("paper_gmacs")) for r in block]),
+                ("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]),
+                ("paper Acc (%)", [_num(r.get("paper_acc"), 1) for r in block]),
+            ]
+        columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
+        title = f"{result['model']} + {method}"
+        caption = setting
+        if stock:
+            caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
+        console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption))
+    for r in rows:
+        for warning in r.get("warnings", []):
+            console.print(f"[yellow]warning[/] {r['method']} P={r['P']}: {warning}", highlight=False)
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _times(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _delta(value, reference) -> str:
+    if value is None or reference is None:
+        return "-"
+    gap = value - reference
+    colour = "green" if abs(gap) <= 0.1 else "red"
+    return f"[{colour}]{gap:+.2f}[/]"

@@ -1,0 +1,115 @@
+"""Model names to timm models: profiles, timm names, and the user's checkpoints."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .analytic import Arch
+from .errors import GtpcliError
+from .profiles import Profile, builtin_names, find_profile
+
+
+def resolve(name: str) -> tuple[Profile | None, str]:
+    """(profile or None, timm model name) for a profile name, a profile YAML path or a timm name."""
+    import timm
+
+    profile = find_profile(name)
+    if profile is not None:
+        return profile, profile.model["timm"]
+    if timm.is_model(name):
+        return None, name
+    close = difflib.get_close_matches(name, builtin_names() + timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else f" (profiles: {', '.join(builtin_names())}, or any timm model name)"
+    raise GtpcliError(f"unknown model {name!r}{hint}")
+
+
+def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None = None, strict: bool = True) -> nn.Module:
+    """A timm model with random weights, or the weights of a local checkpoint; in eval mode."""
+    import timm
+
+    kwargs = {"img_size": img_size} if img_size else {}
+    try:
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise GtpcliError(f"cannot build {timm_name} with {kwargs}: {exc}") from None
+    if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
+        raise GtpcliError(f"{timm_name} is not a plain Vision Transformer (no blocks/patch_embed); "
+                          "gtpcli patches timm VisionTransformer-style models")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict)
+    return model.eval()
+
+
+def arch_of(model: nn.Module) -> Arch:
+    """The analytic model's view of a timm ViT."""
+    block = model.blocks[0]
+    C = model.embed_dim
+    return Arch(N=model.patch_embed.num_patches + model.num_prefix_tokens, C=C, L=len(model.blocks),
+                H=block.attn.num_heads, prefix=model.num_prefix_tokens,
+                mlp_ratio=block.mlp.fc1.out_features / C, patch_size=model.patch_embed.patch_size[0],
+                in_chans=model.patch_embed.proj.in_channels, num_classes=getattr(model, "num_classes", 1000) or 0)
+
+
+def image_size(model: nn.Module) -> tuple[int, int]:
+    return tuple(model.patch_embed.img_size)
+
+
+def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
+    """Load .pth/.pt/.bin/.tar (tensors only, never code), .safetensors or .npz weights into `model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise GtpcliError(f"checkpoint not found: {path}")
+    if path.suffix == ".npz":
+        try:
+            model.load_pretrained(str(path))
+        except Exception as exc:  # numpy/timm raise many kinds for a wrong or corrupt file
+            raise GtpcliError(f"{path}: cannot load as a big_vision/timm .npz checkpoint: {exc}") from None
+        return
+    state = _read_state_dict(path)
+    report = model.load_state_dict(state, strict=False) if not strict else None
+    if strict:
+        _check_keys(model, state, path)
+        model.load_state_dict(state, strict=True)
+    elif report.missing_keys:
+        print(f"warning: {len(report.missing_keys)} keys missing from {path}, left random")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise GtpcliError(f"{path}: not a readable safetensors file ({exc})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise GtpcliError(f"{path}: refused, the file holds Python objects beyond tensors, and "
+                                  "unpickling them could run code") from None
+            raise GtpcliError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
+    for key in ("model", "state_dict", "model_ema", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise GtpcliError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _check_keys(model: nn.Module, state: dict, path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if keys]
+    if problems:
+        raise GtpcliError(f"{path} does not fit this architecture; " + "; ".join(problems) +
+                          " (use --no-strict to load what fits)")

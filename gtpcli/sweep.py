@@ -1,0 +1,168 @@
+"""`gtpcli profile` as data: sweep P over a backbone for each method, one plain row per point.
+
+The stock timm model is measured first, in the same run, so every speed-up is a ratio of two figures
+taken under the same conditions. Each finished row is handed to `on_row` at once (the CLI saves it),
+so an interrupted sweep keeps what it measured and can resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import analytic as A
+from . import backbones
+from .errors import GtpcliError
+from .measure import flops, speed
+from .profiles import Profile
+from .reduce import METHODS, patch, unpatch
+
+STOCK = "stock"
+MACS_TOLERANCE = 0.01  # counted vs analytic, and fvcore vs FlopCounterMode
+
+
+@dataclass
+class SweepConfig:
+    model: str
+    timm_name: str
+    profile: Profile | None
+    methods: list[str]
+    Ps: list[int]
+    timing: speed.Timing
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # command-line overrides per method
+    checkpoint: Path | None = None
+    strict: bool = True
+    img_size: int | None = None
+    flops: bool = True
+    speed: bool = True
+
+    def points(self) -> list[tuple[str, int]]:
+        return [(STOCK, 0)] + [(method, P) for method in self.methods for P in self.Ps]
+
+    def hparams_for(self, method: str, P: int) -> dict[str, Any]:
+        chosen = self.profile.hparams_for(method, P) if self.profile else {}
+        return {**chosen, **self.hparams.get(method, {})}
+
+
+def build(cfg: SweepConfig) -> torch.nn.Module:
+    """The backbone, checked against every sweep point before any measuring starts."""
+    for method in cfg.methods:
+        if method not in METHODS:
+            raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    model = backbones.create(cfg.timm_name, cfg.img_size, cfg.checkpoint, cfg.strict)
+    for method, P in cfg.points()[1:]:
+        try:
+            patch(model, method, P=P, **cfg.hparams_for(method, P))
+        except (ValueError, TypeError) as exc:
+            raise GtpcliError(f"{method} at P={P}: {exc}") from None
+    unpatch(model)
+    return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
+
+
+def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[str], None]) -> dict[str, Any]:
+    """One row: token schedule, counted and analytic MACs, throughput."""
+    hparams = cfg.hparams_for(method, P) if method != STOCK else {}
+    unpatch(model)
+    if method != STOCK:
+        patch(model, method, P=P, **hparams)
+    arch = backbones.arch_of(model)
+    removals = model.reduction.removals if method != STOCK else [0] * arch.L
+    row: dict[str, Any] = {
+        "model": cfg.model, "method": method, "P": P, "hparams": hparams,
+        "tokens": A.token_schedule(arch.N, arch.L, removals, arch.prefix),
+        "analytic_macs": sum(A.backbone_macs(arch, removals).values())
+        + A.implemented_overhead(arch, method, removals, hparams),
+        "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
+    }
+    if method == "tome" and model.reduction.clamped:
+        row["warnings"].append(f"r clamped in layers {[layer for layer, _, _ in model.reduction.clamped]}")
+    if cfg.flops:
+        image = torch.randn(1, 3, *backbones.image_size(model), device=cfg.timing.device,
+                            dtype=speed.dtype_of(cfg.timing.dtype))
+        count = flops.count_macs(model, image)
+        row |= {"macs": count.macs, "gmacs": round(count.macs / 1e9, 4), "flop_counter_macs": count.flop_counter_macs}
+        row["warnings"] += macs_warnings(count, row["analytic_macs"])
+    if cfg.speed:
+        row |= throughput(model, cfg, warn)
+    return row
+
+
+def macs_warnings(count: flops.MacCount, analytic: int) -> list[str]:
+    found = []
+    gap = abs(count.macs - analytic) / analytic
+    if gap > MACS_TOLERANCE:
+        found.append(f"counted MACs differ from the analytic model by {gap:.1%}")
+    if (count.counters_disagree or 0) > MACS_TOLERANCE:
+        found.append(f"fvcore and FlopCounterMode differ by {count.counters_disagree:.1%}")
+    if count.uncounted:
+        found.append(f"fvcore could not count: {', '.join(count.uncounted)}")
+    return found
+
+
+def throughput(model, cfg: SweepConfig, warn: Callable[[str], None]) -> dict[str, Any]:
+    """Median img/s and IQR; on out-of-memory, halve the batch and say so."""
+    timing = cfg.timing
+    while True:
+        try:
+            t = speed.measure(model, backbones.image_size(model), timing)
+            return {"img_s": round(t.img_s, 2), "img_s_spread": round(t.spread, 2), "img_s_q1": round(t.q1, 2),
+                    "img_s_q3": round(t.q3, 2), "runs": t.runs, "batch_size": t.batch_size}
+        except RuntimeError as exc:
+            if not speed.is_out_of_memory(exc) or timing.batch_size == 1:
+                raise
+            if timing.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            timing = replace(timing, batch_size=timing.batch_size // 2)
+            warn(f"out of memory; retrying with batch size {timing.batch_size}")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Speed-up against the stock model of the same run, and against each method's own P = 0."""
+    stock = next((r["img_s"] for r in rows if r["method"] == STOCK), None)
+    for row in rows:
+        own_p0 = next((r["img_s"] for r in rows if r["method"] == row["method"] and r["P"] == 0), None)
+        row["speedup"] = _ratio(row["img_s"], stock)
+        row["speedup_vs_p0"] = _ratio(row["img_s"], own_p0)
+    return rows
+
+
+def add_reference(rows: list[dict[str, Any]], profile: Profile | None) -> list[dict[str, Any]]:
+    """The paper's published figures next to ours, where the profile carries them."""
+    ref = (profile.reference if profile else None) or {}
+    for row in rows:
+        if row["method"] != ref.get("method", "gtp") or row["P"] not in ref.get("P", []):
+            continue
+        at = ref["P"].index(row["P"])
+        for key in ("gmacs", "img_s", "acc"):
+            if key in ref:
+                row[f"paper_{key}"] = ref[key][at]
+    return rows
+
+
+def _ratio(value, base):
+    return round(value / base, 3) if value and base else None
+
+
+def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: SweepConfig) -> bool:
+    """Whether a saved row measured this point under this configuration (for --resume)."""
+    return (row.get("model") == cfg.model and row.get("method") == method and row.get("P") == P
+            and row.get("hparams") == hparams
+            and (not cfg.speed or row.get("img_s") is not None)
+            and (not cfg.flops or row.get("macs") is not None))
+
+
+def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[dict]], None],
+        advance: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Measure every point not already in `saved`; after each, `on_row` gets all rows so far."""
+    model = build(cfg)
+    rows: list[dict[str, Any]] = []
+    for method, P in cfg.points():
+        hparams = cfg.hparams_for(method, P) if method != STOCK else {}
+        done = next((r for r in saved if same_point(r, method, P, hparams, cfg)), None)
+        advance(f"{method} P={P}" + (" (resumed)" if done else ""))
+        rows.append(done or measure_point(model, cfg, method, P, warn))
+        on_row(add_reference(add_ratios(rows), cfg.profile))
+    return rows
