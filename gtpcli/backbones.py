@@ -89,9 +89,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                raise GtpcliError(f"{path}: refused, the file holds Python objects beyond tensors, and "
-                                  "unpickling them could run code") from None
+            if _is_pickle(path):
+                raise GtpcliError(f"{path}: refused: it holds Python objects beyond tensors, and unpickling "
+                                  "them could run code (torch.load weights_only=True said no)") from None
             raise GtpcliError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
     for key in ("model", "state_dict", "model_ema", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -100,6 +100,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise GtpcliError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file is a well-formed pickle (plain, or inside torch's zip format)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        for _ in pickletools.genops(data):
+            pass
+        return True
+    except Exception:
+        return False
 
 
 def _check_keys(model: nn.Module, state: dict, path: Path) -> None:

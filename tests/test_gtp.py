@@ -32,12 +32,13 @@ def dense_spatial(height: int, width: int) -> torch.Tensor:
 
 def dense_semantic(x: torch.Tensor, M: int) -> torch.Tensor:
     """Eq. 6-7 by brute force on one image (N, C): row i marks its M most cosine-similar other tokens."""
-    x = x.double()
-    n = x.shape[0]
+    rows = x.double().tolist()
+    n = len(rows)
+    norms = [math.sqrt(sum(v * v for v in r)) for r in rows]
     A = torch.zeros(n, n)
-    norms = [x[i].norm() for i in range(n)]
     for i in range(n):
-        sims = sorted(((float(x[i] @ x[j] / (norms[i] * norms[j])), j) for j in range(n) if j != i), reverse=True)
+        sims = sorted(((sum(a * b for a, b in zip(rows[i], rows[j])) / (norms[i] * norms[j]), j)
+                       for j in range(n) if j != i), reverse=True)
         for _, j in sims[:M]:
             A[i, j] = 1.0
     return A
@@ -63,7 +64,8 @@ def hand_sparsify(w: torch.Tensor, theta: float) -> torch.Tensor:
     out = torch.zeros_like(w)
     for h in range(H):
         flat = w[h].flatten()
-        top = sorted(range(flat.numel()), key=lambda i: -float(flat[i]))[:keep]
+        values = flat.tolist()
+        top = sorted(range(len(values)), key=lambda i: -values[i])[:keep]
         mask = torch.zeros_like(flat)
         mask[top] = 1.0
         out[h] = (flat * mask).view(n, n)
@@ -91,12 +93,13 @@ def hand_attention(attn, h: torch.Tensor, size: torch.Tensor | None, theta: floa
 def hand_scores(w: torch.Tensor, prefix: int, selection: str, fusion: str) -> list[float]:
     """Importance of each image token of one attention map (H, N, N), entry by entry (Eq. 3-4)."""
     H, n, _ = w.shape
+    w = w.tolist()
     agg = max if fusion == "max" else (lambda values: sum(values) / len(values))
     scores = []
     for i in range(prefix, n):
-        gamma = agg([float(w[h, i, i]) for h in range(H)])
-        psi = agg([sum(float(w[h, j, i]) for j in range(n) if j != i) for h in range(H)])
-        cls = agg([float(w[h, 0, i]) for h in range(H)])
+        gamma = agg([w[h][i][i] for h in range(H)])
+        psi = agg([sum(w[h][j][i] for j in range(n) if j != i) for h in range(H)])
+        cls = agg([w[h][0][i] for h in range(H)])
         scores.append({"mixed": gamma * psi, "diag": gamma, "broad": psi, "cls": cls}[selection])
     return scores
 
@@ -107,7 +110,7 @@ def top_split(scores: list[float], P: int) -> tuple[list[int], list[int]]:
     n_keep = len(scores) - P
     if 0 < n_keep < len(scores):
         gap = scores[order[n_keep - 1]] - scores[order[n_keep]]
-        assert gap > 1e-6 * max(1.0, abs(scores[order[0]])), "tied scores at the cut: ill-posed test input"
+        assert gap > 1e-5 * abs(scores[order[0]]), "tied scores at the cut: ill-posed test input"
     return sorted(order[:n_keep]), order[n_keep:]
 
 
@@ -178,7 +181,7 @@ def test_vit_medium_gap_has_what_it_is_used_for(vit_medium_gap):
     assert all(type(b.ls1).__name__ == "LayerScale" and type(b.ls2).__name__ == "LayerScale" for b in m.blocks)
     assert all(b.attn.qkv.bias is None for b in m.blocks)
     # the LayerScale gammas are distinctive (set by the fixture), not timm's 1e-6
-    assert float(m.blocks[0].ls1.gamma.min()) > 0.4
+    assert float(m.blocks[0].ls1.gamma.detach().min()) > 0.4
 
 
 @pytest.mark.parametrize("name", MODELS_P0)
@@ -303,7 +306,7 @@ def test_prefix_tokens_are_carried(name, graph, request, fresh, image, record_bl
             expected = stock_block(block, x, None if size is None else size_bias(size))
             assert (got[:, :p] - expected[:, :p]).abs().max().item() <= 1e-5
             if graph == "none":  # pure pruning: every image row is one of the stock rows, each once
-                distance = torch.cdist(got[:, p:], expected[:, p:])
+                distance = (got[:, p:, None] - expected[:, None, p:]).abs().amax(dim=-1)
                 best = distance.min(dim=-1)
                 assert best.values.max().item() <= 1e-4
                 assert all(len(set(row.tolist())) == row.numel() for row in best.indices)
@@ -529,7 +532,7 @@ def test_sparsify_keeps_the_largest(theta, n):
     w = torch.softmax(torch.randn(2, 3, n, n), dim=-1)
     out = sparsify(w, theta)
     keep = math.ceil(theta * n * n)
-    assert keep != theta * n * n  # a non-integer product: no rounding question here
+    assert theta == 1.0 or keep != theta * n * n  # a non-integer product: no rounding question here
     assert out.shape == w.shape
     for b in range(2):
         for h in range(3):
@@ -591,8 +594,8 @@ def test_attend_sparsified_output(small_vit):
 @pytest.mark.parametrize("fusion", ["max", "mean"])
 @pytest.mark.parametrize("selection", ["mixed", "diag", "broad", "cls"])
 def test_selection_on_hand_built_map(selection, fusion):
-    prefix, n, P = 1, 7, 3
-    weights = hand_map(2, n, seed=11)
+    prefix, n, P = 1, 11, 5
+    weights = hand_map(2, n, seed=29)
     scores = token_scores(weights, prefix, selection, fusion)
     expected = hand_scores(weights[0], prefix, selection, fusion)
     assert scores.shape == (1, n - prefix)
@@ -605,11 +608,13 @@ def test_selection_on_hand_built_map(selection, fusion):
 
 def test_selection_strategies_disagree_on_the_hand_built_map():
     """Guards the test above: on that map the strategies pick different tokens, so each is pinned."""
-    weights = hand_map(2, 7, seed=11)
-    picks = {(s, f): tuple(top_split(hand_scores(weights[0], 1, s, f), 3)[0])
+    weights = hand_map(2, 11, seed=29)
+    picks = {(s, f): tuple(top_split(hand_scores(weights[0], 1, s, f), 5)[0])
              for s in ("mixed", "diag", "broad", "cls") for f in ("max", "mean")}
-    assert len(set(picks.values())) >= 5
-    assert picks[("mixed", "max")] != picks[("mixed", "mean")]
+    assert len(set(picks.values())) >= 6
+    for f in ("max", "mean"):
+        assert all(picks[("mixed", f)] != picks[(s, f)] for s in ("diag", "broad", "cls"))
+    assert all(picks[(s, "max")] != picks[(s, "mean")] for s in ("mixed", "diag", "broad"))
 
 
 def test_selection_with_several_prefix_tokens():
@@ -637,7 +642,7 @@ def test_mixed_selection_explicit_example():
     weights = torch.stack([h0, h1]).unsqueeze(0)
     # Gamma (max over heads of A_ii), image tokens 1..4: [0.5, 0.7, 0.6, 0.4]
     # Psi: column sums without the diagonal, per head, then max:
-    #   head 0: col1 0.15+0.10+0.10+0.30=0.65  col2 0.55  col3 0.15+0.20+0.50+0.10=0.95  col4 0.45
+    #   head 0: col1 0.15+0.10+0.10+0.30=0.65  col2 0.45  col3 0.15+0.20+0.50+0.10=0.95  col4 0.45
     #   head 1: col1 0.20+0.05+0.20+0.25=0.70  col2 0.85  col3 0.20+0.20+0.10+0.05=0.55  col4 0.70
     #   max: [0.70, 0.85, 0.95, 0.70]
     # Gamma x Psi = [0.35, 0.595, 0.57, 0.28] -> keep image tokens 1 and 2 (0-based among images)
@@ -645,7 +650,7 @@ def test_mixed_selection_explicit_example():
     assert torch.allclose(scores[0], torch.tensor([0.35, 0.595, 0.57, 0.28]), atol=1e-6)
     keep, prop = split(scores, 2)
     assert keep[0].tolist() == [1, 2] and sorted(prop[0].tolist()) == [0, 3]
-    # diag alone keeps [1, 2] too; broad alone keeps [1, 2]; cls (row 0, max): [0.2, 0.2, 0.2, 0.2] ties
+    # keeping one: diag keeps image token 1 (Gamma 0.7), broad image token 2 (Psi 0.95); cls is row 0
     assert split(token_scores(weights, 1, "diag", "max"), 3)[0][0].tolist() == [1]
     assert split(token_scores(weights, 1, "broad", "max"), 3)[0][0].tolist() == [2]
     assert torch.allclose(token_scores(weights, 1, "cls", "max")[0], torch.tensor([0.2, 0.2, 0.2, 0.2]))

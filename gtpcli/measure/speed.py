@@ -93,7 +93,7 @@ def fingerprint(timing: Timing) -> dict:
     else:
         name = _cpu_name()
     return {
-        "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version(),
         "device": timing.device, "device_name": name, "dtype": timing.dtype, "batch_size": timing.batch_size,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "fused_attn": bool(use_fused_attn()),
     }
