@@ -1,0 +1,323 @@
+"""ToMe (bipartite soft matching, size-weighted merging) against independent computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gtpcli
+from gtpcli.reduce.common import size_bias
+from gtpcli.reduce.tome import ToMe, bipartite_matching, merge
+
+
+def block_counts(record):
+    return [x.shape[1] for x in record["inputs"]]
+
+
+def hand_attention(attn, h, size):
+    """softmax(QK^T scale + log s) V on one image (N, C), written out; returns (output, keys (H, N, d))."""
+    n, _ = h.shape
+    qkv = attn.qkv(h).reshape(n, 3, attn.num_heads, -1).permute(1, 2, 0, 3)
+    q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if size is not None:
+        logits = logits + size.reshape(1, 1, n).log()
+    out = (torch.softmax(logits, dim=-1) @ v).transpose(0, 1).reshape(n, -1)
+    return attn.proj(attn.norm(out)), k
+
+
+def hand_matching(metric: torch.Tensor, r: int) -> dict[int, int]:
+    """Bipartite soft matching on one image (N, d), by its definition: tokens at even positions (set A)
+    each pick their most cosine-similar token at an odd position (set B); the r A tokens with the most
+    similar partners are merged. Returns {position in the image of the A token: position of its B token}."""
+    rows = metric.double().tolist()
+    n = len(rows)
+
+    def cos(i, j):
+        a, b = rows[i], rows[j]
+        return sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+    edges = []
+    for i in range(0, n, 2):
+        best = max(range(1, n, 2), key=lambda j: cos(i, j))
+        edges.append((cos(i, best), i, best))
+    edges.sort(reverse=True)
+    if 0 < r < len(edges):
+        assert edges[r - 1][0] - edges[r][0] > 1e-6, "tied edges at the cut: ill-posed test input"
+    return {i: j for _, i, j in edges[:r]}
+
+
+def hand_merge(x: torch.Tensor, size: torch.Tensor, pairs: dict[int, int]):
+    """Size-weighted average of each B token with the A tokens merged into it; one image (N, C), (N, 1).
+    Returns the surviving tokens and sizes as (unmerged A tokens, B tokens in order)."""
+    n = x.shape[0]
+    a_rows = [i for i in range(0, n, 2) if i not in pairs]
+    b_rows = list(range(1, n, 2))
+    tokens, sizes = [x[i] for i in a_rows], [size[i] for i in a_rows]
+    for j in b_rows:
+        members = [j] + [i for i, partner in pairs.items() if partner == j]
+        total = sum(size[m] for m in members)
+        tokens.append(sum(x[m] * size[m] for m in members) / total)
+        sizes.append(total)
+    return torch.stack(tokens), torch.stack(sizes), len(a_rows)
+
+
+def assert_same_rows(got: torch.Tensor, expected: torch.Tensor, atol: float):
+    """The same rows, each once, in any order."""
+    assert got.shape == expected.shape
+    distance = (expected[:, None] - got[None]).abs().amax(dim=-1)
+    best = distance.min(dim=1)
+    assert best.values.max().item() <= atol
+    assert len(set(best.indices.tolist())) == got.shape[0]
+    return best.indices
+
+
+# --- r = 0 is the stock model; LayerScale is kept ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["deit_small", "vit_medium_gap", "reg_vit", "reg_gap_vit", "qk_norm_vit"])
+def test_r0_equals_stock(name, request, fresh, image):
+    stock = request.getfixturevalue(name)
+    img = image(stock)
+    with torch.no_grad():
+        expected = stock(img)
+        model = gtpcli.patch(fresh(stock), "tome", r=0)
+        assert model.reduction.method == "tome" and model.reduction.removals == [0] * len(model.blocks)
+        got = model(img)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_layerscale_is_kept(vit_medium_gap, fresh, image):
+    model = fresh(vit_medium_gap)
+    assert all(type(b.ls1).__name__ == "LayerScale" for b in model.blocks)
+    img = image(model)
+    with torch.no_grad():
+        before = model(img)
+        for index, block in enumerate(model.blocks):
+            block.ls1.gamma.fill_(0.37 + 0.05 * index)
+            block.ls2.gamma.fill_(1.9 - 0.1 * index)
+        expected = model(img)
+        assert (expected - before).abs().max().item() > 1e-3  # the gammas matter
+        gtpcli.patch(model, "tome", r=0)
+        got = model(img)
+        gtpcli.unpatch(model)
+        gtpcli.patch(model, "gtp", P=0)
+        got_gtp = model(img)
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (got_gtp - expected).abs().max().item() <= 1e-5
+
+
+def test_unpatch_restores_exactly(small_gap_vit, fresh, image):
+    model = fresh(small_gap_vit)
+    img = image(model, batch=2)
+    with torch.no_grad():
+        expected = model(img)
+        gtpcli.patch(model, "tome", r=6)
+        model(img)
+        gtpcli.unpatch(model)
+        assert torch.equal(model(img), expected)
+    assert "reduction" not in model.__dict__
+
+
+# --- schedule and clamping -------------------------------------------------------------------------------
+
+def test_token_schedule(vit_tiny, fresh, image, record_blocks):
+    model = gtpcli.patch(fresh(vit_tiny), "tome", r=8)
+    img = image(model)
+    with torch.no_grad(), record_blocks(model) as rec:
+        out = model(img)
+    assert block_counts(rec) == [197 - 8 * l for l in range(12)]
+    assert model.reduction.clamped == []
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    size = model.reduction.size
+    assert size.shape == (1, 197 - 8 * 12, 1)
+    assert size[0, 0, 0].item() == 1.0  # the [CLS] token is never merged
+    assert abs(size[0, 1:].sum().item() - 196) <= 1e-3  # ToMe conserves size
+    model.reduction.P = [4, 0, 2, 6, 0, 0, 8, 1, 0, 3, 5, 7]
+    with torch.no_grad(), record_blocks(model) as rec:
+        model(img)
+    Ps = [4, 0, 2, 6, 0, 0, 8, 1, 0, 3, 5, 7]
+    assert block_counts(rec) == [197 - sum(Ps[:l]) for l in range(12)]
+
+
+@pytest.mark.parametrize("r", [20, 40, [0, 30, 30, 30]])
+def test_large_r_is_clamped(r, small_vit, fresh, image, record_blocks):
+    model = gtpcli.patch(fresh(small_vit), "tome", r=r)
+    asked = [r] * 4 if isinstance(r, int) else list(r)
+    # 64 image tokens; a layer with n image tokens can merge at most n // 2 of them
+    image_tokens, used, clamped = 64, [], []
+    for layer, want in enumerate(asked):
+        can = min(want, image_tokens // 2)
+        if can < want:
+            clamped.append((layer, want, can))
+        used.append(can)
+        image_tokens -= can
+    assert model.reduction.clamped == clamped and clamped
+    assert model.reduction.removals == used
+    with torch.no_grad(), record_blocks(model) as rec:
+        out = model(image(model, batch=2))
+    assert block_counts(rec) == [65 - sum(used[:l]) for l in range(4)]
+    assert all(count >= 2 for count in block_counts(rec))
+    assert torch.isfinite(out).all()
+    size = model.reduction.size
+    assert size.shape == (2, 65 - sum(used), 1)
+    assert torch.allclose(size[:, 1:].sum(dim=1), torch.full((2, 1), 64.0), atol=1e-3)
+
+
+def test_clamping_when_set_after_patching(small_vit, fresh):
+    model = gtpcli.patch(fresh(small_vit), "tome", r=4)
+    assert model.reduction.clamped == []
+    model.reduction.P = 1000
+    assert model.reduction.clamped and model.reduction.clamped[0] == (0, 1000, 32)
+    model.reduction.P = 4
+    assert model.reduction.clamped == []
+
+
+@pytest.mark.parametrize("name", ["reg_vit", "reg_gap_vit", "small_gap_vit"])
+def test_total_size_is_the_number_of_image_tokens(name, request, fresh, image):
+    stock = request.getfixturevalue(name)
+    model = gtpcli.patch(fresh(stock), "tome", r=9)
+    p = stock.num_prefix_tokens
+    with torch.no_grad():
+        model(image(model, batch=2))
+    size = model.reduction.size
+    assert size.shape == (2, p + 64 - 4 * 9, 1)
+    assert torch.equal(size[:, :p], torch.ones_like(size[:, :p]))
+    assert torch.allclose(size[:, p:].sum(dim=1), torch.full((2, 1), 64.0), atol=1e-4)
+    assert torch.all(size[:, p:] >= 1)
+
+
+# --- matching and merging ----------------------------------------------------------------------------------
+
+def test_bipartite_matching_hand_built():
+    e = torch.eye(6)
+    # positions 0, 2, 4 are set A; 1, 3, 5 set B
+    tokens = torch.stack([
+        2.0 * e[0],              # 0 (A): the same direction as token 3
+        e[1] + 0.1 * e[4],       # 1 (B): almost token 4
+        e[2] + 0.3 * e[3],       # 2 (A): closest to nothing much
+        e[0],                    # 3 (B)
+        3.0 * e[1],              # 4 (A)
+        e[5] - 0.5 * e[2],       # 5 (B)
+    ]).unsqueeze(0)
+    unmerged, merged, partner = bipartite_matching(tokens, 2)
+    # A index 0 (position 0) -> B index 1 (position 3); A index 2 (position 4) -> B index 0 (position 1)
+    assert dict(zip(merged[0].tolist(), partner[0].tolist())) == {0: 1, 2: 0}
+    assert unmerged[0].tolist() == [1]
+    assert hand_matching(tokens[0], 2) == {0: 3, 4: 1}
+    _, merged1, partner1 = bipartite_matching(tokens, 1)
+    assert merged1[0].tolist() == [0] and partner1[0].tolist() == [1]  # the identical pair goes first
+    out = merge(tokens, unmerged, merged, partner)
+    expected = torch.stack([tokens[0, 2], tokens[0, 1] + tokens[0, 4], tokens[0, 3] + tokens[0, 0], tokens[0, 5]])
+    assert torch.allclose(out[0], expected)
+
+
+@pytest.mark.parametrize("n,r", [(12, 3), (13, 6), (9, 4), (2, 1)])
+def test_bipartite_matching_random(n, r):
+    metric = torch.randn(2, n, 5)
+    unmerged, merged, partner = bipartite_matching(metric, r)
+    n_a = (n + 1) // 2
+    for b in range(2):
+        assert sorted(unmerged[b].tolist() + merged[b].tolist()) == list(range(n_a))
+        got = {2 * a: 2 * j + 1 for a, j in zip(merged[b].tolist(), partner[b].tolist())}
+        assert got == hand_matching(metric[b], r)
+
+
+@pytest.mark.parametrize("n,r", [(12, 3), (13, 6), (20, 10)])
+def test_merge_conserves_size_weighted_sums(n, r):
+    x = torch.randn(2, n, 4, dtype=torch.float64)
+    size = 1 + 3 * torch.rand(2, n, 1, dtype=torch.float64)
+    unmerged, merged, partner = bipartite_matching(torch.randn(2, n, 3, dtype=torch.float64), r)
+    features = merge(torch.cat([x * size, size], dim=-1), unmerged, merged, partner)
+    assert features.shape == (2, n - r, 5)
+    new_size = features[..., -1:]
+    assert torch.allclose((x * size).sum(dim=1), features[..., :-1].sum(dim=1))
+    assert torch.allclose(size.sum(dim=1), new_size.sum(dim=1))
+
+
+@pytest.mark.parametrize("name", ["small_vit", "reg_vit"])
+def test_tome_reduce_against_hand_merge(name, request, fresh):
+    """One `ToMe.reduce` with non-uniform incoming sizes: size-weighted averages, sums conserved."""
+    stock = request.getfixturevalue(name)
+    model = gtpcli.patch(fresh(stock), "tome", r=7)
+    red = model.reduction
+    p = red.prefix
+    n = p + 64
+    x = torch.randn(1, n, stock.embed_dim)
+    size = 1 + 2 * torch.rand(1, n, 1)
+    keys = torch.randn(1, 2, n, 16)
+    red.size = size.clone()
+    out = red.reduce(0, x, None, keys)
+    assert out.shape == (1, n - 7, stock.embed_dim)
+    assert torch.equal(out[:, :p], x[:, :p])
+    assert torch.equal(red.size[:, :p], size[:, :p])
+    # size-weighted feature sum and total size of the image tokens are conserved
+    assert torch.allclose((out[:, p:] * red.size[:, p:]).sum(1), (x[:, p:] * size[:, p:]).sum(1), atol=1e-4)
+    assert torch.allclose(red.size[:, p:].sum(1), size[:, p:].sum(1), atol=1e-4)
+    pairs = hand_matching(keys.mean(dim=1)[0, p:], 7)
+    tokens, sizes, n_a = hand_merge(x[0, p:], size[0, p:], pairs)
+    assert torch.allclose(out[0, p + n_a:], tokens[n_a:], atol=1e-5)  # B tokens, in their order
+    assert torch.allclose(red.size[0, p + n_a:], sizes[n_a:], atol=1e-5)
+    assert_same_rows(out[0, p:p + n_a], tokens[:n_a], atol=1e-6)
+
+
+@pytest.mark.parametrize("name,r", [("small_vit", 6), ("reg_gap_vit", 5), ("qk_norm_vit", [10, 3, 0, 8])])
+def test_every_block_against_hand_tome(name, r, request, fresh, image, record_blocks):
+    """Each block, from its recorded input and sizes: attention with log-size bias, matching on the
+    head-averaged keys, size-weighted merging, MLP; the output rows match (in any order for set A)."""
+    stock = request.getfixturevalue(name)
+    model = gtpcli.patch(fresh(stock), "tome", r=r)
+    p = stock.num_prefix_tokens
+    rs = [r] * 4 if isinstance(r, int) else r
+    with torch.no_grad(), record_blocks(model) as rec:
+        model(image(model, batch=2, seed=5))
+        for layer, block in enumerate(model.blocks):
+            x_in, size_in, got = rec["inputs"][layer], rec["sizes"][layer], rec["outputs"][layer]
+            next_size = rec["sizes"][layer + 1] if layer + 1 < len(model.blocks) else model.reduction.size
+            for b in range(2):
+                s = torch.ones(x_in.shape[1], 1) if size_in is None else size_in[b]
+                out, k = hand_attention(block.attn, block.norm1(x_in[b]), s)
+                x = x_in[b] + block.ls1(out)
+                if rs[layer] > 0:
+                    pairs = hand_matching(k.mean(dim=0)[p:], rs[layer])
+                    tokens, sizes, _ = hand_merge(x[p:], s[p:], pairs)
+                    x = torch.cat([x[:p], tokens])
+                    s = torch.cat([s[:p], sizes])
+                x = x + block.ls2(block.mlp(block.norm2(x)))
+                assert got.shape[1] == x.shape[0]
+                if p:
+                    assert (got[b, :p] - x[:p]).abs().max().item() <= 1e-4
+                order = assert_same_rows(got[b, p:], x[p:], atol=1e-4)
+                assert torch.allclose(next_size[b, p:][order], s[p:], atol=1e-5)
+
+
+def test_bias_is_log_size():
+    size = torch.tensor([[[1.0], [2.0], [4.0]]])
+    bias = size_bias(size)
+    assert bias.shape == (1, 1, 1, 3)
+    assert torch.allclose(bias.flatten(), torch.log(torch.tensor([1.0, 2.0, 4.0])))
+    assert size_bias(None) is None
+
+
+# --- batches and dtypes --------------------------------------------------------------------------------------
+
+def test_batch_equals_images_alone(vit_tiny, fresh, image):
+    model = gtpcli.patch(fresh(vit_tiny), "tome", r=8)
+    img = image(model, batch=3, seed=4)
+    with torch.no_grad():
+        together = model(img)
+        for b in range(3):
+            assert (together[b] - model(img[b:b + 1])[0]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_on_cpu(dtype, small_vit, fresh, image):
+    model = gtpcli.patch(fresh(small_vit), "tome", r=6).to(dtype)
+    with torch.no_grad():
+        out = model(image(model, batch=2, dtype=dtype))
+    assert out.dtype == dtype and out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_tome_instance_is_the_reduction(small_vit, fresh):
+    model = gtpcli.patch(fresh(small_vit), "tome", r=3)
+    assert isinstance(model.reduction, ToMe)
+    assert model.reduction.prefix == 1 and model.reduction.tokens == 65
