@@ -11,8 +11,6 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
-
 
 def _ready(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights with a visible effect: LayerScale gammas (timm's default 1e-6 would make

@@ -7,6 +7,7 @@ swapped for a subclass whose forward calls `Reduction.reduce` between attention 
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -58,7 +59,7 @@ def sparsify(weights: torch.Tensor, theta: float) -> torch.Tensor:
     """Keep the largest ceil(theta * N^2) values of each head's N x N map, zero the rest
     (values tied with the smallest kept one are kept too); no renormalisation, as in the paper."""
     N = weights.shape[-1]
-    keep = max(1, int(-(-theta * N * N // 1)))
+    keep = max(1, math.ceil(theta * N * N - 1e-9))  # tolerate float noise: 0.07 * 100 is 7, not 8
     flat = weights.flatten(-2)
     threshold = flat.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     return (flat * (flat >= threshold)).view_as(weights)
@@ -92,8 +93,9 @@ class Reduction:
 
     @P.setter
     def P(self, value: int | Sequence[int]) -> None:
-        self._P = value if isinstance(value, int) else list(value)
-        self.removals = self.schedule_removals(self._P)
+        value = value if isinstance(value, int) else list(value)
+        self.removals = self.schedule_removals(value)  # raises before anything changes
+        self._P = value
 
     def schedule_removals(self, P: int | Sequence[int]) -> list[int]:
         """Tokens removed in each layer; a schedule that empties a layer is a ValueError naming it."""

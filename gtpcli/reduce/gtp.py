@@ -97,7 +97,8 @@ def token_scores(weights: torch.Tensor, prefix: int, selection: str, fusion: str
                  keys: torch.Tensor | None = None) -> torch.Tensor:
     """Importance of each image token (B, N_img): the largest are kept (paper section 3.2.1, Fig. 5)."""
     if selection == "random":
-        return torch.rand(weights.shape[0], weights.shape[-1] - prefix, device=weights.device)
+        like = keys if keys is not None else weights  # (B, H, N, .) either way
+        return torch.rand(like.shape[0], like.shape[2] - prefix, device=like.device)
     if selection == "cossim":  # ToMe's view: a token very similar to another one is redundant
         k = F.normalize(keys.mean(dim=1)[:, prefix:], dim=-1)
         similarity = k @ k.transpose(-1, -2)
