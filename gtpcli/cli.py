@@ -136,6 +136,70 @@ def profile(
                                not no_speed, not no_flops, resume, fmt, output))
 
 
+@app.command()
+@friendly
+def trace(
+    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
+    P: int = typer.Option(8, "--P", help="Tokens removed per layer"),
+    method: str = typer.Option("gtp", "--method", help="gtp or tome"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 128 on CUDA, 16 on CPU]"),
+    img_size: Optional[int] = typer.Option(None, help="Input resolution [default: the model's]"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Local weights; random otherwise"),
+    steps: int = typer.Option(3, help="Profiled forward passes (after 1 skipped and 1 warm-up)"),
+    out: Path = typer.Option(Path("gtpcli-results/trace"), "--out", help="Directory for the TensorBoard profile and trace.json"),
+    fmt: str = FormatOpt,
+):
+    """Where the time goes: PyTorch profiler over labelled stages, TensorBoard and Chrome traces."""
+    from .report import emit, render_trace
+    from .trace_command import trace_result
+
+    check_format(fmt)
+    if steps < 1:
+        raise GtpcliError(f"--steps must be >= 1, got {steps}")
+    emit(trace_result(model, method, P, device, batch_size, out, img_size, checkpoint, steps), fmt, None, render_trace)
+
+
+@app.command()
+@friendly
+def check(
+    spec: Path = typer.Argument(..., help="Check spec YAML (a 'check:' section, alone or in a profile)"),
+    baseline: Optional[Path] = typer.Option(None, help="Baseline JSON to compare with (gtpcli profile --output, or --update-baseline)"),
+    update_baseline: Optional[Path] = typer.Option(None, help="Measure and write this baseline instead of comparing"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    junit: Optional[Path] = typer.Option(None, help="Also write JUnit XML for CI systems"),
+    fmt: str = FormatOpt,
+):
+    """CI regression check: exit 0 within tolerance, 1 on a regression (named on stderr), 2 on bad input."""
+    from . import regress
+    from .report import console, emit, render_check, write
+
+    check_format(fmt)
+    if (baseline is None) == (update_baseline is None):
+        raise GtpcliError("give exactly one of --baseline FILE or --update-baseline FILE")
+    checks = regress.load_spec(spec)
+    base = regress.load_baseline(baseline) if baseline else None
+    status = console(stderr=True)
+    with status.status("measuring") as progress:
+        rows, env = regress.measure(checks, device, lambda label: progress.update(f"measuring {label}"))
+    if update_baseline is not None:
+        write({"rows": rows, "env": env}, update_baseline)
+        status.print(f"baseline written: {update_baseline} ({len(rows)} rows)")
+        return
+    result = {"rows": regress.compare(checks, rows, base["rows"]), "env": env,
+              "environment_differs": regress.environment_gaps(env, base.get("env", {}))}
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(regress.junit_xml(result))
+    emit(result, fmt, None, render_check)
+    failed = [r for r in result["rows"] if r["verdict"] != "pass"]
+    for r in failed:
+        status.print(f"regression: {r['model']} {r['method']} P={r['P']} {r['metric']}: baseline {r['baseline']}, "
+                     f"now {r['now']} (tolerance {r['tolerance']})", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 def _profile_for(model: str):
     """A profile by name, path or timm model name; unknown names get close matches."""
     from .profiles import builtin_names, find_profile, suggest

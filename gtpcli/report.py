@@ -178,3 +178,42 @@ def _delta(value, reference) -> str:
     gap = value - reference
     colour = "green" if abs(gap) <= 0.1 else "red"
     return f"[{colour}]{gap:+.2f}[/]"
+
+
+def render_trace(result: dict[str, Any], console: Console) -> None:
+    title = (f"{result['model']} + {result['method']} P={result['P']}: {result['forward_ms']:.1f} ms per forward "
+             f"({result['device']}, batch {result['batch_size']})")
+    cells = [[s["stage"], f"{s['ms']:.2f}", f"{s['share']:.1%}" if s["share"] is not None else "-"]
+             for s in result["stages"]]
+    caption = (f"{result['method']}'s own stages: {result['method_time_share']:.1%} of the time, "
+               f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} of "
+               f"{result['total_macs'] / 1e9:.2f} G, analytic)")
+    console.print(table(title, [("stage", "left"), ("ms", "right"), ("share", "right")], cells, caption=caption))
+    ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
+    console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))
+    console.print(f"tensorboard --logdir {result['tensorboard_dir']}    (Chrome/Perfetto: {result['chrome_trace']})",
+                  highlight=False, soft_wrap=True)
+
+
+def render_check(result: dict[str, Any], console: Console) -> None:
+    columns = [(h, "left" if h in ("model", "method", "metric", "verdict") else "right")
+               for h in ("model", "method", "P", "metric", "baseline", "now", "delta", "tolerance", "verdict")]
+    cells = []
+    for r in result["rows"]:
+        verdict = "[green]pass[/]" if r["verdict"] == "pass" else f"[red]FAIL[/] {r.get('why', '')}".strip()
+        cells.append([r["model"], r["method"], r["P"], r["metric"], _short(r["baseline"]), _short(r["now"]),
+                      _short(r["delta"]), r["tolerance"], verdict])
+    failed = sum(r["verdict"] != "pass" for r in result["rows"])
+    title = f"gtpcli check: {len(cells) - failed} passed, {failed} failed"
+    caption = None
+    if result.get("environment_differs"):
+        caption = "[yellow]baseline from a different environment:[/] " + "; ".join(result["environment_differs"])
+    console.print(table(title, columns, cells, caption=caption))
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return f"[{value[0]}..{value[-1]}] ({len(value)})" if len(value) > 4 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else thousands(value)

@@ -73,10 +73,11 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
     row: dict[str, Any] = {
         "model": cfg.model, "method": method, "P": P, "hparams": hparams,
         "tokens": A.token_schedule(arch.N, arch.L, removals, arch.prefix),
-        "analytic_macs": sum(A.backbone_macs(arch, removals).values())
-        + A.implemented_overhead(arch, method, removals, hparams),
+        "params": sum(p.numel() for p in model.parameters()),
+        "overhead_macs": A.implemented_overhead(arch, method, removals, hparams),
         "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
     }
+    row["analytic_macs"] = sum(A.backbone_macs(arch, removals).values()) + row["overhead_macs"]
     if method == "tome" and model.reduction.clamped:
         row["warnings"].append(f"r clamped in layers {[layer for layer, _, _ in model.reduction.clamped]}")
     if cfg.flops:

@@ -1,31 +1,108 @@
-"""Where the forward time goes: the PyTorch profiler over the stage labels of the patched blocks."""
+"""Where the forward time goes: the PyTorch profiler over labelled stages of a patched model.
+
+Labels come from the patched blocks (attention, MLP, the method's own stages) and from hooks put on
+the patch embedding only while tracing, so a model that is not being traced pays nothing for them.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
 
 from ..reduce.common import LABELS
 
-STAGES = ("attention", "mlp", "gtp.graph", "gtp.select", "gtp.propagate", "tome.match", "tome.merge")
+FORWARD = "forward"
+STAGES = ("patch_embed", "attention", "mlp", "gtp.graph", "gtp.select", "gtp.propagate", "tome.match", "tome.merge")
+
+
+@contextmanager
+def labelled(model: nn.Module):
+    """Turn on the blocks' stage labels and label the patch embedding, for the duration only."""
+    open_labels = []
+    pre = model.patch_embed.register_forward_pre_hook(lambda m, a: open_labels.append(_enter("patch_embed")))
+    post = model.patch_embed.register_forward_hook(lambda m, a, out: open_labels.pop().__exit__(None, None, None))
+    LABELS["on"] = True
+    try:
+        yield
+    finally:
+        LABELS["on"] = False
+        pre.remove()
+        post.remove()
+
+
+def _enter(name: str):
+    label = record_function(name)
+    label.__enter__()
+    return label
+
+
+def _activities(x: torch.Tensor) -> list:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> None:
+    with record_function(FORWARD):
+        model(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
 
 def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3) -> dict[str, float]:
     """Milliseconds per forward pass spent in each labelled stage, and in the whole forward."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
-    LABELS["on"] = True
-    try:
-        with torch.inference_mode():
-            model(x)  # warm-up outside the profile
-            with profile(activities=activities) as prof:
-                for _ in range(steps):
-                    with record_function("forward"):
-                        model(x)
-                    if x.is_cuda:
-                        torch.cuda.synchronize()
-    finally:
-        LABELS["on"] = False
+    with torch.inference_mode(), labelled(model):
+        model(x)  # warm-up outside the profile
+        with profile(activities=_activities(x)) as prof:
+            for _ in range(steps):
+                _step(model, x)
+    return _per_step(prof, steps)
+
+
+def _per_step(prof, steps: int) -> dict[str, float]:
     events = {e.key: e for e in prof.key_averages()}
-    wanted = ("forward",) + STAGES
-    return {name: events[name].cpu_time_total / steps / 1e3 for name in wanted if name in events}
+    return {name: events[name].cpu_time_total / steps / 1e3 for name in (FORWARD,) + STAGES if name in events}
+
+
+@dataclass
+class Trace:
+    stage_ms: dict[str, float]
+    top_ops: list[dict]
+    tensorboard_dir: Path
+    chrome_trace: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: int = 1, active: int = 3) -> Trace:
+    """Profile `active` forward passes after `wait` + `warmup` ones; write a TensorBoard profile
+    directory (what torch-tb-profiler reads) and a Chrome-trace JSON (Perfetto, chrome://tracing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensorboard_dir, chrome = out / "tensorboard", out / "trace.json"
+    before = set(tensorboard_dir.glob("*.pt.trace.json"))
+    plan = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
+    with torch.inference_mode(), labelled(model):
+        with profile(activities=_activities(x), schedule=plan,
+                     on_trace_ready=tensorboard_trace_handler(str(tensorboard_dir))) as prof:
+            for _ in range(wait + warmup + active):
+                _step(model, x)
+                prof.step()
+    written = sorted(set(tensorboard_dir.glob("*.pt.trace.json")) - before)
+    shutil.copyfile(written[-1], chrome)  # the same Chrome-trace JSON, under a name Perfetto users expect
+    averages = prof.key_averages()
+    labels = set((FORWARD,) + STAGES)
+    ops = sorted((e for e in averages if e.key not in labels and not e.key.startswith("ProfilerStep")),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    top = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / active / 1e3, 3), "calls": e.count // active}
+           for e in ops]
+    return Trace(_per_step(prof, active), top, tensorboard_dir, chrome, written + [chrome])
+
+
+def labels_in(path: Path) -> set[str]:
+    """The stage labels a Chrome-trace JSON holds (for checking a written trace)."""
+    events = json.loads(path.read_text()).get("traceEvents", [])
+    return {e.get("name") for e in events} & set((FORWARD,) + STAGES)

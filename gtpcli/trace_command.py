@@ -1,0 +1,56 @@
+"""The glue of `gtpcli trace`: a patched model under the profiler, and a summary built as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import analytic as A
+from .errors import GtpcliError
+
+
+def trace_result(model_name: str, method: str, P: int, device: str, batch_size: int | None, out: Path,
+                 img_size: int | None = None, checkpoint: Path | None = None, steps: int = 3) -> dict[str, Any]:
+    import torch
+
+    from . import backbones
+    from .measure import speed, trace
+    from .reduce import METHODS, patch
+
+    if method not in METHODS:
+        raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    profile, timm_name = backbones.resolve(model_name)
+    device = speed.resolve_device(device)
+    batch = batch_size or speed.Timing.default(device).batch_size
+    if batch < 1:
+        raise GtpcliError(f"--batch-size must be >= 1, got {batch}")
+    model = backbones.create(timm_name, img_size, checkpoint)
+    hparams = profile.hparams_for(method, P) if profile else {}
+    try:
+        patch(model, method, P=P, **hparams)
+    except ValueError as exc:
+        raise GtpcliError(str(exc)) from None
+    model.to(device)
+    x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
+    recorded = trace.record(model, x, out, active=steps)
+
+    arch = backbones.arch_of(model)
+    removals = model.reduction.removals
+    backbone = sum(A.backbone_macs(arch, removals).values())
+    own = A.implemented_overhead(arch, method, removals, hparams)
+    forward = recorded.stage_ms.get(trace.FORWARD, 0.0)
+    stages = [{"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None}
+              for name, ms in recorded.stage_ms.items() if name != trace.FORWARD]
+    other = forward - sum(s["ms"] for s in stages)
+    stages.append({"stage": "other", "ms": round(other, 3), "share": round(other / forward, 4) if forward else None})
+    method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
+    return {
+        "model": profile.name if profile else timm_name, "method": method, "P": P, "device": device,
+        "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
+        "method_time_share": round(method_time / forward, 4) if forward else None,
+        "method_macs_share": round(own / (backbone + own), 4),
+        "method_macs": own, "total_macs": backbone + own,
+        "top_ops": recorded.top_ops,
+        "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
+        "rows": stages,
+    }

@@ -1,0 +1,130 @@
+"""`gtpcli check`: an unchanged run passes; one MAC, one token or a lost speed-up fails; bad specs exit 2."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from gtpcli import regress
+from gtpcli.cli import app
+
+runner = CliRunner()
+SPEC = """
+check:
+  models: [deit_tiny_patch16_224]
+  methods: [gtp, tome]
+  P: "0,8"
+  metrics: [macs, tokens, params, overhead_macs]
+"""
+
+
+def check(*args):
+    return runner.invoke(app, ["check", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("check")
+    spec = folder / "spec.yaml"
+    spec.write_text(SPEC)
+    baseline = folder / "baseline.json"
+    result = check(spec, "--update-baseline", baseline)
+    assert result.exit_code == 0, result.output
+    return spec, baseline
+
+
+def edited(baseline, tmp_path, edit):
+    data = json.loads(baseline.read_text())
+    row = next(r for r in data["rows"] if r["method"] == "gtp" and r["P"] == 8)
+    edit(row)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_unchanged_run_passes_with_junit(measured, tmp_path):
+    spec, baseline = measured
+    junit = tmp_path / "junit.xml"
+    result = check(spec, "--baseline", baseline, "--junit", junit, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert len(rows) == 2 * 2 * 4 and all(r["verdict"] == "pass" for r in rows)
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "16" and suite.get("failures") == "0"
+
+
+@pytest.mark.parametrize("metric, edit", [
+    ("macs", lambda row: row.update(macs=row["macs"] + 1)),
+    ("macs", lambda row: row.update(macs=row["macs"] - 1)),
+    ("tokens", lambda row: row["tokens"].__setitem__(5, row["tokens"][5] + 1)),
+    ("params", lambda row: row.update(params=row["params"] - 1)),
+])
+def test_one_mac_or_one_token_off_fails_naming_the_metric(measured, tmp_path, metric, edit):
+    spec, baseline = measured
+    junit = tmp_path / "junit.xml"
+    result = check(spec, "--baseline", edited(baseline, tmp_path, edit), "--junit", junit)
+    assert result.exit_code == 1, result.output
+    assert f"regression: deit_tiny_patch16_224 gtp P=8 {metric}" in result.stderr
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+
+def test_a_30_percent_lower_speedup_fails_and_a_higher_one_passes():
+    key = ("m", "gtp", 8)
+    assert regress.judge(key, "speedup", 1.30, 1.30 * 0.7, 0.15)["verdict"] == "fail"
+    assert regress.judge(key, "speedup", 1.30, 1.30 * 0.9, 0.15)["verdict"] == "pass"
+    assert regress.judge(key, "speedup", 1.30, 1.30 * 1.3, 0.15)["verdict"] == "pass"
+    assert regress.judge(key, "macs", 100, 101, 0.0)["verdict"] == "fail"
+
+
+def test_speedup_is_measured_against_stock_in_the_same_run(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("[macs, tokens, params, overhead_macs]", "[speedup]").replace('"0,8"', "8")
+                    .replace("[gtp, tome]", "[gtp]") + "  speed: {batch_size: 2, runs: 2, warmup: 0}\n")
+    baseline = tmp_path / "b.json"
+    assert check(spec, "--update-baseline", baseline).exit_code == 0
+    rows = json.loads(baseline.read_text())["rows"]
+    stock, gtp = rows[0], rows[1]
+    assert gtp["speedup"] == pytest.approx(gtp["img_s"] / stock["img_s"], rel=1e-2)
+    data = json.loads(baseline.read_text())
+    data["rows"][1]["speedup"] = gtp["speedup"] * 10  # we now look 90% slower than the baseline
+    baseline.write_text(json.dumps(data))
+    result = check(spec, "--baseline", baseline)
+    assert result.exit_code == 1 and "speedup" in result.stderr
+
+
+def test_a_baseline_from_elsewhere_is_flagged(measured, tmp_path):
+    spec, baseline = measured
+    data = json.loads(baseline.read_text())
+    data["env"]["torch"] = "1.0.0"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    result = check(spec, "--baseline", other, "--format", "json")
+    assert result.exit_code == 0
+    assert any("torch" in gap for gap in json.loads(result.stdout)["environment_differs"])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("check:\n  modles: [deit_s]\n", "check.modles"),
+    ("check:\n  models: deit_s\n", "check.models"),
+    ("check:\n  models: [deit_s]\n  metrics: [gflops]\n", "gflops"),
+    ("check:\n  models: [deit_s]\n  tolerances: {macs: -1}\n", "check.tolerances"),
+    ("check:\n  models: [deit_s]\n  speed: {batch: 2}\n", "check.speed.batch"),
+    ("check:\n  models: [deit_s]\n  P: 0..x\n", "check.P"),
+    ("models: [deit_s]\n", "check"),
+    ("check: [unclosed\n", "not valid YAML"),
+])
+def test_malformed_spec_exits_2_naming_the_key(tmp_path, text, key):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    result = check(spec, "--update-baseline", tmp_path / "b.json")
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2(measured, tmp_path):
+    spec, baseline = measured
+    assert check(spec).exit_code == 2
+    assert check(spec, "--baseline", tmp_path / "missing.json").exit_code == 2
+    (tmp_path / "bad.json").write_text("{")
+    assert check(spec, "--baseline", tmp_path / "bad.json").exit_code == 2
