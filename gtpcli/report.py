@@ -73,7 +73,7 @@ def console(stderr: bool = False) -> Console:
 
 def table(title: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]], caption: str | None = None) -> Table:
     """A Rich table from (header, justify) pairs and rows of already formatted cells."""
-    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left", min_width=len(title))
     for header, justify in columns:
         t.add_column(header, justify=justify)
     for row in rows:
@@ -186,8 +186,8 @@ def render_trace(result: dict[str, Any], console: Console) -> None:
     cells = [[s["stage"], f"{s['ms']:.2f}", f"{s['share']:.1%}" if s["share"] is not None else "-"]
              for s in result["stages"]]
     caption = (f"{result['method']}'s own stages: {result['method_time_share']:.1%} of the time, "
-               f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} of "
-               f"{result['total_macs'] / 1e9:.2f} G, analytic)")
+               f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} MMACs of "
+               f"{result['total_macs'] / 1e9:.2f} GMACs, analytic)")
     console.print(table(title, [("stage", "left"), ("ms", "right"), ("share", "right")], cells, caption=caption))
     ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
     console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))

@@ -7,6 +7,7 @@ the patch embedding only while tracing, so a model that is not being traced pays
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,24 @@ def labelled(model: nn.Module):
         post.remove()
 
 
+@contextmanager
+def quiet_native_stderr():
+    """The profiler's C++ side prints start/stop notices on fd 2; keep them off the user's terminal."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to hide
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _enter(name: str):
     label = record_function(name)
     label.__enter__()
@@ -56,7 +75,7 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
 
 def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3) -> dict[str, float]:
     """Milliseconds per forward pass spent in each labelled stage, and in the whole forward."""
-    with torch.inference_mode(), labelled(model):
+    with torch.inference_mode(), labelled(model), quiet_native_stderr():
         model(x)  # warm-up outside the profile
         with profile(activities=_activities(x)) as prof:
             for _ in range(steps):
@@ -85,7 +104,7 @@ def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: 
     tensorboard_dir, chrome = out / "tensorboard", out / "trace.json"
     before = set(tensorboard_dir.glob("*.pt.trace.json"))
     plan = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
-    with torch.inference_mode(), labelled(model):
+    with torch.inference_mode(), labelled(model), quiet_native_stderr():
         with profile(activities=_activities(x), schedule=plan,
                      on_trace_ready=tensorboard_trace_handler(str(tensorboard_dir))) as prof:
             for _ in range(wait + warmup + active):
