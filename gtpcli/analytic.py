@@ -29,6 +29,9 @@ class Arch:
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000
+    stem: str = "patch"         # "patch": one strided conv; "conv4": LV-ViT's 4-layer convolutional stem
+    pooled_norm: bool = False   # the final LayerNorm runs on the pooled vector only (timm's GAP models)
+    aux_head: bool = False      # LV-ViT's token-labeling head on every remaining image token
 
     @property
     def heads(self) -> int:
@@ -142,18 +145,27 @@ def block_terms(N_l: int, P: int, C: int, mlp_ratio: float) -> dict[str, int]:
 NORM_MACS_PER_ELEMENT = 5
 
 
-def backbone_macs(arch: Arch, P: int | Sequence[int], method_overhead: bool = False) -> dict[str, int]:
+def backbone_macs(arch: Arch, P: int | Sequence[int]) -> dict[str, int]:
     """Analytic MACs of the whole backbone at batch 1, split into patch embedding, blocks and head."""
     schedule = token_schedule(arch.N, arch.L, P, arch.prefix)
     removed = per_layer(P, arch.L)
-    patches = arch.N - arch.prefix
     blocks = sum(sum(block_terms(n, p, arch.C, arch.mlp_ratio).values()) for n, p in zip(schedule, removed))
     final_tokens = schedule[-1] - removed[-1]
-    return {
-        "embed": patches * arch.C * arch.in_chans * arch.patch_size**2,
-        "blocks": blocks,
-        "head": NORM_MACS_PER_ELEMENT * final_tokens * arch.C + arch.C * arch.num_classes,
-    }
+    head = NORM_MACS_PER_ELEMENT * (1 if arch.pooled_norm else final_tokens) * arch.C + arch.C * arch.num_classes
+    if arch.aux_head:
+        head += (final_tokens - arch.prefix) * arch.C * arch.num_classes
+    return {"embed": embed_macs(arch), "blocks": blocks, "head": head}
+
+
+def embed_macs(arch: Arch) -> int:
+    """Patch embedding: one patch-sized strided convolution, or LV-ViT's conv stem (convolutions at
+    half resolution, eval BatchNorm at 2 MACs per element as fvcore counts it, then a (patch/2) projection)."""
+    patches = arch.N - arch.prefix
+    if arch.stem == "patch":
+        return patches * arch.C * arch.in_chans * arch.patch_size**2
+    width, half = 64, (int(patches**0.5) * arch.patch_size) // 2
+    convs = half * half * width * (arch.in_chans * 49 + 2 * width * 9)
+    return convs + 3 * 2 * half * half * width + patches * arch.C * width * (arch.patch_size // 2) ** 2
 
 
 def as_number(value: Number) -> int | float:

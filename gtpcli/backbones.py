@@ -17,23 +17,32 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     """(profile or None, timm model name) for a profile name, a profile YAML path or a timm name."""
     import timm
 
+    from .lvvit import MODELS
+
     profile = find_profile(name)
     if profile is not None:
         return profile, profile.model["timm"]
-    if timm.is_model(name):
+    if timm.is_model(name) or name in MODELS:
         return None, name
-    close = difflib.get_close_matches(name, builtin_names() + timm.list_models(), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, builtin_names() + list(MODELS) + timm.list_models(), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else f" (profiles: {', '.join(builtin_names())}, or any timm model name)"
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
 
-def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None = None, strict: bool = True) -> nn.Module:
-    """A timm model with random weights, or the weights of a local checkpoint; in eval mode."""
+def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None = None, strict: bool = True,
+           **kwargs) -> nn.Module:
+    """A timm (or built-in LV-ViT) model with random weights, or the weights of a local checkpoint; in
+    eval mode. Extra keywords go to the constructor (a profile's `model.kwargs`)."""
     import timm
 
-    kwargs = {"img_size": img_size} if img_size else {}
+    from .lvvit import MODELS
+
+    kwargs = {**kwargs, **({"img_size": img_size} if img_size else {})}
     try:
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        if timm_name in MODELS:
+            model = MODELS[timm_name](**kwargs)
+        else:
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
     except TypeError as exc:
         raise GtpcliError(f"cannot build {timm_name} with {kwargs}: {exc}") from None
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
@@ -46,12 +55,19 @@ def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None 
 
 def arch_of(model: nn.Module) -> Arch:
     """The analytic model's view of a timm ViT."""
-    block = model.blocks[0]
+    from .lvvit import ConvStem
+
+    block, embed = model.blocks[0], model.patch_embed
     C = model.embed_dim
-    return Arch(N=model.patch_embed.num_patches + model.num_prefix_tokens, C=C, L=len(model.blocks),
+    pooled_norm = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(
+        getattr(model, "fc_norm", nn.Identity()), nn.Identity)
+    return Arch(N=embed.num_patches + model.num_prefix_tokens, C=C, L=len(model.blocks),
                 H=block.attn.num_heads, prefix=model.num_prefix_tokens,
-                mlp_ratio=block.mlp.fc1.out_features / C, patch_size=model.patch_embed.patch_size[0],
-                in_chans=model.patch_embed.proj.in_channels, num_classes=getattr(model, "num_classes", 1000) or 0)
+                mlp_ratio=block.mlp.fc1.out_features / C, patch_size=embed.patch_size[0],
+                in_chans=getattr(embed, "in_chans", None) or embed.proj.in_channels,
+                num_classes=getattr(model, "num_classes", 1000) or 0,
+                stem="conv4" if isinstance(embed, ConvStem) else "patch", pooled_norm=pooled_norm,
+                aux_head=hasattr(model, "aux_head"))
 
 
 def image_size(model: nn.Module) -> tuple[int, int]:

@@ -85,7 +85,8 @@ def list_profiles(fmt: str = FormatOpt):
         p = load_profile(name)
         a = p.arch
         rows.append({"name": p.name, "timm": p.model["timm"], "N": a.N, "C": a.C, "L": a.L, "H": a.heads,
-                     "P": p.P, "reference": (p.reference or {}).get("source"), "description": p.description})
+                     "P": p.P, "reference": "; ".join(dict.fromkeys(r["source"] for r in p.reference)) or None,
+                     "description": p.description})
 
     def render(result, console):
         columns = [(k, "left") for k in ("name", "timm", "N", "C", "L", "H", "P", "reference")]

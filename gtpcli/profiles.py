@@ -21,11 +21,12 @@ _NUMBER = (int, float)
 # key: (accepted types, required)
 _TOP = {"name": (str, True), "description": (str, False), "model": (dict, True), "method": (str, False),
         "P": ((str, int, list), False), "hparams": (dict, False), "per_P": (dict, False),
-        "reference": (dict, False), "check": (dict, False)}
+        "reference": ((dict, list), False), "check": (dict, False)}
 _MODEL = {"timm": (str, True), "img_size": (int, True), "patch_size": (int, True),
           "prefix_tokens": (int, True), "embed_dim": (int, True), "depth": (int, True),
           "num_heads": (int, True), "mlp_ratio": (_NUMBER, False), "num_classes": (int, False),
-          "in_chans": (int, False)}
+          "in_chans": (int, False), "stem": (str, False), "pooled_norm": (bool, False),
+          "aux_head": (bool, False), "kwargs": (dict, False)}
 _REFERENCE = {"source": (str, True), "method": (str, False), "P": (list, True), "acc": (list, False),
               "gmacs": (list, False), "img_s": (list, False)}
 
@@ -42,7 +43,7 @@ class Profile:
     P: str | int | list = "0..8"
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_P: dict[int, dict[str, Any]] = field(default_factory=dict)
-    reference: dict[str, Any] | None = None
+    reference: list[dict[str, Any]] = field(default_factory=list)
     check: dict[str, Any] | None = None
 
     @property
@@ -51,7 +52,9 @@ class Profile:
         tokens = (m["img_size"] // m["patch_size"]) ** 2 + m["prefix_tokens"]
         return Arch(N=tokens, C=m["embed_dim"], L=m["depth"], H=m["num_heads"], prefix=m["prefix_tokens"],
                     mlp_ratio=float(m.get("mlp_ratio", 4.0)), patch_size=m["patch_size"],
-                    in_chans=m.get("in_chans", 3), num_classes=m.get("num_classes", 1000))
+                    in_chans=m.get("in_chans", 3), num_classes=m.get("num_classes", 1000),
+                    stem=m.get("stem", "patch"), pooled_norm=m.get("pooled_norm", False),
+                    aux_head=m.get("aux_head", False))
 
     def hparams_for(self, method: str, P: int) -> dict[str, Any]:
         """The method's default hyperparameters, with the per-P best values where the profile has them."""
@@ -113,8 +116,12 @@ def _parse(path: Path) -> Profile:
         raise GtpcliError(f"{path}: a profile must be a mapping with keys {', '.join(_TOP)}")
     _check(data, _TOP, path, "")
     _check(data["model"], _MODEL, path, "model.")
-    if data.get("reference") is not None:
-        _check(data["reference"], _REFERENCE, path, "reference.")
+    references = data.get("reference") or []
+    references = [references] if isinstance(references, dict) else references
+    for at, reference in enumerate(references):
+        if not isinstance(reference, dict):
+            raise GtpcliError(f"{path}: key 'reference[{at}]' must be a mapping")
+        _check(reference, _REFERENCE, path, "reference.")
     for method, values in data.get("hparams", {}).items():
         if not isinstance(values, dict):
             raise GtpcliError(f"{path}: key 'hparams.{method}' must be a mapping of hyperparameters")
@@ -123,8 +130,10 @@ def _parse(path: Path) -> Profile:
         if not isinstance(P, int) or not isinstance(values, dict):
             raise GtpcliError(f"{path}: key 'per_P' must map integer P to a mapping, got {P!r}: {values!r}")
         per_P[P] = values
-    fields = {k: v for k, v in data.items() if k != "per_P"}
-    return Profile(path=path, per_P=per_P, **fields)
+    if data["model"].get("stem", "patch") not in ("patch", "conv4"):
+        raise GtpcliError(f"{path}: key 'model.stem' must be patch or conv4")
+    fields = {k: v for k, v in data.items() if k not in ("per_P", "reference")}
+    return Profile(path=path, per_P=per_P, reference=references, **fields)
 
 
 def _check(data: dict, schema: dict, path: Path, prefix: str) -> None:

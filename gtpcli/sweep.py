@@ -22,6 +22,7 @@ from .reduce import METHODS, patch, unpatch
 
 STOCK = "stock"
 MACS_TOLERANCE = 0.01  # counted vs analytic, and fvcore vs FlopCounterMode
+NOISY = 0.2  # an IQR above this share of the median img/s is flagged
 
 
 @dataclass
@@ -52,7 +53,8 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     for method in cfg.methods:
         if method not in METHODS:
             raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    model = backbones.create(cfg.timm_name, cfg.img_size, cfg.checkpoint, cfg.strict)
+    extra = cfg.profile.model.get("kwargs", {}) if cfg.profile else {}
+    model = backbones.create(cfg.timm_name, cfg.img_size, cfg.checkpoint, cfg.strict, **extra)
     for method, P in cfg.points()[1:]:
         try:
             patch(model, method, P=P, **cfg.hparams_for(method, P))
@@ -88,6 +90,9 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
         row["warnings"] += macs_warnings(count, row["analytic_macs"])
     if cfg.speed:
         row |= throughput(model, cfg, warn)
+        if row["img_s_spread"] > NOISY * row["img_s"]:
+            row["warnings"].append(f"noisy timing: IQR is {row['img_s_spread'] / row['img_s']:.0%} of the median "
+                                   "(is the machine busy? try more --runs)")
     return row
 
 
@@ -132,14 +137,14 @@ def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def add_reference(rows: list[dict[str, Any]], profile: Profile | None) -> list[dict[str, Any]]:
     """The paper's published figures next to ours, where the profile carries them."""
-    ref = (profile.reference if profile else None) or {}
-    for row in rows:
-        if row["method"] != ref.get("method", "gtp") or row["P"] not in ref.get("P", []):
-            continue
-        at = ref["P"].index(row["P"])
-        for key in ("gmacs", "img_s", "acc"):
-            if key in ref:
-                row[f"paper_{key}"] = ref[key][at]
+    for ref in profile.reference if profile else []:
+        for row in rows:
+            if row["method"] != ref.get("method", "gtp") or row["P"] not in ref["P"]:
+                continue
+            at = ref["P"].index(row["P"])
+            for key in ("gmacs", "img_s", "acc"):
+                if key in ref:
+                    row[f"paper_{key}"] = ref[key][at]
     return rows
 
 
