@@ -29,15 +29,13 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
 
-def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None = None, strict: bool = True,
-           **kwargs) -> nn.Module:
+def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, **kwargs) -> nn.Module:
     """A timm (or built-in LV-ViT) model with random weights, or the weights of a local checkpoint; in
     eval mode. Extra keywords go to the constructor (a profile's `model.kwargs`)."""
     import timm
 
     from .lvvit import MODELS
 
-    kwargs = {**kwargs, **({"img_size": img_size} if img_size else {})}
     try:
         if timm_name in MODELS:
             model = MODELS[timm_name](**kwargs)
@@ -51,6 +49,18 @@ def create(timm_name: str, img_size: int | None = None, checkpoint: Path | None 
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict)
     return model.eval()
+
+
+ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "num_classes", "in_chans")
+
+
+def constructor_kwargs(profile: Profile | None, img_size: int | None = None) -> dict:
+    """What the model constructor is told: a profile's architecture fields and `model.kwargs`, and the
+    command line's --img-size over both."""
+    found = {}
+    if profile is not None:
+        found = {**{k: profile.model[k] for k in ARCH_KEYS if k in profile.model}, **profile.model.get("kwargs", {})}
+    return found | ({"img_size": img_size} if img_size else {})
 
 
 def arch_of(model: nn.Module) -> Arch:
@@ -79,9 +89,9 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
     path = Path(path)
     if not path.is_file():
         raise GtpcliError(f"checkpoint not found: {path}")
-    if path.suffix == ".npz":
+    if path.suffix == ".npz" and not _npz_has_state_dict_keys(path, model):
         try:
-            model.load_pretrained(str(path))
+            model.load_pretrained(str(path))  # big_vision layout (embedding/kernel, Transformer/encoderblock_0/...)
         except Exception as exc:  # numpy/timm raise many kinds for a wrong or corrupt file
             raise GtpcliError(f"{path}: cannot load as a big_vision/timm .npz checkpoint: {exc}") from None
         return
@@ -94,7 +104,24 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
         print(f"warning: {len(report.missing_keys)} keys missing from {path}, left random")
 
 
+def _npz_arrays(path: Path) -> dict:
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as exc:
+        raise GtpcliError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+
+
+def _npz_has_state_dict_keys(path: Path, model: nn.Module) -> bool:
+    """An .npz saved from a state dict (keys like blocks.0.attn.qkv.weight), not in big_vision layout."""
+    keys = set(_npz_arrays(path))
+    return bool(keys & set(model.state_dict()))
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".npz":
+        return {k: torch.from_numpy(v) for k, v in _npz_arrays(path).items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:

@@ -97,6 +97,7 @@ def list_profiles(fmt: str = FormatOpt):
 
 GTP = "GTP hyperparameters"
 RUN = "Measurement"
+ACC = "Accuracy (your weights and images)"
 
 
 @app.command()
@@ -123,6 +124,9 @@ def profile(
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip throughput", rich_help_panel=RUN),
     no_flops: bool = typer.Option(False, "--no-flops", help="Skip MAC counting", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Reuse the points already saved in the output file", rich_help_panel=RUN),
+    data: Optional[Path] = typer.Option(None, help="ImageFolder (class sub-folders) for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a fixed random subset of N images (95% interval shown)", rich_help_panel=ACC),
+    fidelity: bool = typer.Option(False, "--fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file, rewritten after every point [default: gtpcli-results/MODEL.json]"),
 ):
@@ -134,7 +138,7 @@ def profile(
                "head_fusion": head_fusion}
     run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
                                checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
-                               not no_speed, not no_flops, resume, fmt, output))
+                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity))
 
 
 @app.command()

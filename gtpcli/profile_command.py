@@ -35,6 +35,9 @@ class ProfileOptions:
     resume: bool
     fmt: str
     output: Path | None
+    data: Path | None = None
+    limit: int | None = None
+    fidelity: bool = False
 
 
 def sweep_config(opts: ProfileOptions):
@@ -58,8 +61,13 @@ def sweep_config(opts: ProfileOptions):
     if opts.prop_attn is not None:
         for values in hparams.values():
             values["prop_attn"] = opts.prop_attn
+    if opts.fidelity and opts.data is None:
+        raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
+    if opts.limit is not None and (opts.data is None or opts.limit < 1):
+        raise GtpcliError("--limit N needs --data DIR and N >= 1")
     return sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, methods, Ps, timing,
-                             hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed)
+                             hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed,
+                             opts.data, opts.limit, opts.fidelity)
 
 
 def run_profile(opts: ProfileOptions) -> None:
@@ -97,7 +105,8 @@ def run_profile(opts: ProfileOptions) -> None:
                       "run the same command with --resume to continue")
             raise SystemExit(130)
     emit(result, opts.fmt, None, render_profile)
-    err.print(f"saved {len(result['rows'])} points to {output}" + ("" if cfg.checkpoint else " (random weights: accuracy not measured)"))
+    note = "" if cfg.checkpoint or cfg.data else " (random weights: accuracy not measured)"
+    err.print(f"saved {len(result['rows'])} points to {output}{note}")
 
 
 def previous_rows(path: Path, env: dict[str, Any]) -> list[dict[str, Any]]:

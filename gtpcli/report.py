@@ -146,6 +146,10 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
         ]
         if any(r.get("acc") is not None for r in block):
             lines.append(("Acc (%)", [_num(r.get("acc"), 1) for r in block]))
+            lines.append(("Acc 95% interval", [_interval(r.get("acc_ci95")) for r in block]))
+        if any(r.get("fidelity_top1") is not None for r in block):
+            lines.append(("agrees with stock (%)", [_num(r.get("fidelity_top1"), 1) for r in block]))
+            lines.append(("KL to stock", [_num(r.get("fidelity_kl"), 4) for r in block]))
         if any("paper_gmacs" in r for r in block):
             lines += [
                 ("paper GMACs", [_num(r.get("paper_gmacs"), 1) for r in block]),
@@ -158,6 +162,8 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
         caption = setting
         if stock:
             caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
+            if stock.get("acc") is not None:
+                caption += f", Acc {stock['acc']:.1f}%"
         console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption))
     for r in rows:
         for warning in r.get("warnings", []):
@@ -166,6 +172,10 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
 
 def _num(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(bounds) -> str:
+    return "-" if not bounds else f"{bounds[0]:.1f}-{bounds[1]:.1f}"
 
 
 def _times(value) -> str:

@@ -16,7 +16,7 @@ import torch
 from . import analytic as A
 from . import backbones
 from .errors import GtpcliError
-from .measure import flops, speed
+from .measure import accuracy, flops, speed
 from .profiles import Profile
 from .reduce import METHODS, patch, unpatch
 
@@ -39,6 +39,9 @@ class SweepConfig:
     img_size: int | None = None
     flops: bool = True
     speed: bool = True
+    data: Path | None = None        # ImageFolder (or flat folder) for accuracy / fidelity
+    limit: int | None = None
+    fidelity: bool = False
 
     def points(self) -> list[tuple[str, int]]:
         return [(STOCK, 0)] + [(method, P) for method in self.methods for P in self.Ps]
@@ -53,8 +56,8 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     for method in cfg.methods:
         if method not in METHODS:
             raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    extra = cfg.profile.model.get("kwargs", {}) if cfg.profile else {}
-    model = backbones.create(cfg.timm_name, cfg.img_size, cfg.checkpoint, cfg.strict, **extra)
+    model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict,
+                             **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P in cfg.points()[1:]:
         try:
             patch(model, method, P=P, **cfg.hparams_for(method, P))
@@ -64,8 +67,9 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
 
 
-def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[str], None]) -> dict[str, Any]:
-    """One row: token schedule, counted and analytic MACs, throughput."""
+def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[str], None],
+                  quality: Callable[[Any], dict] = lambda model: {}) -> dict[str, Any]:
+    """One row: token schedule, counted and analytic MACs, throughput, and accuracy when data is given."""
     hparams = cfg.hparams_for(method, P) if method != STOCK else {}
     unpatch(model)
     if method != STOCK:
@@ -88,6 +92,7 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
         count = flops.count_macs(model, image)
         row |= {"macs": count.macs, "gmacs": round(count.macs / 1e9, 4), "flop_counter_macs": count.flop_counter_macs}
         row["warnings"] += macs_warnings(count, row["analytic_macs"])
+    row |= quality(model)
     if cfg.speed:
         row |= throughput(model, cfg, warn)
         if row["img_s_spread"] > NOISY * row["img_s"]:
@@ -157,18 +162,36 @@ def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: Swe
     return (row.get("model") == cfg.model and row.get("method") == method and row.get("P") == P
             and row.get("hparams") == hparams
             and (not cfg.speed or row.get("img_s") is not None)
-            and (not cfg.flops or row.get("macs") is not None))
+            and (not cfg.flops or row.get("macs") is not None)
+            and (not cfg.data or "acc" in row or "fidelity_top1" in row))
 
 
 def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[dict]], None],
         advance: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
     """Measure every point not already in `saved`; after each, `on_row` gets all rows so far."""
     model = build(cfg)
+    quality = quality_meter(model, cfg) if cfg.data else (lambda model: {})
     rows: list[dict[str, Any]] = []
     for method, P in cfg.points():
         hparams = cfg.hparams_for(method, P) if method != STOCK else {}
         done = next((r for r in saved if same_point(r, method, P, hparams, cfg)), None)
         advance(f"{method} P={P}" + (" (resumed)" if done else ""))
-        rows.append(done or measure_point(model, cfg, method, P, warn))
+        rows.append(done or measure_point(model, cfg, method, P, warn, quality))
         on_row(add_reference(add_ratios(rows), cfg.profile))
     return rows
+
+
+def quality_meter(model, cfg: SweepConfig) -> Callable[[Any], dict]:
+    """Accuracy of whatever the model currently is, and, with --fidelity, its agreement with the
+    unreduced model on the same images (whose predictions are computed once, first, on the model as
+    `build` returns it: unpatched)."""
+    loader = accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit, backbones.image_size(model))
+    dtype = speed.dtype_of(cfg.timing.dtype)
+    full = accuracy.predict(model, loader, cfg.timing.device, dtype) if cfg.fidelity else None
+
+    def measure_quality(current) -> dict:
+        predictions = accuracy.predict(current, loader, cfg.timing.device, dtype)
+        found = accuracy.accuracy(predictions)
+        return found | (accuracy.fidelity(predictions, full) if full is not None else {})
+
+    return measure_quality

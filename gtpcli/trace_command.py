@@ -24,7 +24,7 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
     batch = batch_size or speed.Timing.default(device).batch_size
     if batch < 1:
         raise GtpcliError(f"--batch-size must be >= 1, got {batch}")
-    model = backbones.create(timm_name, img_size, checkpoint, **(profile.model.get("kwargs", {}) if profile else {}))
+    model = backbones.create(timm_name, checkpoint, **backbones.constructor_kwargs(profile, img_size))
     hparams = profile.hparams_for(method, P) if profile else {}
     try:
         patch(model, method, P=P, **hparams)

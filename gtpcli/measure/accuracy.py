@@ -1,0 +1,106 @@
+"""Accuracy on a local ImageFolder (ImageNet class order = sorted folder names) with the backbone's own
+eval transform, and fidelity: how often a reduced model agrees with the unreduced one, on any images."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GtpcliError
+
+
+def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int]):
+    """A DataLoader over `folder` with timm's eval transform for this model; `limit` takes a fixed
+    random subset (seed 0), so repeated runs and every sweep point see the same images."""
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    if not folder.is_dir():
+        raise GtpcliError(f"--data: not a directory: {folder}")
+    config = resolve_data_config({"input_size": (3, *image_size)}, model=model)
+    transform = create_transform(**config)
+    if any(entry.is_dir() for entry in folder.iterdir()):
+        try:
+            dataset = ImageFolder(str(folder), transform=transform)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise GtpcliError(f"--data {folder}: not an ImageFolder (one sub-folder of images per class): {exc}") from None
+    else:
+        dataset = UnlabeledImages(folder, transform)
+    if limit is not None and limit < len(dataset):
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+        dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
+    workers = min(4, os.cpu_count() or 1)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+
+
+class UnlabeledImages(torch.utils.data.Dataset):
+    """A flat folder of images without classes (label -1): enough for --fidelity."""
+
+    def __init__(self, folder: Path, transform):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        if not self.files:
+            raise GtpcliError(f"--data {folder}: no images and no class folders")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        with Image.open(self.files[index]) as image:
+            return self.transform(image.convert("RGB")), -1
+
+
+@dataclass
+class Predictions:
+    logits: torch.Tensor   # (n, classes), on the CPU, float32
+    labels: torch.Tensor   # (n,)
+
+
+def predict(model: nn.Module, loader, device: str, dtype: torch.dtype, step: Callable[[int], None] | None = None) -> Predictions:
+    logits, labels = [], []
+    with torch.inference_mode():
+        for images, targets in loader:
+            logits.append(model(images.to(device, dtype)).float().cpu())
+            labels.append(targets)
+            if step:
+                step(len(targets))
+    return Predictions(torch.cat(logits), torch.cat(labels))
+
+
+def accuracy(p: Predictions) -> dict[str, float | int]:
+    """Top-1 and top-5 in %, with a 95% Wilson interval on top-1 (it matters with --limit)."""
+    n = len(p.labels)
+    if n == 0 or bool((p.labels < 0).any()):
+        return {}  # unlabeled images: fidelity only
+    top5 = p.logits.topk(min(5, p.logits.shape[1]), dim=1).indices
+    correct1 = int((top5[:, 0] == p.labels).sum())
+    correct5 = int((top5 == p.labels.unsqueeze(1)).any(dim=1).sum())
+    low, high = wilson(correct1, n)
+    return {"acc": round(100 * correct1 / n, 2), "acc5": round(100 * correct5 / n, 2), "acc_n": n,
+            "acc_ci95": [round(100 * low, 2), round(100 * high, 2)]}
+
+
+def fidelity(reduced: Predictions, full: Predictions) -> dict[str, float]:
+    """Top-1 agreement (%) with the unreduced model and mean KL(full || reduced) of the softmax outputs."""
+    agree = (reduced.logits.argmax(1) == full.logits.argmax(1)).float().mean().item()
+    kl = F.kl_div(F.log_softmax(reduced.logits, 1), F.log_softmax(full.logits, 1), log_target=True,
+                  reduction="batchmean").item()
+    return {"fidelity_top1": round(100 * agree, 2), "fidelity_kl": round(max(kl, 0.0), 6)}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
