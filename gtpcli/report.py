@@ -198,6 +198,9 @@ def render_trace(result: dict[str, Any], console: Console) -> None:
     caption = (f"{result['method']}'s own stages: {result['method_time_share']:.1%} of the time, "
                f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} MMACs of "
                f"{result['total_macs'] / 1e9:.2f} GMACs, analytic)")
+    if result.get("time_per_mac_ratio"):
+        caption += (f"; its time share is {result['time_per_mac_ratio']:.1f}x its MAC share: "
+                    + ("memory- or launch-bound" if result["time_per_mac_ratio"] > 2 else "roughly compute-bound"))
     console.print(table(title, [("stage", "left"), ("ms", "right"), ("share", "right")], cells, caption=caption))
     ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
     console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))

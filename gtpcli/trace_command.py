@@ -49,6 +49,8 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
         "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
         "method_time_share": round(method_time / forward, 4) if forward else None,
         "method_macs_share": round(own / (backbone + own), 4),
+        # far above 1: the method's own stages are memory- or launch-bound, not compute-bound
+        "time_per_mac_ratio": round((method_time / forward) / (own / (backbone + own)), 1) if own and forward else None,
         "method_macs": own, "total_macs": backbone + own,
         "top_ops": recorded.top_ops,
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
