@@ -67,8 +67,8 @@ class Profile:
 def builtin_dir() -> Path:
     """Where the shipped profiles are: the installed package, or `profiles/` of a checkout."""
     try:
-        return Path(str(resources.files("gtpcli._profiles")))
-    except (ModuleNotFoundError, TypeError):
+        return Path(resources.files("gtpcli._profiles"))  # profiles/__init__.py makes this a real path
+    except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "profiles"
 
 

@@ -1,0 +1,1 @@
+"""Built-in profiles, installed as the package data `gtpcli._profiles` (see pyproject.toml)."""
