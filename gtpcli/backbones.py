@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 
 import torch
@@ -96,12 +97,12 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
             raise GtpcliError(f"{path}: cannot load as a big_vision/timm .npz checkpoint: {exc}") from None
         return
     state = _read_state_dict(path)
-    report = model.load_state_dict(state, strict=False) if not strict else None
-    if strict:
-        _check_keys(model, state, path)
-        model.load_state_dict(state, strict=True)
-    elif report.missing_keys:
-        print(f"warning: {len(report.missing_keys)} keys missing from {path}, left random")
+    problems, fitting = _fit(model, state)
+    if problems and strict:
+        raise GtpcliError(f"{path} does not fit this architecture; {problems} (use --no-strict to load what fits)")
+    model.load_state_dict(fitting, strict=False)
+    if problems:
+        sys.stderr.write(f"warning: {path} loaded non-strictly, the rest left random; {problems}\n")
 
 
 def _npz_arrays(path: Path) -> dict:
@@ -163,14 +164,14 @@ def _is_pickle(path: Path) -> bool:
         return False
 
 
-def _check_keys(model: nn.Module, state: dict, path: Path) -> None:
+def _fit(model: nn.Module, state: dict) -> tuple[str, dict]:
+    """A readable report of missing, unexpected and mis-shaped keys, and the tensors that do fit."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if keys]
-    if problems:
-        raise GtpcliError(f"{path} does not fit this architecture; " + "; ".join(problems) +
-                          " (use --no-strict to load what fits)")
+    mismatched = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
+    problems = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys)
+    fitting = {k: v for k, v in state.items() if k in expected and k not in mismatched}
+    return problems, fitting

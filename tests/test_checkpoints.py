@@ -55,13 +55,18 @@ def test_strict_loading_reports_keys_and_no_strict_loads_what_fits(source, tmp_p
     state = source.state_dict()
     del state["head.weight"]
     state["extra.weight"] = torch.zeros(1)
+    state["head.bias"] = torch.zeros(10)  # wrong shape: skipped, not a crash, when not strict
     path = tmp_path / "partial.pth"
     torch.save(state, path)
     result = runner.invoke(app, ["profile", NAME, "--P", "0", "--no-speed", "--checkpoint", str(path)])
     assert result.exit_code == 2
     assert "missing: head.weight" in result.output and "unexpected: extra.weight" in result.output
+    assert "head.bias (10,) vs (1000,)" in result.output
     loaded = backbones.create(NAME, checkpoint=path, strict=False)
     assert torch.equal(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    allowed = runner.invoke(app, ["profile", NAME, "--P", "0", "--no-speed", "--no-strict", "--checkpoint", str(path),
+                                  "--output", str(tmp_path / "o.json")])
+    assert allowed.exit_code == 0 and "loaded non-strictly" in allowed.output
 
 
 @pytest.mark.parametrize("filename, content, message", [
