@@ -83,23 +83,20 @@ def run_profile(opts: ProfileOptions) -> None:
     saved = previous_rows(output, env) if opts.resume else []
     err = console(stderr=True)
 
-    def save(rows):
-        result["rows"] = rows
-        write(result, output)
-
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(f"{cfg.model}", total=len(cfg.points()))
-        first = [True]
+        task = progress.add_task(cfg.model, total=len(cfg.points()))
 
-        def advance(label: str) -> None:
-            if not first[0]:
-                progress.advance(task)
-            first[0] = False
+        def save(rows: list[dict[str, Any]]) -> None:
+            result["rows"] = rows
+            write(result, output)
+            progress.update(task, completed=len(rows))
+
+        def starting(label: str) -> None:
             progress.update(task, description=f"{cfg.model}: {label}")
 
         try:
-            sweep.run(cfg, saved, save, advance, lambda text: err.print(f"[yellow]warning:[/] {text}"))
+            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"))
         except KeyboardInterrupt:
             err.print(f"interrupted: {len(result['rows'])} finished points saved in {output}; "
                       "run the same command with --resume to continue")
