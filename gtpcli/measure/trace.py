@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,7 +94,6 @@ class Trace:
     top_ops: list[dict]
     tensorboard_dir: Path
     chrome_trace: Path
-    files: list[Path] = field(default_factory=list)
 
 
 def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: int = 1, active: int = 3) -> Trace:
@@ -118,7 +117,7 @@ def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: 
                  key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
     top = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / active / 1e3, 3), "calls": e.count // active}
            for e in ops]
-    return Trace(_per_step(prof, active), top, tensorboard_dir, chrome, written + [chrome])
+    return Trace(_per_step(prof, active), top, tensorboard_dir, chrome)
 
 
 def labels_in(path: Path) -> set[str]:
