@@ -102,6 +102,10 @@ class Reduction:
         token_schedule(self.tokens, self.num_layers, P, self.prefix)
         return per_layer(P, self.num_layers)
 
+    def schedule(self) -> list[int]:
+        """Tokens entering each block."""
+        return token_schedule(self.tokens, self.num_layers, self.removals, self.prefix)
+
     def start(self, x: torch.Tensor) -> None:
         """Called by the first block with the embedded tokens: forget the previous image batch."""
         self.size = None
