@@ -90,13 +90,13 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
     path = Path(path)
     if not path.is_file():
         raise GtpcliError(f"checkpoint not found: {path}")
-    if path.suffix == ".npz" and not _npz_has_state_dict_keys(path, model):
+    state = _read_state_dict(path)
+    if path.suffix == ".npz" and not set(state) & set(model.state_dict()):
         try:
             model.load_pretrained(str(path))  # big_vision layout (embedding/kernel, Transformer/encoderblock_0/...)
         except Exception as exc:  # numpy/timm raise many kinds for a wrong or corrupt file
             raise GtpcliError(f"{path}: cannot load as a big_vision/timm .npz checkpoint: {exc}") from None
         return
-    state = _read_state_dict(path)
     problems, fitting = _fit(model, state)
     if problems and strict:
         raise GtpcliError(f"{path} does not fit this architecture; {problems} (use --no-strict to load what fits)")
@@ -112,12 +112,6 @@ def _npz_arrays(path: Path) -> dict:
             return {key: archive[key] for key in archive.files}
     except Exception as exc:
         raise GtpcliError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
-
-
-def _npz_has_state_dict_keys(path: Path, model: nn.Module) -> bool:
-    """An .npz saved from a state dict (keys like blocks.0.attn.qkv.weight), not in big_vision layout."""
-    keys = set(_npz_arrays(path))
-    return bool(keys & set(model.state_dict()))
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
