@@ -184,13 +184,14 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
 def quality_meter(model, cfg: SweepConfig) -> Callable[[Any], dict]:
     """Accuracy of whatever the model currently is, and, with --fidelity, its agreement with the
     unreduced model on the same images (whose predictions are computed once, first, on the model as
-    `build` returns it: unpatched)."""
+    `build` returns it: unpatched, and reused for the stock row)."""
     loader = accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit, backbones.image_size(model))
     dtype = speed.dtype_of(cfg.timing.dtype)
     full = accuracy.predict(model, loader, cfg.timing.device, dtype) if cfg.fidelity else None
 
     def measure_quality(current) -> dict:
-        predictions = accuracy.predict(current, loader, cfg.timing.device, dtype)
+        unreduced = getattr(current, "reduction", None) is None
+        predictions = full if unreduced and full is not None else accuracy.predict(current, loader, cfg.timing.device, dtype)
         found = accuracy.accuracy(predictions)
         return found | (accuracy.fidelity(predictions, full) if full is not None else {})
 
