@@ -59,12 +59,17 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict,
                              **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P in cfg.points()[1:]:
-        try:
-            patch(model, method, P=P, **cfg.hparams_for(method, P))
-        except (ValueError, TypeError) as exc:
-            raise GtpcliError(f"{method} at P={P}: {exc}") from None
+        apply(model, method, P, cfg.hparams_for(method, P))
     unpatch(model)
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
+
+
+def apply(model, method: str, P: int, hparams: dict[str, Any]) -> None:
+    """Patch the model; an impossible P or a bad hyperparameter is the user's error, said in one line."""
+    try:
+        patch(model, method, P=P, **hparams)
+    except (ValueError, TypeError) as exc:
+        raise GtpcliError(f"{method} at P={P}: {exc}") from None
 
 
 def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[str], None],

@@ -13,12 +13,9 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
                  img_size: int | None = None, checkpoint: Path | None = None, steps: int = 3) -> dict[str, Any]:
     import torch
 
-    from . import backbones
+    from . import backbones, sweep
     from .measure import speed, trace
-    from .reduce import METHODS, patch
 
-    if method not in METHODS:
-        raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     profile, timm_name = backbones.resolve(model_name)
     device = speed.resolve_device(device)
     batch = batch_size or speed.Timing.default(device).batch_size
@@ -26,10 +23,7 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
         raise GtpcliError(f"--batch-size must be >= 1, got {batch}")
     model = backbones.create(timm_name, checkpoint, **backbones.constructor_kwargs(profile, img_size))
     hparams = profile.hparams_for(method, P) if profile else {}
-    try:
-        patch(model, method, P=P, **hparams)
-    except ValueError as exc:
-        raise GtpcliError(str(exc)) from None
+    sweep.apply(model, method, P, hparams)
     model.to(device)
     x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
     recorded = trace.record(model, x, out, active=steps)
