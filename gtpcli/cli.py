@@ -191,11 +191,9 @@ def check(
         write({"rows": rows, "env": env}, update_baseline)
         status.print(f"baseline written: {update_baseline} ({len(rows)} rows)")
         return
-    result = {"rows": regress.compare(checks, rows, base["rows"]), "env": env,
-              "environment_differs": regress.environment_gaps(env, base.get("env", {}))}
+    result = regress.verdicts(checks, rows, env, base)
     if junit is not None:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(regress.junit_xml(result))
+        regress.write_junit(result, junit)
     emit(result, fmt, None, render_check)
     failed = [r for r in result["rows"] if r["verdict"] != "pass"]
     for r in failed:

@@ -86,6 +86,12 @@ def measure(spec: CheckSpec, device: str, on_point) -> tuple[list[dict[str, Any]
     return rows, speed.fingerprint(timing)
 
 
+def verdicts(spec: CheckSpec, rows: list[dict], env: dict, baseline: dict) -> dict[str, Any]:
+    """The whole check as data: one verdict per metric, and how the environments differ."""
+    return {"rows": compare(spec, rows, baseline["rows"]), "env": env,
+            "environment_differs": environment_gaps(env, baseline.get("env", {}))}
+
+
 def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dict[str, Any]]:
     """One verdict per (model, method, P, metric)."""
     index = {(r["model"], r["method"], r["P"]): r for r in baseline}
@@ -136,6 +142,11 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise GtpcliError(f"{path}: a baseline is the JSON of `gtpcli profile --output` ({{'rows': [...], 'env': ...}})")
     return data
+
+
+def write_junit(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(junit_xml(result))
 
 
 def junit_xml(result: dict[str, Any]) -> str:
