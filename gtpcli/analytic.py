@@ -180,8 +180,9 @@ def as_number(value: Number) -> int | float:
 def implemented_overhead(arch: Arch, method: str, removals: Sequence[int], hparams: dict | None = None) -> int:
     """Multiply-adds the patched model adds to the backbone, as gtpcli's GTP and ToMe compute them:
     GTP builds its semantic graph on the N - prefix image tokens and propagates features and sizes
-    with dense (N_l - prefix - P) x P blocks of A_hat; ToMe matches on keys averaged over heads, so its
-    similarity has C/H channels, not the C of the paper's Eq. 14. Selection and merging are not MACs."""
+    with dense (N_l - prefix - P) x P blocks of A_hat; ToMe matches all N_l tokens (prefix included, as the
+    official code does) on keys averaged over heads, so its similarity has C/H channels, not the C of the
+    paper's Eq. 14. Selection and merging are not MACs."""
     hparams = hparams or {}
     schedule = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
     image = [n - arch.prefix for n in schedule]
@@ -193,5 +194,5 @@ def implemented_overhead(arch: Arch, method: str, removals: Sequence[int], hpara
         return semantic + sum((n - p) * p * (arch.C + 1) for n, p in zip(image, removals) if p)
     if method == "tome":
         head_dim = arch.C // arch.heads
-        return sum(((n + 1) // 2) * (n // 2) * head_dim for n, p in zip(image, removals) if p)
+        return sum(((n + 1) // 2) * (n // 2) * head_dim for n, p in zip(schedule, removals) if p)
     return 0

@@ -26,10 +26,11 @@ def hand_attention(attn, h, size):
     return attn.proj(attn.norm(out)), k
 
 
-def hand_matching(metric: torch.Tensor, r: int) -> dict[int, int]:
-    """Bipartite soft matching on one image (N, d), by its definition: tokens at even positions (set A)
-    each pick their most cosine-similar token at an odd position (set B); the r A tokens with the most
-    similar partners are merged. Returns {position in the image of the A token: position of its B token}."""
+def hand_matching(metric: torch.Tensor, r: int, prefix: int = 0) -> tuple[dict[int, int], list[int]]:
+    """Bipartite soft matching on one image (N, d), by the official ToMe rules: tokens at even positions
+    (set A) each pick their most cosine-similar token at an odd position (set B), over all tokens; the
+    prefix tokens in A never merge and those in B never receive; the r A tokens with the most similar
+    partners are merged. Returns ({A position: B position}, the unmerged A positions in similarity order)."""
     rows = metric.double().tolist()
     n = len(rows)
 
@@ -39,37 +40,37 @@ def hand_matching(metric: torch.Tensor, r: int) -> dict[int, int]:
 
     edges = []
     for i in range(0, n, 2):
-        best = max(range(1, n, 2), key=lambda j: cos(i, j))
+        if i < prefix:
+            edges.append((float("-inf"), i, None))
+            continue
+        best = max((j for j in range(1, n, 2) if j >= prefix), key=lambda j: cos(i, j))
         edges.append((cos(i, best), i, best))
-    edges.sort(reverse=True)
+    edges.sort(key=lambda e: (-e[0], e[1]))
     if 0 < r < len(edges):
         assert edges[r - 1][0] - edges[r][0] > 1e-6, "tied edges at the cut: ill-posed test input"
-    return {i: j for _, i, j in edges[:r]}
+    return {i: j for _, i, j in edges[:r]}, [i for _, i, _ in edges[r:]]
 
 
-def hand_merge(x: torch.Tensor, size: torch.Tensor, pairs: dict[int, int]):
-    """Size-weighted average of each B token with the A tokens merged into it; one image (N, C), (N, 1).
-    Returns the surviving tokens and sizes as (unmerged A tokens, B tokens in order)."""
-    n = x.shape[0]
-    a_rows = [i for i in range(0, n, 2) if i not in pairs]
+def hand_order(n: int, pairs: dict[int, int], unmerged: list[int], prefix: int) -> list[int]:
+    """Positions of the surviving tokens in the official output order: with prefix tokens, the prefix in
+    its order, then the unmerged A tokens by position, then B; without, unmerged A in similarity order, then B."""
     b_rows = list(range(1, n, 2))
-    tokens, sizes = [x[i] for i in a_rows], [size[i] for i in a_rows]
-    for j in b_rows:
+    if prefix == 0:
+        return unmerged + b_rows
+    lead = list(range(prefix))
+    return lead + sorted(i for i in unmerged if i >= prefix) + [j for j in b_rows if j >= prefix]
+
+
+def hand_merge(x: torch.Tensor, size: torch.Tensor, pairs: dict[int, int], order: list[int]):
+    """Size-weighted average of each B token with the A tokens merged into it; one image (N, C), (N, 1),
+    the surviving tokens and sizes in `order` (positions of the unmerged A tokens and of every B token)."""
+    tokens, sizes = [], []
+    for j in order:
         members = [j] + [i for i, partner in pairs.items() if partner == j]
         total = sum(size[m] for m in members)
         tokens.append(sum(x[m] * size[m] for m in members) / total)
         sizes.append(total)
-    return torch.stack(tokens), torch.stack(sizes), len(a_rows)
-
-
-def assert_same_rows(got: torch.Tensor, expected: torch.Tensor, atol: float):
-    """The same rows, each once, in any order."""
-    assert got.shape == expected.shape
-    distance = (expected[:, None] - got[None]).abs().amax(dim=-1)
-    best = distance.min(dim=1)
-    assert best.values.max().item() <= atol
-    assert len(set(best.indices.tolist())) == got.shape[0]
-    return best.indices
+    return torch.stack(tokens), torch.stack(sizes)
 
 
 # --- r = 0 is the stock model; LayerScale is kept ------------------------------------------------------
@@ -188,82 +189,110 @@ def test_total_size_is_the_number_of_image_tokens(name, request, fresh, image):
 
 # --- matching and merging ----------------------------------------------------------------------------------
 
-def test_bipartite_matching_hand_built():
-    e = torch.eye(6)
-    # positions 0, 2, 4 are set A; 1, 3, 5 set B
-    tokens = torch.stack([
-        2.0 * e[0],              # 0 (A): the same direction as token 3
-        e[1] + 0.1 * e[4],       # 1 (B): almost token 4
-        e[2] + 0.3 * e[3],       # 2 (A): closest to nothing much
-        e[0],                    # 3 (B)
-        3.0 * e[1],              # 4 (A)
-        e[5] - 0.5 * e[2],       # 5 (B)
-    ]).unsqueeze(0)
-    unmerged, merged, partner = bipartite_matching(tokens, 2)
-    # A index 0 (position 0) -> B index 1 (position 3); A index 2 (position 4) -> B index 0 (position 1)
-    assert dict(zip(merged[0].tolist(), partner[0].tolist())) == {0: 1, 2: 0}
-    assert unmerged[0].tolist() == [1]
-    assert hand_matching(tokens[0], 2) == {0: 3, 4: 1}
-    _, merged1, partner1 = bipartite_matching(tokens, 1)
-    assert merged1[0].tolist() == [0] and partner1[0].tolist() == [1]  # the identical pair goes first
-    out = merge(tokens, unmerged, merged, partner)
-    expected = torch.stack([tokens[0, 2], tokens[0, 1] + tokens[0, 4], tokens[0, 3] + tokens[0, 0], tokens[0, 5]])
-    assert torch.allclose(out[0], expected)
+def hand_tokens(eighth: torch.Tensor | None = None) -> torch.Tensor:
+    """Nine tokens whose cosine similarities decide ToMe's merges; positions 0, 2, 4, 6, 8 are set A.
+    Best partners: 0 -> 1 (1.0, but 0 is [CLS] when there is a prefix), 6 -> 7 (0.995), 4 -> 5 (0.981),
+    2 -> 3 (0.894), 8 -> 3 (0.781)."""
+    e = torch.eye(8)
+    rows = [e[0] + e[1], e[0] + e[1], e[2] + 0.5 * e[3], e[2], e[4], e[4] + 0.2 * e[5], e[6] + 0.1 * e[7], e[6],
+            e[2] + 0.8 * e[3] if eighth is None else eighth]
+    return torch.stack(rows)
 
 
-@pytest.mark.parametrize("n,r", [(12, 3), (13, 6), (9, 4), (2, 1)])
-def test_bipartite_matching_random(n, r):
+def tome_groups(tokens: torch.Tensor, r: int, prefix: int):
+    """gtpcli's matching and size-weighted merge of one image (N, d) with unit sizes: tokens and sizes."""
+    x = tokens.unsqueeze(0)
+    unmerged, merged, partner = bipartite_matching(x, r, prefix)
+    out = merge(torch.cat([x, torch.ones_like(x[..., :1])], dim=-1), unmerged, merged, partner, prefix)[0]
+    return out[:, :-1] / out[:, -1:], out[:, -1]
+
+
+def expected_groups(tokens: torch.Tensor, groups: list[list[int]]):
+    return torch.stack([tokens[g].mean(dim=0) for g in groups]), torch.tensor([float(len(g)) for g in groups])
+
+
+@pytest.mark.parametrize("prefix,r,groups", [
+    # [CLS] is A[0] and never merges, though its twin (position 1) is the best pair of all;
+    # the unmerged A tokens come back in position order ([0, 2, 8], not similarity order [2, 8, 0])
+    (1, 2, [[0], [2], [8], [1], [3], [5, 4], [7, 6]]),
+    (1, 3, [[0], [8], [1], [3, 2], [5, 4], [7, 6]]),
+    (1, 1, [[0], [2], [4], [8], [1], [3], [5], [7, 6]]),
+    # no prefix: position 0 is an image token and merges first; unmerged A stay in similarity order
+    (0, 2, [[4], [2], [8], [1, 0], [3], [5], [7, 6]]),
+    (0, 4, [[8], [1, 0], [3, 2], [5, 4], [7, 6]]),
+])
+def test_official_rules_hand_built(prefix, r, groups):
+    tokens = hand_tokens()
+    got, size = tome_groups(tokens, r, prefix)
+    want, want_size = expected_groups(tokens, groups)
+    assert torch.allclose(got, want) and torch.equal(size, want_size)
+
+
+def test_distillation_token_never_receives():
+    """[CLS] (A[0]) and the distillation token (B[0]) lead in their order; token 8, the distillation token's
+    twin, must take its second-best partner (3) instead: ToMe's `scores[..., :, 0] = -inf`."""
+    e = torch.eye(8)
+    tokens = hand_tokens(eighth=e[0] + e[1] + 0.3 * e[2])
+    got, size = tome_groups(tokens, 4, prefix=2)
+    want, want_size = expected_groups(tokens, [[0], [1], [3, 2, 8], [5, 4], [7, 6]])
+    assert torch.allclose(got, want) and torch.equal(size, want_size)
+    got, _ = tome_groups(tokens, 3, prefix=1)  # without the protection 8 merges into 1
+    want, _ = expected_groups(tokens, [[0], [2], [1, 8], [3], [5, 4], [7, 6]])
+    assert torch.allclose(got, want)
+
+
+@pytest.mark.parametrize("n,r,prefix", [(12, 3, 0), (13, 6, 1), (9, 4, 0), (2, 1, 0), (14, 5, 2), (21, 8, 5)])
+def test_bipartite_matching_random(n, r, prefix):
     metric = torch.randn(2, n, 5)
-    unmerged, merged, partner = bipartite_matching(metric, r)
+    unmerged, merged, partner = bipartite_matching(metric, r, prefix)
     n_a = (n + 1) // 2
     for b in range(2):
         assert sorted(unmerged[b].tolist() + merged[b].tolist()) == list(range(n_a))
         got = {2 * a: 2 * j + 1 for a, j in zip(merged[b].tolist(), partner[b].tolist())}
-        assert got == hand_matching(metric[b], r)
+        pairs, rest = hand_matching(metric[b], r, prefix)
+        assert got == pairs
+        assert [2 * a for a in unmerged[b].tolist()] == (sorted(rest) if prefix else rest)
 
 
-@pytest.mark.parametrize("n,r", [(12, 3), (13, 6), (20, 10)])
-def test_merge_conserves_size_weighted_sums(n, r):
+@pytest.mark.parametrize("n,r,prefix", [(12, 3, 0), (13, 6, 1), (20, 9, 2), (21, 8, 5)])
+def test_merge_conserves_size_weighted_sums(n, r, prefix):
     x = torch.randn(2, n, 4, dtype=torch.float64)
     size = 1 + 3 * torch.rand(2, n, 1, dtype=torch.float64)
-    unmerged, merged, partner = bipartite_matching(torch.randn(2, n, 3, dtype=torch.float64), r)
-    features = merge(torch.cat([x * size, size], dim=-1), unmerged, merged, partner)
+    unmerged, merged, partner = bipartite_matching(torch.randn(2, n, 3, dtype=torch.float64), r, prefix)
+    features = merge(torch.cat([x * size, size], dim=-1), unmerged, merged, partner, prefix)
     assert features.shape == (2, n - r, 5)
-    new_size = features[..., -1:]
+    assert torch.equal(features[:, :prefix], torch.cat([x * size, size], dim=-1)[:, :prefix])  # prefix leads
     assert torch.allclose((x * size).sum(dim=1), features[..., :-1].sum(dim=1))
-    assert torch.allclose(size.sum(dim=1), new_size.sum(dim=1))
+    assert torch.allclose(size.sum(dim=1), features[..., -1:].sum(dim=1))
 
 
-@pytest.mark.parametrize("name", ["small_vit", "reg_vit"])
+@pytest.mark.parametrize("name", ["small_vit", "reg_vit", "small_gap_vit"])
 def test_tome_reduce_against_hand_merge(name, request, fresh):
-    """One `ToMe.reduce` with non-uniform incoming sizes: size-weighted averages, sums conserved."""
+    """One `ToMe.reduce` with non-uniform incoming sizes: size-weighted averages in the official order."""
     stock = request.getfixturevalue(name)
     model = gtpcli.patch(fresh(stock), "tome", r=7)
     red = model.reduction
     p = red.prefix
     n = p + 64
     x = torch.randn(1, n, stock.embed_dim)
-    size = 1 + 2 * torch.rand(1, n, 1)
+    size = torch.cat([torch.ones(1, p, 1), 1 + 2 * torch.rand(1, 64, 1)], dim=1)
     keys = torch.randn(1, 2, n, 16)
     red.size = size.clone()
     out = red.reduce(0, x, None, keys)
     assert out.shape == (1, n - 7, stock.embed_dim)
     assert torch.equal(out[:, :p], x[:, :p])
     assert torch.equal(red.size[:, :p], size[:, :p])
-    # size-weighted feature sum and total size of the image tokens are conserved
-    assert torch.allclose((out[:, p:] * red.size[:, p:]).sum(1), (x[:, p:] * size[:, p:]).sum(1), atol=1e-4)
-    assert torch.allclose(red.size[:, p:].sum(1), size[:, p:].sum(1), atol=1e-4)
-    pairs = hand_matching(keys.mean(dim=1)[0, p:], 7)
-    tokens, sizes, n_a = hand_merge(x[0, p:], size[0, p:], pairs)
-    assert torch.allclose(out[0, p + n_a:], tokens[n_a:], atol=1e-5)  # B tokens, in their order
-    assert torch.allclose(red.size[0, p + n_a:], sizes[n_a:], atol=1e-5)
-    assert_same_rows(out[0, p:p + n_a], tokens[:n_a], atol=1e-6)
+    pairs, unmerged = hand_matching(keys.mean(dim=1)[0], 7, p)
+    tokens, sizes = hand_merge(x[0], size[0], pairs, hand_order(n, pairs, unmerged, p))
+    assert torch.allclose(out[0], tokens, atol=1e-5)
+    assert torch.allclose(red.size[0], sizes, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,r", [("small_vit", 6), ("reg_gap_vit", 5), ("qk_norm_vit", [10, 3, 0, 8])])
+@pytest.mark.parametrize("name,r", [("small_vit", 6), ("reg_gap_vit", 5), ("qk_norm_vit", [10, 3, 0, 8]),
+                                    ("small_gap_vit", 7), ("reg_vit", 9)])
 def test_every_block_against_hand_tome(name, r, request, fresh, image, record_blocks):
     """Each block, from its recorded input and sizes: attention with log-size bias, matching on the
-    head-averaged keys, size-weighted merging, MLP; the output rows match (in any order for set A)."""
+    head-averaged keys of all tokens, size-weighted merging in the official order, MLP."""
     stock = request.getfixturevalue(name)
     model = gtpcli.patch(fresh(stock), "tome", r=r)
     p = stock.num_prefix_tokens
@@ -278,16 +307,12 @@ def test_every_block_against_hand_tome(name, r, request, fresh, image, record_bl
                 out, k = hand_attention(block.attn, block.norm1(x_in[b]), s)
                 x = x_in[b] + block.ls1(out)
                 if rs[layer] > 0:
-                    pairs = hand_matching(k.mean(dim=0)[p:], rs[layer])
-                    tokens, sizes, _ = hand_merge(x[p:], s[p:], pairs)
-                    x = torch.cat([x[:p], tokens])
-                    s = torch.cat([s[:p], sizes])
+                    pairs, unmerged = hand_matching(k.mean(dim=0), rs[layer], p)
+                    x, s = hand_merge(x, s, pairs, hand_order(x.shape[0], pairs, unmerged, p))
                 x = x + block.ls2(block.mlp(block.norm2(x)))
                 assert got.shape[1] == x.shape[0]
-                if p:
-                    assert (got[b, :p] - x[:p]).abs().max().item() <= 1e-4
-                order = assert_same_rows(got[b, p:], x[p:], atol=1e-4)
-                assert torch.allclose(next_size[b, p:][order], s[p:], atol=1e-5)
+                assert (got[b] - x).abs().max().item() <= 1e-4
+                assert torch.allclose(next_size[b], s, atol=1e-5)
 
 
 def test_bias_is_log_size():
