@@ -1,5 +1,6 @@
 """Real MAC counts: fvcore's FlopCountAnalysis (which counts multiply-adds) with handles for what it
-misses, cross-checked against torch's FlopCounterMode (which counts FLOPs = 2 x MACs)."""
+misses, cross-checked against torch's FlopCounterMode (which counts FLOPs = 2 x MACs), also given the
+attention formulas that some torch releases lack."""
 
 from __future__ import annotations
 
@@ -29,6 +30,49 @@ EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_macs,
     "aten::baddbmm": baddbmm_macs,
 }
+
+
+# Attention kernels that `F.scaled_dot_product_attention` may reach under FlopCounterMode, depending on
+# the torch release, the device and the grad mode. Some releases count none of the CPU ones (2.14.1 sees
+# `_scaled_dot_product_flash_attention_for_cpu`, or `scaled_dot_product_attention` itself under
+# inference mode, and counts 0 FLOPs for them). The math fallback decomposes into matmuls and is
+# counted everywhere. FlopCounterMode counts an op only where it is not decomposed further, so giving a
+# formula to the composite op and to the kernels it reaches cannot count one call twice.
+ATTENTION_OPS = (
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+def sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    """FlopCounterMode formula for attention: 2 x B*Hq*Nq*Nk*(d_qk + d_v) FLOPs, as torch's own
+    `sdpa_flop` (grouped-query attention included: the query's heads count). Takes tensors or shapes
+    and ignores the output keyword, whose name differs between torch releases."""
+    q, k, v = (tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t) for t in (query, key, value))
+    return 2 * prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+sdpa_flops._get_raw = True  # releases that wrap formulas in a shape converter leave it alone
+
+
+def missing_flop_formulas() -> dict:
+    """Formulas for the attention ops this torch has and its FlopCounterMode does not count; an op this
+    release lacks is skipped, one it already counts is left to torch."""
+    from torch.utils.flop_counter import flop_registry
+
+    missing = {}
+    for name in ATTENTION_OPS:
+        try:
+            op = getattr(torch.ops.aten, name)
+        except (AttributeError, RuntimeError):
+            continue
+        if op not in flop_registry:
+            missing[op] = sdpa_flops
+    return missing
 
 
 @dataclass
@@ -71,7 +115,7 @@ def count_macs(model: nn.Module, image: torch.Tensor) -> MacCount:
 def flop_counter_macs(model: nn.Module, image: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=missing_flop_formulas())
     with torch.inference_mode(), counter:
         model(image)
     return counter.get_total_flops() // 2
