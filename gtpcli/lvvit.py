@@ -66,7 +66,9 @@ class LVViT(nn.Module):
         self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
-        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=False) for _ in range(depth)))
+        # the authors' blocks use nn.LayerNorm (eps 1e-5), not timm's default (eps 1e-6)
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=False, norm_layer=nn.LayerNorm)
+                                      for _ in range(depth)))
         for block in self.blocks:
             block.ls1, block.ls2 = ResidualScale(skip_lam), ResidualScale(skip_lam)
         self.norm = nn.LayerNorm(embed_dim)

@@ -74,11 +74,20 @@ def test_lvvit_has_the_released_checkpoint_layout(build, depth, dim):
     assert state["pos_embed"].shape == (1, 197, dim)
 
 
-def test_lvvit_forward_by_hand():
-    """Residual branches divided by 2, and logits = head(CLS) + 0.5 * max over tokens of aux_head."""
+def authors_layer_norm(x, norm):
+    """The authors' nn.LayerNorm, written out with its eps of 1e-5 (not the model's own module)."""
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * norm.weight + norm.bias
+
+
+@pytest.mark.parametrize("build", [lvvit_s, lvvit_m])
+def test_lvvit_forward_by_hand(build):
+    """Residual branches divided by 2, every LayerNorm with eps 1e-5 as in the authors' code, and
+    logits = head(CLS) + 0.5 * max over tokens of aux_head; in float64 so that an eps of 1e-6 shows."""
     torch.manual_seed(0)
-    model = lvvit_s(depth=2).eval()
-    image = torch.randn(1, 3, 224, 224)
+    model = build(depth=2).eval().double()
+    image = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     with torch.no_grad():
         stem = model.patch_embed
         x = F.relu(stem.bn1(stem.conv1(image)))
@@ -87,11 +96,11 @@ def test_lvvit_forward_by_hand():
         x = stem.proj(x).flatten(2).transpose(1, 2)
         x = torch.cat([model.cls_token, x], dim=1) + model.pos_embed
         for block in model.blocks:
-            x = x + block.attn(block.norm1(x)) / 2
-            x = x + block.mlp(block.norm2(x)) / 2
-        x = model.norm(x)
+            x = x + block.attn(authors_layer_norm(x, block.norm1)) / 2
+            x = x + block.mlp(authors_layer_norm(x, block.norm2)) / 2
+        x = authors_layer_norm(x, model.norm)
         expected = model.head(x[:, 0]) + 0.5 * model.aux_head(x[:, 1:]).max(dim=1).values
-        assert torch.allclose(model(image), expected, atol=1e-5)
+        assert (model(image) - expected).abs().max().item() <= 1e-10
 
 
 @pytest.mark.parametrize("method", ["gtp", "tome"])
