@@ -93,3 +93,9 @@ def test_formula_takes_tensors_or_shapes_and_any_output_keyword():
     assert flops.sdpa_flops(q, k, v, out_val=None) == expected
     assert flops.sdpa_flops(q.shape, k.shape, v.shape, None, 0.0, out_shape=(2, 3, 10, 4)) == expected
     assert flops.sdpa_flops(q, k, v, out=torch.empty(2, 3, 10, 4), scale=0.5) == expected
+
+
+def test_a_flop_counter_that_saw_nothing_is_a_full_disagreement_not_a_skipped_check():
+    assert flops.MacCount(100, {"linear": 100}, flop_counter_macs=0).counters_disagree == 1.0
+    assert flops.MacCount(0, {}, flop_counter_macs=0).counters_disagree == 0.0
+    assert flops.MacCount(100, {"linear": 100}).counters_disagree is None  # not measured

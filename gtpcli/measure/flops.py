@@ -90,8 +90,10 @@ class MacCount:
     @property
     def counters_disagree(self) -> float | None:
         """Relative gap between fvcore and FlopCounterMode on the ops both count."""
-        if not self.flop_counter_macs:
+        if self.flop_counter_macs is None:
             return None
+        if self.flop_counter_macs == 0:  # a counter that saw nothing disagrees entirely, it is not skipped
+            return 1.0 if self.matmul_macs else 0.0
         return abs(self.matmul_macs - self.flop_counter_macs) / self.flop_counter_macs
 
 
@@ -116,7 +118,9 @@ def flop_counter_macs(model: nn.Module, image: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, custom_mapping=missing_flop_formulas())
-    with torch.inference_mode(), counter:
+    # no_grad, not inference_mode: under inference_mode some releases (2.4) hand FlopCounterMode almost
+    # no op (it counted 0 for a whole ViT), and the cross-check was silently skipped.
+    with torch.no_grad(), counter:
         model(image)
     return counter.get_total_flops() // 2
 
