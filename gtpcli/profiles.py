@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .analytic import Arch
 from .errors import GtpcliError
+from .files import load_yaml, read_text
+from .ranges import parse_values
 
 _NUMBER = (int, float)
 # key: (accepted types, required)
@@ -80,7 +80,7 @@ def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name, or the user's YAML file by path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise GtpcliError(f"profile file not found: {path}")
         return _parse(path)
     builtin = builtin_dir() / f"{name_or_path}.yaml"
@@ -106,12 +106,7 @@ def suggest(name: str, choices: list[str]) -> str:
 
 
 def _parse(path: Path) -> Profile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise GtpcliError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = load_yaml(read_text(path, "profile"), str(path))
     if not isinstance(data, dict):
         raise GtpcliError(f"{path}: a profile must be a mapping with keys {', '.join(_TOP)}")
     _check(data, _TOP, path, "")
@@ -122,6 +117,7 @@ def _parse(path: Path) -> Profile:
         if not isinstance(reference, dict):
             raise GtpcliError(f"{path}: key 'reference[{at}]' must be a mapping")
         _check(reference, _REFERENCE, path, "reference.")
+        _check_reference(reference, path, at)
     for method, values in data.get("hparams", {}).items():
         if not isinstance(values, dict):
             raise GtpcliError(f"{path}: key 'hparams.{method}' must be a mapping of hyperparameters")
@@ -132,8 +128,48 @@ def _parse(path: Path) -> Profile:
         per_P[P] = values
     if data["model"].get("stem", "patch") not in ("patch", "conv4"):
         raise GtpcliError(f"{path}: key 'model.stem' must be patch or conv4")
+    if "P" in data:
+        parse_values(data["P"], f"{path}: key 'P'")
+    if "method" in data:
+        from .options import methods
+        methods(data["method"], f"{path}: key 'method'")
     fields = {k: v for k, v in data.items() if k not in ("per_P", "reference")}
-    return Profile(path=path, per_P=per_P, reference=references, **fields)
+    profile = Profile(path=path, per_P=per_P, reference=references, **fields)
+    _check_arch(profile, path)
+    return profile
+
+
+def _check_arch(profile: Profile, path: Path) -> None:
+    """The numbers must describe a buildable ViT: positive sizes, heads that divide the width."""
+    m = profile.model
+    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+        if m[key] < 1:
+            raise GtpcliError(f"{path}: key 'model.{key}' must be >= 1, got {m[key]}")
+    for key in ("prefix_tokens", "num_classes"):
+        if m.get(key, 0) < 0:
+            raise GtpcliError(f"{path}: key 'model.{key}' must be >= 0, got {m[key]}")
+    if m.get("mlp_ratio", 4.0) <= 0:
+        raise GtpcliError(f"{path}: key 'model.mlp_ratio' must be > 0, got {m['mlp_ratio']}")
+    if m["embed_dim"] % m["num_heads"]:
+        raise GtpcliError(f"{path}: model.embed_dim {m['embed_dim']} is not divisible by model.num_heads "
+                          f"{m['num_heads']}")
+    if m["img_size"] < m["patch_size"]:
+        raise GtpcliError(f"{path}: model.img_size {m['img_size']} is smaller than model.patch_size {m['patch_size']}")
+
+
+def _check_reference(reference: dict, path: Path, at: int) -> None:
+    """Every published column has one value per P, so a row can never fail after the sweep."""
+    where = f"{path}: key 'reference[{at}]"
+    if not all(isinstance(P, int) and not isinstance(P, bool) for P in reference["P"]):
+        raise GtpcliError(f"{where}.P' must be a list of integers, got {reference['P']!r}")
+    for key in ("acc", "gmacs", "img_s"):
+        values = reference.get(key)
+        if values is None:
+            continue
+        if len(values) != len(reference["P"]):
+            raise GtpcliError(f"{where}.{key}' has {len(values)} values for {len(reference['P'])} P values")
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            raise GtpcliError(f"{where}.{key}' must be a list of numbers")
 
 
 def _check(data: dict, schema: dict, path: Path, prefix: str) -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import GtpcliError
+from .files import atomic_write, format_for
 
 FORMATS = ("table", "json", "csv", "yaml")
 
@@ -39,20 +40,10 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def format_for(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    fmt = {"yml": "yaml"}.get(suffix, suffix)
-    if fmt not in ("json", "csv", "yaml"):
-        raise GtpcliError(f"cannot tell the format of {path} from its suffix (use .json, .csv or .yaml)")
-    return fmt
-
-
-def write(result: dict[str, Any], path: Path) -> None:
-    """Write atomically, so an interrupted run never leaves half a file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(dumps(result, format_for(path)))
-    tmp.replace(path)
+def write(result: dict[str, Any], path: Path, what: str = "output") -> None:
+    """Write atomically (a unique temporary file, then os.replace), so an interrupted run never leaves
+    half a file behind and two writers never share a temporary file."""
+    atomic_write(path, dumps(result, format_for(path)), what)
 
 
 def emit(result: dict[str, Any], fmt: str, output: Path | None, render) -> None:

@@ -1,0 +1,60 @@
+"""One validation layer for the options every command shares: a bad value is refused in one line, never
+silently replaced by a default (`--L 0` is an error, not 12)."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from .errors import GtpcliError
+
+METHOD_NAMES = ("gtp", "tome")  # gtpcli.reduce.METHODS, without importing torch for the light commands
+DTYPES = ("float32", "float16", "bfloat16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def at_least(value: int | float | None, low: int | float, flag: str) -> int | float | None:
+    """None (not given) passes; a given value must be >= low."""
+    if value is not None and value < low:
+        raise GtpcliError(f"{flag} must be >= {low}, got {value}")
+    return value
+
+
+def positive(value: int | None, flag: str) -> int | None:
+    return at_least(value, 1, flag)
+
+
+def device(value: str, flag: str = "--device", choices: Iterable[str] = ("auto", "cpu", "cuda", "cuda:N")) -> str:
+    """auto, cpu, cuda or cuda:N (what torch can run gtpcli's measurements on)."""
+    if not _DEVICE.match(value or "") or (value == "auto" and "auto" not in choices):
+        raise GtpcliError(f"{flag} must be {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def dtype(value: str) -> str:
+    if value not in DTYPES:
+        raise GtpcliError(f"--dtype must be {', '.join(DTYPES)}, got {value!r}")
+    return value
+
+
+def methods(text: str, flag: str = "--method", single: bool = False) -> list[str]:
+    """`gtp`, `tome` or `gtp,tome`; an empty name or an unknown one is refused."""
+    names = [name.strip() for name in str(text).split(",")]
+    if not all(names):
+        raise GtpcliError(f"{flag}: empty method name in {text!r} (choose from {', '.join(METHOD_NAMES)})")
+    unknown = [name for name in names if name not in METHOD_NAMES]
+    if unknown:
+        raise GtpcliError(f"{flag}: unknown method {unknown[0]!r} (choose from {', '.join(METHOD_NAMES)})")
+    if single and len(names) != 1:
+        raise GtpcliError(f"{flag} takes one method here, got {text!r}")
+    return names
+
+
+def gtp_hparams(values: dict) -> dict:
+    """GTP's numeric hyperparameters from the command line, within the ranges the paper defines."""
+    if values.get("alpha") is not None and values["alpha"] < 0:
+        raise GtpcliError(f"--alpha (propagation strength) must be >= 0, got {values['alpha']}")
+    if values.get("sparsity") is not None and not 0 < values["sparsity"] <= 1:
+        raise GtpcliError(f"--sparsity (theta) must be in (0, 1], got {values['sparsity']}")
+    positive(values.get("M"), "--M")
+    return values
