@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import files, results
 from .errors import GtpcliError
 from .ranges import parse_values
-from .report import console, emit, render_profile, write
+from .report import console, emit, render_profile
 
 
 @dataclass
@@ -41,33 +43,97 @@ class ProfileOptions:
 
 
 def sweep_config(opts: ProfileOptions):
-    from . import backbones, sweep
+    """Every option checked, and refused in one line, before a model is built or a point measured."""
+    from . import backbones, options, sweep
     from .measure import speed
 
+    options.device(opts.device)
+    options.dtype(opts.dtype)
+    for flag, value, low in (("--batch-size", opts.batch_size, 1), ("--runs", opts.runs, 1),
+                             ("--warmup", opts.warmup, 0), ("--img-size", opts.img_size, 1),
+                             ("--limit", opts.limit, 1)):
+        options.at_least(value, low, flag)
+    options.gtp_hparams(opts.gtp_hparams)
     profile, timm_name = backbones.resolve(opts.model)
-    if opts.dtype not in ("float32", "float16", "bfloat16"):
-        raise GtpcliError(f"--dtype must be float32, float16 or bfloat16, got {opts.dtype!r}")
     if opts.checkpoint is not None and not opts.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {opts.checkpoint}")
     timing = speed.Timing.default(speed.resolve_device(opts.device), opts.dtype)
     overrides = {k: v for k, v in (("batch_size", opts.batch_size), ("runs", opts.runs), ("warmup", opts.warmup))
                  if v is not None}
-    if any(v < (0 if k == "warmup" else 1) for k, v in overrides.items()):
-        raise GtpcliError(f"--batch-size and --runs must be >= 1, --warmup >= 0, got {overrides}")
     timing = replace(timing, **overrides)
-    methods = (opts.method or (profile.method if profile else "gtp")).split(",")
-    Ps = parse_values(opts.P if opts.P is not None else (profile.P if profile else "0..8"), "--P")
+    if opts.method is not None:
+        methods = options.methods(opts.method)
+    else:
+        methods = options.methods(profile.method, f"{profile.path}: key 'method'") if profile else ["gtp"]
+    if opts.P is not None:
+        Ps = parse_values(opts.P, "--P")
+    else:
+        Ps = parse_values(profile.P, f"{profile.path}: key 'P'") if profile else parse_values("0..8")
     hparams = {"gtp": dict(opts.gtp_hparams), "tome": {}}
     if opts.prop_attn is not None:
         for values in hparams.values():
             values["prop_attn"] = opts.prop_attn
     if opts.fidelity and opts.data is None:
         raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
-    if opts.limit is not None and (opts.data is None or opts.limit < 1):
-        raise GtpcliError("--limit N needs --data DIR and N >= 1")
+    if opts.limit is not None and opts.data is None:
+        raise GtpcliError("--limit N needs --data DIR")
+    if opts.data is not None:
+        from .measure.accuracy import check_folder
+        check_folder(opts.data, opts.fidelity)
     return sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, methods, Ps, timing,
                              hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed,
                              opts.data, opts.limit, opts.fidelity)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the sweep stops, keeping every finished point."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopping_on_signals():
+    """SIGINT and SIGTERM both end the sweep like Ctrl-C; a signal that arrives while a point is being
+    saved takes effect when the save is done, so the file is never left between two states. Yields a
+    context manager that marks such a save."""
+    state = {"held": 0, "pending": None}
+
+    def handler(signum, frame):
+        if state["held"]:
+            state["pending"] = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def held():
+        state["held"] += 1
+        try:
+            yield
+        finally:
+            state["held"] -= 1
+            if not state["held"] and state["pending"] is not None:
+                signum, state["pending"] = state["pending"], None
+                raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def check_output(output: Path) -> Path:
+    """The result file must be one we can read back (to merge and resume) and write, checked first."""
+    if output.suffix.lower() == ".csv":
+        raise GtpcliError(f"--output {output}: the result file is read back to merge and resume runs, so it "
+                          "must be .json or .yaml (for CSV, use --format csv > FILE)")
+    return files.check_output(output, "--output", ("json", "yaml"))
 
 
 def run_profile(opts: ProfileOptions) -> None:
@@ -75,47 +141,43 @@ def run_profile(opts: ProfileOptions) -> None:
     from .measure import speed
 
     cfg = sweep_config(opts)
-    output = opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json"
+    output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
     env = speed.fingerprint(cfg.timing)
-    result: dict[str, Any] = {"model": cfg.model, "timm": cfg.timm_name,
-                              "weights": str(cfg.checkpoint) if cfg.checkpoint else "random weights",
-                              "rows": [], "env": env}
-    saved = previous_rows(output, env) if opts.resume else []
+    weights = str(cfg.checkpoint) if cfg.checkpoint else "random weights"
+    default_size = cfg.profile.model["img_size"] if cfg.profile else None
+    header = {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
+              "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit, "env": env}
+    model = sweep.build(cfg)  # a bad checkpoint is refused before the result file is even read
+    store = results.ResultFile(output, header)
+    existing = store.open()
+    saved = existing if opts.resume else []
+    rows: list[dict[str, Any]] = []
     err = console(stderr=True)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
+    with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(cfg.model, total=len(cfg.points()))
 
-        def save(rows: list[dict[str, Any]]) -> None:
-            result["rows"] = rows
-            write(result, output)
-            progress.update(task, completed=len(rows))
+        def save(so_far: list[dict[str, Any]]) -> None:
+            with held():
+                store.save(so_far)
+                rows[:] = so_far
+            progress.update(task, completed=len(so_far))
 
         def starting(label: str) -> None:
             progress.update(task, description=f"{cfg.model}: {label}")
 
         try:
-            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"))
-        except KeyboardInterrupt:
-            err.print(f"interrupted: {len(result['rows'])} finished points saved in {output}; "
-                      "run the same command with --resume to continue")
-            raise SystemExit(130)
-    emit(result, opts.fmt, None, render_profile)
+            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"), model=model)
+        except KeyboardInterrupt as exc:
+            progress.stop()
+            signum = getattr(exc, "signum", signal.SIGINT)
+            kept = f" ({store.kept} other points kept)" if store.kept else ""
+            err.print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished points saved in "
+                      f"{output}{kept}; run the same command with --resume to continue",
+                      highlight=False, soft_wrap=True)
+            raise SystemExit(128 + signum)
+    resumed = sum(any(row is old for old in saved) for row in rows)
+    emit({**header, "rows": rows}, opts.fmt, None, render_profile)
     note = "" if cfg.checkpoint or cfg.data else " (random weights: accuracy not measured)"
-    err.print(f"saved {len(result['rows'])} points to {output}{note}")
-
-
-def previous_rows(path: Path, env: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of an earlier run of the same setting, to skip on --resume."""
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text()
-        old = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError):
-        raise GtpcliError(f"--resume: cannot read {path} (only .json or .yaml results can be resumed)") from None
-    keys = ("device", "dtype", "batch_size", "torch", "timm")
-    if not isinstance(old, dict) or any(old.get("env", {}).get(k) != env[k] for k in keys):
-        raise GtpcliError(f"--resume: {path} was measured in another setting ({', '.join(keys)} must match)")
-    return old.get("rows", [])
+    err.print(f"saved {store.summary(rows, resumed)} in {output}{note}", highlight=False, soft_wrap=True)

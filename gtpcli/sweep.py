@@ -172,9 +172,10 @@ def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: Swe
 
 
 def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[dict]], None],
-        advance: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Measure every point not already in `saved`; after each, `on_row` gets all rows so far."""
-    model = build(cfg)
+        advance: Callable[[str], None], warn: Callable[[str], None], model=None) -> list[dict[str, Any]]:
+    """Measure every point not already in `saved`; after each, `on_row` gets all rows so far.
+    `model` is what `build(cfg)` returned, if the caller built it already."""
+    model = build(cfg) if model is None else model
     quality = quality_meter(model, cfg) if cfg.data else (lambda model: {})
     rows: list[dict[str, Any]] = []
     for method, P in cfg.points():

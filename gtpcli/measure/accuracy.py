@@ -16,9 +16,23 @@ from torch import nn
 from ..errors import GtpcliError
 
 
+def check_folder(folder: Path, fidelity: bool) -> None:
+    """Before anything is measured: a folder of class sub-folders (accuracy), or of images (--fidelity)."""
+    if not folder.is_dir():
+        raise GtpcliError(f"--data: not a directory: {folder}")
+    try:
+        labelled = any(entry.is_dir() for entry in folder.iterdir())
+    except OSError as exc:
+        raise GtpcliError(f"--data {folder}: cannot list it ({exc.strerror or exc})") from None
+    if not labelled and not fidelity:
+        raise GtpcliError(f"--data {folder} has no class sub-folders, so its images have no labels for "
+                          "accuracy; add --fidelity to measure agreement with the unreduced model on them")
+
+
 def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int]):
     """A DataLoader over `folder` with timm's eval transform for this model; `limit` takes a fixed
-    random subset (seed 0), so repeated runs and every sweep point see the same images."""
+    random subset (seed 0), so repeated runs and every sweep point see the same images. An image that
+    cannot be read stops the run, naming the file (see `predict`)."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -28,16 +42,39 @@ def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | No
     transform = create_transform(**config)
     if any(entry.is_dir() for entry in folder.iterdir()):
         try:
-            dataset = ImageFolder(str(folder), transform=transform)
+            images = ImageFolder(str(folder), transform=transform)
         except (FileNotFoundError, RuntimeError) as exc:
             raise GtpcliError(f"--data {folder}: not an ImageFolder (one sub-folder of images per class): {exc}") from None
+        dataset = Checked(images, [Path(path) for path, _ in images.samples], image_size)
     else:
-        dataset = UnlabeledImages(folder, transform)
+        images = UnlabeledImages(folder, transform)
+        dataset = Checked(images, images.files, image_size)
     if limit is not None and limit < len(dataset):
         chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
         dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
     workers = min(4, os.cpu_count() or 1)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+
+
+class Checked(torch.utils.data.Dataset):
+    """(image, label, problem): an image that cannot be read or transformed comes back as zeros with a
+    one-line description of what went wrong, instead of an exception lost in a DataLoader worker."""
+
+    def __init__(self, dataset, files: list[Path], image_size: tuple[int, int]):
+        self.dataset, self.files, self.image_size = dataset, files, image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.dataset[index]
+            return image, label, ""
+        except Exception as exc:  # PIL and the transforms raise many kinds for a broken file
+            detail = " ".join(str(exc).split())
+            if not detail or str(self.files[index]) in detail:  # PIL repeats the file name in its message
+                detail = type(exc).__name__
+            return torch.zeros(3, *self.image_size), -1, f"{self.files[index]} ({detail})"
 
 
 class UnlabeledImages(torch.utils.data.Dataset):
@@ -68,7 +105,12 @@ class Predictions:
 def predict(model: nn.Module, loader, device: str, dtype: torch.dtype, step: Callable[[int], None] | None = None) -> Predictions:
     logits, labels = [], []
     with torch.inference_mode():
-        for images, targets in loader:
+        for images, targets, problems in loader:
+            broken = [problem for problem in problems if problem]
+            if broken:
+                more = f" (and {len(broken) - 1} more in the same batch)" if len(broken) > 1 else ""
+                raise GtpcliError(f"--data: cannot read image {broken[0]}{more}; fix or remove it "
+                                  "(the accuracy of a sweep is measured on every image)")
             logits.append(model(images.to(device, dtype)).float().cpu())
             labels.append(targets)
             if step:

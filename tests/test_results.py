@@ -1,0 +1,190 @@
+"""Nothing measured is ever lost: result files merge instead of being replaced, concurrent writers keep
+every row, SIGTERM ends like Ctrl-C, and a bad output is refused before anything is measured.
+
+Real files and real processes, on a small ViT (32x32 images, 16 tokens, 2 blocks) so each run takes seconds."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gtpcli import results, sweep
+from gtpcli.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("name: tiny\nmodel: {timm: vit_tiny_patch16_224, img_size: 32, patch_size: 8, prefix_tokens: 1, "
+        "embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}\nmethod: gtp\nP: \"0,2\"\n")
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def profile(tiny, out, *args):
+    result = runner.invoke(app, ["profile", str(tiny), "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def points(path) -> list[tuple]:
+    return [(r["method"], r["P"]) for r in json.loads(Path(path).read_text())["rows"]]
+
+
+def gtpcli(*args, cwd) -> subprocess.Popen:
+    """The real command line in a new process (the working tree's gtpcli, not an installed copy)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "gtpcli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_rerun_without_resume_adds_and_updates_and_keeps_the_rest(tiny, tmp_path):
+    out = tmp_path / "out.json"
+    profile(tiny, out, "--P", "0,2,4,6", "--method", "gtp,tome", "--no-speed")
+    assert len(points(out)) == 9
+    again = profile(tiny, out, "--P", "2", "--no-speed", "--format", "json")
+    assert [(r["method"], r["P"]) for r in json.loads(again.stdout)["rows"]] == [("stock", 0), ("gtp", 2)]
+    assert points(out) == [("stock", 0)] + [(m, P) for m in ("gtp", "tome") for P in (0, 2, 4, 6)]  # was 2 rows
+    assert "2 points (2 measured again); kept 7 other points already there (9 in all)" in again.stderr
+    new = profile(tiny, out, "--P", "7", "--no-speed")
+    assert "1 new, 1 measured again" in new.stderr and len(points(out)) == 10
+
+
+def test_resume_of_a_few_points_keeps_every_other_point(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out.json"
+    profile(tiny, out, "--P", "0..6", "--no-speed")
+    measured = []
+    real = sweep.measure_point
+    monkeypatch.setattr(sweep, "measure_point", lambda *a, **k: measured.append(a[2:4]) or real(*a, **k))
+    resumed = profile(tiny, out, "--P", "0..2", "--no-speed", "--resume")
+    assert measured == []
+    assert len(points(out)) == 8  # was 4: the resumed run rewrote the file with its own points only
+    assert "4 resumed" in resumed.stderr and "kept 4 other points" in resumed.stderr
+
+
+def test_a_run_that_skips_a_measurement_does_not_erase_it(tiny, tmp_path):
+    out = tmp_path / "out.json"
+    profile(tiny, out, "--P", "2", "--runs", "1", "--warmup", "0", "--batch-size", "1", "--no-flops")
+    before = {(r["method"], r["P"]): r for r in json.loads(out.read_text())["rows"]}
+    assert before[("gtp", 2)]["img_s"] > 0 and before[("gtp", 2)]["macs"] is None
+    profile(tiny, out, "--P", "2", "--no-speed", "--batch-size", "1")
+    after = {(r["method"], r["P"]): r for r in json.loads(out.read_text())["rows"]}
+    assert after[("gtp", 2)]["img_s"] == before[("gtp", 2)]["img_s"]  # kept
+    assert after[("gtp", 2)]["macs"] > 0                                # added
+
+
+def test_different_hyperparameters_are_different_points(tiny, tmp_path):
+    out = tmp_path / "out.json"
+    profile(tiny, out, "--P", "2", "--no-speed")
+    profile(tiny, out, "--P", "2", "--no-speed", "--alpha", "0.5")
+    alphas = sorted(r["hparams"].get("alpha", 0.1) for r in json.loads(out.read_text())["rows"] if r["method"] == "gtp")
+    assert alphas == [0.1, 0.5]
+
+
+def _writer(path: str, name: str, saves: int) -> None:
+    store = results.ResultFile(Path(path), {"model": "m", "env": {}})
+    store.open()
+    rows = []
+    for P in range(saves):
+        rows.append({"model": "m", "method": name, "P": P, "hparams": {}})
+        store.save(rows)
+
+
+def test_concurrent_writers_never_lose_a_row(tmp_path):
+    out = tmp_path / "out.json"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_writer, args=(str(out), f"w{i}", 25)) for i in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0  # a shared FILE.tmp made one writer crash
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["method"], r["P"]) for r in rows) == sorted((f"w{i}", P) for i in range(4) for P in range(25))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
+
+
+def test_two_real_sweeps_into_one_file_keep_both(tiny, tmp_path):
+    out = tmp_path / "out.json"
+    runs = [gtpcli("profile", tiny, "--method", method, "--P", "0,2,4,6", "--no-speed", "--output", out, cwd=tmp_path)
+            for method in ("gtp", "tome")]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert "saved 5 points" in stderr
+    assert sorted(points(out)) == sorted([("stock", 0)] + [(m, P) for m in ("gtp", "tome") for P in (0, 2, 4, 6)])
+
+
+def test_sigterm_ends_like_ctrl_c(tiny, tmp_path):
+    """A real `gtpcli profile`, terminated after its first saved point: the finished points are in the file
+    and stderr says so in one line (exit 128 + SIGTERM)."""
+    out = tmp_path / "out.json"
+    run = gtpcli("profile", tiny, "--P", "0..6", "--runs", "1", "--warmup", "0", "--batch-size", "1", "--output", out,
+                 cwd=tmp_path)  # each point times at least 6 s on CPU: 8 points, plenty of time to stop it
+    deadline = time.monotonic() + 240
+    while not (out.exists() and json.loads(out.read_text())["rows"]):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM:") and "--resume" in lines[0], stderr
+    saved = points(out)
+    assert 1 <= len(saved) < 8 and saved[0] == ("stock", 0)
+    assert f"{len(saved)} finished points saved" in lines[0]
+
+
+def test_ctrl_c_says_what_was_kept(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out.json"
+    profile(tiny, out, "--P", "4,6", "--no-speed")
+    real = sweep.measure_point
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[2:4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_point", interrupted)
+    result = runner.invoke(app, ["profile", str(tiny), "--P", "0,2", "--no-speed", "--output", str(out)])
+    assert result.exit_code == 130
+    assert "1 finished points saved" in result.output and "(2 other points kept)" in result.output
+    assert sorted(points(out)) == [("gtp", 4), ("gtp", 6), ("stock", 0)]
+
+
+@pytest.mark.parametrize("output, message", [
+    ("x.txt", "'.txt'"),
+    ("/sys/gtpcli-results/x.json", "cannot write in /sys"),
+])
+def test_a_bad_output_is_refused_before_anything_is_measured(tiny, tmp_path, monkeypatch, output, message):
+    monkeypatch.setattr(sweep, "build", lambda cfg: pytest.fail("measured before refusing the output"))
+    result = runner.invoke(app, ["profile", str(tiny), "--output", str(output)])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_merge_rules():
+    old = [{"model": "m", "method": "stock", "P": 0, "img_s": 5.0},
+           {"model": "m", "method": "gtp", "P": 4, "hparams": {"alpha": 0.1}, "img_s": 7.0, "acc": 80.0}]
+    mine = [{"model": "m", "method": "gtp", "P": 4, "hparams": {"alpha": 0.1}, "img_s": None, "macs": 3},
+            {"model": "m", "method": "gtp", "P": 2, "hparams": {"alpha": 0.1}, "img_s": 6.0}]
+    merged = results.merge_rows(old, mine)
+    assert [(r["method"], r["P"]) for r in merged] == [("stock", 0), ("gtp", 2), ("gtp", 4)]
+    assert merged[2] == {"model": "m", "method": "gtp", "P": 4, "hparams": {"alpha": 0.1}, "img_s": 7.0,
+                         "acc": 80.0, "macs": 3}
+    assert results.setting_gap({"env": {"batch_size": 16}}, {"env": {"batch_size": 32}}) == "batch_size 16 (this run: 32)"
+    assert results.setting_gap({"data": None, "env": {}}, {"data": "/x", "env": {}}) is None
