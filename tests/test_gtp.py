@@ -30,8 +30,9 @@ def dense_spatial(height: int, width: int) -> torch.Tensor:
     return A
 
 
-def dense_semantic(x: torch.Tensor, M: int) -> torch.Tensor:
-    """Eq. 6-7 by brute force on one image (N, C): row i marks its M most cosine-similar other tokens."""
+def dense_semantic(x: torch.Tensor, M: int, keep_ties: bool = False) -> torch.Tensor:
+    """Eq. 6-7 by brute force on one image (N, C): row i marks its M most cosine-similar other tokens
+    (with `keep_ties`, every token at least as similar as the M-th, the authors' `>= T_i`)."""
     rows = x.double().tolist()
     n = len(rows)
     norms = [math.sqrt(sum(v * v for v in r)) for r in rows]
@@ -39,28 +40,30 @@ def dense_semantic(x: torch.Tensor, M: int) -> torch.Tensor:
     for i in range(n):
         sims = sorted(((sum(a * b for a, b in zip(rows[i], rows[j])) / (norms[i] * norms[j]), j)
                        for j in range(n) if j != i), reverse=True)
-        for _, j in sims[:M]:
+        chosen = [j for s, j in sims if s >= sims[M - 1][0]] if keep_ties else [j for _, j in sims[:M]]
+        for j in chosen:
             A[i, j] = 1.0
     return A
 
 
-def dense_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str) -> torch.Tensor:
+def dense_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str, keep_ties: bool = False) -> torch.Tensor:
     """A_hat = D^-1/2 A D^-1/2 (Eq. 9) with D the row sums of A, for one image (N, C)."""
     n = x.shape[0]
     A = torch.zeros(n, n)
     if kind in ("spatial", "mixed"):
         A = torch.maximum(A, dense_spatial(*grid))
     if kind in ("semantic", "mixed"):
-        A = torch.maximum(A, dense_semantic(x, min(M, n - 1)))
+        A = torch.maximum(A, dense_semantic(x, min(M, n - 1), keep_ties))
     d = A.sum(dim=1)
     inv = torch.where(d > 0, d.rsqrt(), torch.zeros_like(d))
     return inv[:, None] * A * inv[None, :]
 
 
-def hand_sparsify(w: torch.Tensor, theta: float) -> torch.Tensor:
-    """Per head (H, N, N): keep the ceil(theta N^2) largest entries, zero the others."""
+def hand_sparsify(w: torch.Tensor, theta: float, variant: str = "paper") -> torch.Tensor:
+    """Per head (H, N, N): keep the ceil(theta N^2) largest entries, zero the others; the authors' code
+    zeroes the entries below the k-th smallest, k = int(N^2 (1 - theta)), so keeps N^2 - k + 1."""
     H, n, _ = w.shape
-    keep = math.ceil(theta * n * n)
+    keep = math.ceil(theta * n * n) if variant == "paper" else min(n * n, n * n - int(n * n * (1 - theta)) + 1)
     out = torch.zeros_like(w)
     for h in range(H):
         flat = w[h].flatten()
@@ -72,7 +75,7 @@ def hand_sparsify(w: torch.Tensor, theta: float) -> torch.Tensor:
     return out
 
 
-def hand_attention(attn, h: torch.Tensor, size: torch.Tensor | None, theta: float = 1.0):
+def hand_attention(attn, h: torch.Tensor, size: torch.Tensor | None, theta: float = 1.0, variant: str = "paper"):
     """Multi-head attention on one image (N, C), written out: softmax(QK^T scale + log s) V.
     Returns (output (N, C), weights (H, N, N), keys (H, N, d))."""
     n, _ = h.shape
@@ -85,20 +88,25 @@ def hand_attention(attn, h: torch.Tensor, size: torch.Tensor | None, theta: floa
         logits = logits + size.reshape(1, 1, n).log()
     w = torch.softmax(logits, dim=-1)
     if theta < 1.0:
-        w = hand_sparsify(w, theta)
+        w = hand_sparsify(w, theta, variant)
     out = (w @ v).transpose(0, 1).reshape(n, -1)
     return attn.proj(attn.norm(out)), w, k
 
 
-def hand_scores(w: torch.Tensor, prefix: int, selection: str, fusion: str) -> list[float]:
-    """Importance of each image token of one attention map (H, N, N), entry by entry (Eq. 3-4)."""
+def hand_scores(w: torch.Tensor, prefix: int, selection: str, fusion: str, variant: str = "paper") -> list[float]:
+    """Importance of each image token of one attention map (H, N, N), entry by entry (Eq. 3-4; the
+    authors' code sums Psi over the token's own row too; cossim as their code defines it)."""
     H, n, _ = w.shape
     w = w.tolist()
     agg = max if fusion == "max" else (lambda values: sum(values) / len(values))
+    if selection == "cossim":
+        rows = [[agg([w[h][i][c] for h in range(H)]) for c in range(n)] for i in range(prefix, n)]
+        unit = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in rows]
+        return [-sum(sum(a * b for a, b in zip(ri, rj)) for rj in unit) for ri in unit]
     scores = []
     for i in range(prefix, n):
         gamma = agg([w[h][i][i] for h in range(H)])
-        psi = agg([sum(w[h][j][i] for j in range(n) if j != i) for h in range(H)])
+        psi = agg([sum(w[h][j][i] for j in range(n) if j != i or variant == "authors") for h in range(H)])
         cls = agg([w[h][0][i] for h in range(H)])
         scores.append({"mixed": gamma * psi, "diag": gamma, "broad": psi, "cls": cls}[selection])
     return scores
@@ -122,7 +130,7 @@ def embed(model, img):
 
 
 def reference_gtp(model, img, P, alpha=0.1, M=8, graph="mixed", selection="mixed", fusion="max",
-                  prop_attn=True, theta=1.0):
+                  prop_attn=True, theta=1.0, variant="paper"):
     """A whole GTP forward pass with dense matrices, one image at a time.
     Returns (logits, final sizes (B, N, 1), tokens entering each block)."""
     p = model.num_prefix_tokens
@@ -134,16 +142,18 @@ def reference_gtp(model, img, P, alpha=0.1, M=8, graph="mixed", selection="mixed
     for b in range(x_all.shape[0]):
         x = x_all[b]
         n = x.shape[0]
-        A_hat = dense_graph(x[p:], grid, M, graph) if graph != "none" else torch.zeros(n - p, n - p)
+        authors = variant == "authors"
+        degree = M + 1 if authors and p == 0 else M  # the authors' code: M + 1 neighbours without [CLS]
+        A_hat = dense_graph(x[p:], grid, degree, graph, authors) if graph != "none" else torch.zeros(n - p, n - p)
         size = torch.ones(n, 1)
         counts = []
         for layer, block in enumerate(model.blocks):
             counts.append(x.shape[0])
             out, w, _ = hand_attention(block.attn, block.norm1(x), size if prop_attn else None,
-                                       theta if Ps[layer] > 0 else 1.0)
+                                       theta if Ps[layer] > 0 or authors else 1.0, variant)
             x = x + block.ls1(out)
             if Ps[layer] > 0:
-                keep, prop = top_split(hand_scores(w, p, selection, fusion), Ps[layer])
+                keep, prop = top_split(hand_scores(w, p, selection, fusion, variant), Ps[layer])
                 image, image_size = x[p:], size[p:]
                 Ap = A_hat[keep][:, prop]
                 image_new = image[keep] + alpha * Ap @ image[prop]  # Eq. 10
@@ -485,6 +495,12 @@ CONFIGS = [
     dict(alpha=0.4, prop_attn=False),
     dict(alpha=0.4, sparsity=0.8),
     dict(alpha=0.4, P=[3, 0, 10, 5]),
+    dict(alpha=0.4, selection="cossim", sparsity=0.9),
+    dict(variant="authors"),
+    dict(variant="authors", alpha=0.4, sparsity=0.97, P=[3, 0, 10, 5]),
+    dict(variant="authors", alpha=0.4, graph="semantic", M=3),
+    dict(variant="authors", alpha=0.4, selection="broad", head_fusion="mean"),
+    dict(variant="authors", alpha=0.4, selection="broad"),
 ]
 
 
@@ -500,7 +516,7 @@ def test_whole_forward_against_dense_reference(config, name, request, fresh, ima
     ref_kwargs = dict(P=options["P"], alpha=options.get("alpha", 0.1), M=options.get("M", 8),
                       graph=options.get("graph", "mixed"), selection=options.get("selection", "mixed"),
                       fusion=options.get("head_fusion", "max"), prop_attn=options.get("prop_attn", True),
-                      theta=options.get("sparsity", 1.0))
+                      theta=options.get("sparsity", 1.0), variant=options.get("variant", "paper"))
     with torch.no_grad(), record_blocks(model) as rec:
         got = model(img)
         expected, expected_size, schedule = reference_gtp(stock, img, **ref_kwargs)
@@ -590,13 +606,14 @@ def test_attend_sparsified_output(small_vit):
 
 # --- token selection --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("variant", ["paper", "authors"])
 @pytest.mark.parametrize("fusion", ["max", "mean"])
-@pytest.mark.parametrize("selection", ["mixed", "diag", "broad", "cls"])
-def test_selection_on_hand_built_map(selection, fusion):
+@pytest.mark.parametrize("selection", ["mixed", "diag", "broad", "cls", "cossim"])
+def test_selection_on_hand_built_map(selection, fusion, variant):
     prefix, n, P = 1, 11, 5
     weights = hand_map(2, n, seed=29)
-    scores = token_scores(weights, prefix, selection, fusion)
-    expected = hand_scores(weights[0], prefix, selection, fusion)
+    scores = token_scores(weights, prefix, selection, fusion, variant=variant)
+    expected = hand_scores(weights[0], prefix, selection, fusion, variant)
     assert scores.shape == (1, n - prefix)
     assert torch.allclose(scores[0], torch.tensor(expected), atol=1e-6)
     keep, prop = split(scores, P)
@@ -657,17 +674,123 @@ def test_mixed_selection_explicit_example():
 
 
 def test_cossim_selection():
-    prefix, n = 1, 7
-    keys = torch.randn(1, 2, n, 4)
-    keys[:, :, 5] = keys[:, :, 2] * 3.0  # image tokens 1 and 4 share a direction in every head
-    scores = token_scores(torch.zeros(1, 2, n, n), prefix, "cossim", "max", keys)
-    k = F.normalize(keys.mean(dim=1)[0, prefix:], dim=-1)
-    expected = []
-    for i in range(n - prefix):
-        expected.append(-max(float(k[i] @ k[j]) for j in range(n - prefix) if j != i))
-    assert torch.allclose(scores[0], torch.tensor(expected), atol=1e-6)
+    """The authors' CosSim: attention rows (over all keys) fused over heads, compared by cosine; a token
+    whose row resembles the others' is redundant. Image tokens 1 and 3 have the same rows here."""
+    h0 = torch.tensor([[0.40, 0.15, 0.15, 0.15, 0.15],
+                       [0.10, 0.50, 0.10, 0.20, 0.10],
+                       [0.05, 0.05, 0.80, 0.05, 0.05],
+                       [0.10, 0.10, 0.10, 0.60, 0.10],
+                       [0.10, 0.50, 0.10, 0.20, 0.10]])
+    h1 = torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20],
+                       [0.30, 0.10, 0.20, 0.20, 0.20],
+                       [0.10, 0.10, 0.10, 0.10, 0.60],
+                       [0.20, 0.20, 0.20, 0.20, 0.20],
+                       [0.30, 0.10, 0.20, 0.20, 0.20]])
+    weights = torch.stack([h0, h1]).unsqueeze(0)
+    # max over heads, rows of image tokens 0..3: [.3 .5 .2 .2 .2], [.1 .1 .8 .1 .6], [.2 .2 .2 .6 .2], [.3 .5 .2 .2 .2]
+    rows = torch.tensor([[.3, .5, .2, .2, .2], [.1, .1, .8, .1, .6], [.2, .2, .2, .6, .2], [.3, .5, .2, .2, .2]])
+    unit = rows / rows.norm(dim=-1, keepdim=True)
+    expected = -(unit @ unit.T).sum(dim=-1)
+    scores = token_scores(weights, 1, "cossim", "max")
+    assert torch.allclose(scores[0], expected, atol=1e-6)
+    assert torch.allclose(scores[0], torch.tensor(hand_scores(weights[0], 1, "cossim", "max")), atol=1e-6)
     keep, prop = split(scores, 2)
-    assert sorted(prop[0].tolist()) == [1, 4]  # the redundant pair is propagated
+    assert sorted(prop[0].tolist()) == [0, 3]  # the redundant pair is propagated
+    assert not torch.allclose(token_scores(weights, 1, "cossim", "mean"), scores)  # fusion matters
+
+
+def test_authors_psi_includes_the_diagonal():
+    """On the map of `test_mixed_selection_explicit_example`, the authors' Psi adds each token's own
+    attention: head 0 columns [1.15, 0.65, 1.55, 0.85], head 1 [0.90, 1.55, 0.75, 0.90]."""
+    h0 = torch.tensor([[0.40, 0.15, 0.15, 0.15, 0.15],
+                       [0.10, 0.50, 0.10, 0.20, 0.10],
+                       [0.10, 0.10, 0.20, 0.50, 0.10],
+                       [0.10, 0.10, 0.10, 0.60, 0.10],
+                       [0.10, 0.30, 0.10, 0.10, 0.40]])
+    h1 = torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20],
+                       [0.20, 0.20, 0.20, 0.20, 0.20],
+                       [0.05, 0.05, 0.70, 0.10, 0.10],
+                       [0.20, 0.20, 0.20, 0.20, 0.20],
+                       [0.25, 0.25, 0.25, 0.05, 0.20]])
+    weights = torch.stack([h0, h1]).unsqueeze(0)
+    broad = token_scores(weights, 1, "broad", "max", variant="authors")
+    assert torch.allclose(broad[0], torch.tensor([1.15, 1.55, 1.55, 0.90]), atol=1e-6)
+    mean = token_scores(weights, 1, "broad", "mean", variant="authors")
+    assert torch.allclose(mean[0], torch.tensor([1.025, 1.10, 1.15, 0.875]), atol=1e-6)
+    mixed = token_scores(weights, 1, "mixed", "max", variant="authors")  # Gamma [0.5, 0.7, 0.6, 0.4]
+    assert torch.allclose(mixed[0], torch.tensor([0.575, 1.085, 0.93, 0.36]), atol=1e-6)
+    # keeping one by broad: the paper's Psi picks image token 2 (0.95 against 0.85), the authors' ...
+    assert split(token_scores(weights, 1, "broad", "mean"), 3)[0][0].tolist() == [2]
+    assert split(mean, 3)[0][0].tolist() == [2]
+    assert token_scores(weights, 1, "diag", "max", variant="authors").equal(token_scores(weights, 1, "diag", "max"))
+
+
+def test_variants_pick_different_tokens(small_vit, fresh, image):
+    """Guards the dense-reference tests: the diagonal in Psi changes which tokens are kept, and the
+    variants' outputs differ on a whole model."""
+    weights = hand_map(2, 11, seed=32)
+    picks = {v: top_split(hand_scores(weights[0], 1, "mixed", "max", v), 6)[0] for v in ("paper", "authors")}
+    assert picks == {"paper": [1, 2, 6, 9], "authors": [1, 2, 3, 6]}
+    for variant in ("paper", "authors"):
+        assert split(token_scores(weights, 1, "mixed", "max", variant=variant), 6)[0][0].tolist() == picks[variant]
+    img = image(small_vit, batch=2, seed=7)
+    with torch.no_grad():
+        paper, authors = (gtpcli.patch(fresh(small_vit), "gtp", P=6, selection="broad", variant=v)(img)
+                          for v in ("paper", "authors"))
+    assert (paper - authors).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("theta,n,paper,authors", [
+    (0.9, 10, 90, 92),    # int(100 * (1 - 0.9)) is int(9.999999999999998) = 9: 100 - 9 + 1
+    (0.5, 7, 25, 26),     # ceil(24.5) = 25; int(24.5) = 24: 49 - 24 + 1
+    (0.7, 10, 70, 71),    # int(30.000000000000004) = 30
+    (0.995, 10, 100, 100),  # k = int(0.5) = 0: the authors' code keeps everything (its kthvalue needs k >= 1)
+])
+def test_sparsify_counts_of_both_variants(theta, n, paper, authors):
+    w = torch.softmax(torch.randn(1, 2, n, n), dim=-1)
+    for variant, count in (("paper", paper), ("authors", authors)):
+        out = sparsify(w, theta, variant)
+        assert [int((out[0, h] != 0).sum()) for h in range(2)] == [count, count]
+        assert torch.equal(out[0], hand_sparsify(w[0], theta, variant))
+
+
+def test_authors_semantic_graph_keeps_ties():
+    """Tokens 1 and 2 are equally similar to token 0: with M = 1 the paper keeps one, the authors both."""
+    angle = torch.tensor(0.3)
+    x = torch.stack([torch.tensor([1.0, 0.0, 0.0]), torch.stack([angle.cos(), angle.sin(), torch.tensor(0.0)]),
+                     torch.stack([angle.cos(), -angle.sin(), torch.tensor(0.0)]), torch.tensor([0.0, 0.0, 1.0])])
+    paper = semantic_neighbours(x.unsqueeze(0), 1)[0]
+    authors = semantic_neighbours(x.unsqueeze(0), 1, keep_ties=True)[0]
+    assert paper.shape == (4, 1) and paper[0].item() in (1, 2)
+    # token 3 is orthogonal to all three others: a three-way tie, all kept; rows are padded with -1
+    assert authors.shape == (4, 3)
+    neighbours = [sorted(j for j in row if j >= 0) for row in authors.tolist()]
+    assert neighbours == [[1, 2], [0], [0], [0, 1, 2]]
+    A = dense_semantic(x, 1, keep_ties=True)
+    assert neighbours == [torch.nonzero(A[i]).flatten().tolist() for i in range(4)]
+
+
+@pytest.mark.parametrize("name,degree", [("small_vit", 5), ("small_gap_vit", 6)])
+def test_authors_semantic_degree_without_cls(name, degree, request, fresh, image):
+    """M neighbours per token with [CLS], M + 1 without, in the authors' variant; always M in the paper's."""
+    stock = request.getfixturevalue(name)
+    for variant, expected in (("paper", 5), ("authors", degree)):
+        model = gtpcli.patch(fresh(stock), "gtp", P=4, M=5, graph="semantic", variant=variant)
+        red = model.reduction
+        red.start(embed(model, image(model, batch=2, seed=3)))
+        pattern = red.graph.dense(64) != 0
+        assert torch.equal(pattern.sum(dim=-1), torch.full((2, 64), expected))
+
+
+def test_authors_sparsify_every_block(small_vit, fresh):
+    for variant, expected in (("paper", [0.8, 1.0, 0.8, 1.0]), ("authors", [0.8] * 4)):
+        red = gtpcli.patch(fresh(small_vit), "gtp", P=[4, 0, 4, 0], sparsity=0.8, variant=variant).reduction
+        assert [red.sparsity(layer) for layer in range(4)] == expected
+
+
+def test_unknown_variant_is_refused(small_vit, fresh):
+    with pytest.raises(ValueError, match="variant must be one of paper, authors"):
+        gtpcli.patch(fresh(small_vit), "gtp", P=4, variant="official")
 
 
 def test_random_selection_shapes_and_range():
@@ -767,3 +890,21 @@ def test_low_precision_on_cpu(dtype, vit_tiny, fresh, image, record_blocks):
     assert torch.isfinite(out).all()
     assert block_counts(rec) == [197 - 8 * l for l in range(12)]
     assert model.reduction.size.dtype == dtype and torch.isfinite(model.reduction.size).all()
+
+
+def test_cossim_macs_match_the_analytic_model(small_vit, fresh):
+    """cossim compares attention rows: N_img^2 N MACs per reducing layer, which fvcore counts and the
+    analytic model adds; the authors' variant costs what the paper's does."""
+    from gtpcli import analytic as A, backbones
+    from gtpcli.measure.flops import count_macs
+
+    arch = backbones.arch_of(small_vit)
+    image = torch.randn(1, 3, 64, 64)
+    counted, analytic = {}, {}
+    for name, hparams in {"paper": {}, "cossim": {"selection": "cossim"}, "authors": {"variant": "authors"}}.items():
+        model = gtpcli.patch(fresh(small_vit), "gtp", P=6, **hparams)
+        counted[name] = count_macs(model, image).macs
+        analytic[name] = A.implemented_overhead(arch, "gtp", model.reduction.removals, hparams)
+    assert counted["cossim"] - counted["paper"] == analytic["cossim"] - analytic["paper"] == sum(
+        (n - 1) ** 2 * n for n in (65, 59, 53, 47))
+    assert counted["authors"] == counted["paper"]

@@ -28,9 +28,9 @@ def stage(name: str):
 
 
 def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
-           sparsity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+           sparsity: float = 1.0, variant: str = "paper") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, when asked, the
-    (sparsified) attention map. Returns (output, attention map or None, keys)."""
+    (sparsified, see `sparsify` for `variant`) attention map. Returns (output, attention map or None, keys)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -43,7 +43,7 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
             logits += bias  # in place: at N = 785 every extra N x N pass shows in the throughput
         weights = logits.softmax(dim=-1)
         if sparsity < 1.0:
-            weights = sparsify(weights, sparsity)
+            weights = sparsify(weights, sparsity, variant)
         out = attn.attn_drop(weights) @ v
     else:
         drop = attn.attn_drop.p if attn.training else 0.0
@@ -55,11 +55,16 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
     return attn.proj_drop(attn.proj(out)), weights, k
 
 
-def sparsify(weights: torch.Tensor, theta: float) -> torch.Tensor:
-    """Keep the largest ceil(theta * N^2) values of each head's N x N map, zero the rest
-    (values tied with the smallest kept one are kept too); no renormalisation, as in the paper."""
+def sparsify(weights: torch.Tensor, theta: float, variant: str = "paper") -> torch.Tensor:
+    """Keep the largest values of each head's N x N map, zero the rest (values tied with the smallest
+    kept one are kept too); no renormalisation. How many: the paper's "largest theta N^2", ceil(theta N^2);
+    the authors' code zeroes what lies below the k-th smallest value, k = int((1 - theta) N^2) in floating
+    point, so it keeps N^2 - k + 1 (all of them when k = 0)."""
     N = weights.shape[-1]
-    keep = max(1, math.ceil(theta * N * N - 1e-9))  # tolerate float noise: 0.07 * 100 is 7, not 8
+    if variant == "authors":
+        keep = min(N * N, N * N - int(N * N * (1 - theta)) + 1)
+    else:
+        keep = max(1, math.ceil(theta * N * N - 1e-9))  # tolerate float noise: 0.07 * 100 is 7, not 8
     flat = weights.flatten(-2)
     threshold = flat.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     return (flat * (flat >= threshold)).view_as(weights)
@@ -78,6 +83,7 @@ class Reduction:
     """
 
     method = "none"
+    variant = "paper"  # or "authors": a method's released code where it departs from its paper
 
     def __init__(self, model: nn.Module, P: int | Sequence[int], prop_attn: bool = True):
         self.num_layers = len(model.blocks)
@@ -134,7 +140,7 @@ def reduced_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = Fal
         red.start(x)
     with stage("attention"):
         out, weights, keys = attend(self.attn, self.norm1(x), red.bias(), red.needs_weights(layer),
-                                    red.sparsity(layer))
+                                    red.sparsity(layer), red.variant)
         x = x + self.drop_path1(self.ls1(out))
     if red.removals[layer] > 0:
         x = red.reduce(layer, x, weights, keys)

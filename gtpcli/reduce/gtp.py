@@ -6,6 +6,14 @@ A_hat = D^-1/2 A D^-1/2. In every block with P > 0, after attention: score the i
 attention map, keep the N - P best, and propagate the other P into the kept ones:
 X^s = X^k + alpha A_hat^p X^p, s^s = s^k + alpha A_hat^p s^p. A_hat^p (kept x propagated) is assembled
 from the neighbour lists each layer, so no N x N matrix is stored or multiplied after the first block.
+
+`variant="paper"` (the default) follows the paper's equations. `variant="authors"` reproduces the authors'
+released code (Ackesnal/GTP-ViT), which produced the published accuracies and departs from the paper in:
+- Psi (Eq. 4) sums each image token's attention column over all queries *including itself*;
+- sparsification keeps N^2 - int((1 - theta) N^2) + 1 values per head, not theta N^2, and in every block;
+- the semantic graph (Eq. 6-7) keeps every token tied with the threshold T_i, and on a model without
+  [CLS] gives M + 1 neighbours per token (their threshold index counts the tokens as if [CLS] were there).
+Both variants share everything else, and the `cossim` selection, which only the authors' code defines.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from .common import Reduction, stage
 SELECTIONS = ("mixed", "diag", "broad", "cls", "cossim", "random")
 GRAPHS = ("mixed", "spatial", "semantic", "none")
 FUSIONS = ("max", "mean")
+VARIANTS = ("paper", "authors")
 
 
 @dataclass
@@ -57,16 +66,22 @@ def spatial_neighbours(height: int, width: int) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def semantic_neighbours(x: torch.Tensor, M: int) -> torch.Tensor:
-    """(B, N, M) indices of each token's M most cosine-similar other tokens (paper Eq. 6-7).
-    Exactly M per row, no self loops; ties at the threshold are broken by torch.topk."""
+def semantic_neighbours(x: torch.Tensor, M: int, keep_ties: bool = False) -> torch.Tensor:
+    """(B, N, K) indices of each token's M most cosine-similar other tokens (paper Eq. 6-7), no self loops.
+    Exactly M per row, ties at the threshold broken by torch.topk; with `keep_ties` every token as similar
+    as the M-th is kept too (the authors' `>= T_i`), and rows with fewer than K neighbours are padded with -1."""
     xn = F.normalize(x, dim=-1)
     similarity = xn @ xn.transpose(-1, -2)
     similarity.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-    return similarity.topk(M, dim=-1).indices
+    if not keep_ties:
+        return similarity.topk(M, dim=-1).indices
+    threshold = similarity.topk(M, dim=-1).values[..., -1:]  # T_i, the M-th largest similarity of row i
+    K = int((similarity >= threshold).sum(dim=-1).max())
+    values, index = similarity.topk(K, dim=-1)
+    return torch.where(values >= threshold, index, torch.full_like(index, -1))
 
 
-def build_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str) -> Graph:
+def build_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str, keep_ties: bool = False) -> Graph:
     """The normalised graph A_hat over the image tokens x (B, N, C) (paper Eq. 5-9)."""
     B, N, _ = x.shape
     parts = []
@@ -75,7 +90,7 @@ def build_graph(x: torch.Tensor, grid: tuple[int, int], M: int, kind: str) -> Gr
             raise ValueError(f"a spatial graph needs a {grid[0]}x{grid[1]} grid of tokens, got {N} tokens")
         parts.append(spatial_neighbours(*grid).to(x.device).expand(B, N, 8))
     if kind in ("mixed", "semantic"):
-        parts.append(semantic_neighbours(x, min(M, N - 1)))
+        parts.append(semantic_neighbours(x, min(M, N - 1), keep_ties))
     index = torch.cat(parts, dim=-1)
     valid = index >= 0
     if kind == "mixed":  # union: a semantic neighbour that is also a spatial one counts once
@@ -94,23 +109,24 @@ def fuse(values: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def token_scores(weights: torch.Tensor, prefix: int, selection: str, fusion: str,
-                 keys: torch.Tensor | None = None) -> torch.Tensor:
+                 keys: torch.Tensor | None = None, variant: str = "paper") -> torch.Tensor:
     """Importance of each image token (B, N_img): the largest are kept (paper section 3.2.1, Fig. 5)."""
     if selection == "random":
         like = keys if keys is not None else weights  # (B, H, N, .) either way
         return torch.rand(like.shape[0], like.shape[2] - prefix, device=like.device)
-    if selection == "cossim":  # ToMe's view: a token very similar to another one is redundant
-        k = F.normalize(keys.mean(dim=1)[:, prefix:], dim=-1)
-        similarity = k @ k.transpose(-1, -2)
-        similarity.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-        return -similarity.amax(dim=-1)
+    if selection == "cossim":  # as the authors' code defines it: a token whose attention row resembles
+        rows = F.normalize(fuse(weights[:, :, prefix:], fusion), dim=-1)  # the others' is redundant
+        return -(rows @ rows.transpose(-1, -2)).sum(dim=-1)
     if selection == "cls":  # EViT: attention from [CLS] to each token
         return fuse(weights[:, :, 0, prefix:], fusion)
     diagonal = weights.diagonal(dim1=-2, dim2=-1)
     regeneration = fuse(diagonal[..., prefix:], fusion)  # Gamma (Eq. 3)
     if selection == "diag":
         return regeneration
-    broadcasting = fuse((weights.sum(dim=-2) - diagonal)[..., prefix:], fusion)  # Psi (Eq. 4)
+    columns = weights.sum(dim=-2)
+    if variant == "paper":
+        columns = columns - diagonal  # Psi without the token's attention to itself (Eq. 4)
+    broadcasting = fuse(columns[..., prefix:], fusion)
     return broadcasting if selection == "broad" else regeneration * broadcasting
 
 
@@ -150,10 +166,11 @@ class GTP(Reduction):
 
     def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, alpha: float = 0.1, sparsity: float = 1.0,
                  M: int = 8, selection: str = "mixed", graph: str = "mixed", head_fusion: str = "max",
-                 prop_attn: bool = True):
+                 prop_attn: bool = True, variant: str = "paper"):
         _choose("selection", selection, SELECTIONS)
         _choose("graph", graph, GRAPHS)
         _choose("head_fusion", head_fusion, FUSIONS)
+        _choose("variant", variant, VARIANTS)
         if selection == "cls" and getattr(model, "cls_token", None) is None:
             raise ValueError("selection 'cls' needs a [CLS] token, and this model has none (use mixed)")
         if not 0.0 < sparsity <= 1.0:
@@ -161,7 +178,7 @@ class GTP(Reduction):
         if M < 1:
             raise ValueError(f"M (semantic neighbours) must be >= 1, got {M}")
         self.alpha, self.theta, self.M = float(alpha), float(sparsity), int(M)
-        self.selection, self.graph_kind, self.fusion = selection, graph, head_fusion
+        self.selection, self.graph_kind, self.fusion, self.variant = selection, graph, head_fusion, variant
         self.grid = tuple(model.patch_embed.grid_size)
         self.graph: Graph | None = None
         super().__init__(model, P, prop_attn)
@@ -171,22 +188,29 @@ class GTP(Reduction):
         self.graph = None
         if any(self.removals) and self.propagates:
             with stage("gtp.graph"):
-                self.graph = build_graph(x[:, self.prefix:], self.grid, self.M, self.graph_kind)
+                self.graph = build_graph(x[:, self.prefix:], self.grid, self.semantic_degree, self.graph_kind,
+                                         keep_ties=self.variant == "authors")
 
     @property
     def propagates(self) -> bool:
         return self.graph_kind != "none" and self.alpha != 0.0
 
+    @property
+    def semantic_degree(self) -> int:
+        """M, or M + 1 on a model without [CLS] in the authors' code."""
+        return self.M + 1 if self.variant == "authors" and self.prefix == 0 else self.M
+
     def needs_weights(self, layer: int) -> bool:
-        return self.removals[layer] > 0 and self.selection not in ("random", "cossim")
+        return self.removals[layer] > 0 and self.selection != "random"
 
     def sparsity(self, layer: int) -> float:
-        return self.theta if self.removals[layer] > 0 else 1.0
+        """The paper sparsifies the maps it selects from; the authors' code every block's."""
+        return self.theta if self.removals[layer] > 0 or self.variant == "authors" else 1.0
 
     def reduce(self, layer, x, weights, keys):
         P, p = self.removals[layer], self.prefix
         with stage("gtp.select"):
-            keep, propagated = split(token_scores(weights, p, self.selection, self.fusion, keys), P)
+            keep, propagated = split(token_scores(weights, p, self.selection, self.fusion, keys, self.variant), P)
         with stage("gtp.propagate"):
             size = self.sizes_or_ones(x)
             image, image_size = x[:, p:], size[:, p:]
