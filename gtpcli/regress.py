@@ -7,15 +7,13 @@ stock model measured in the same run (absolute img/s differ between machines), a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import yaml
-
 from .errors import GtpcliError
+from .files import atomic_write, load_data
 from .ranges import parse_values
 
 DETERMINISTIC = {"macs": 0.0, "params": 0.0, "tokens": 0.0, "overhead_macs": 0.0}
@@ -23,8 +21,21 @@ HIGHER_IS_BETTER = {"speedup": 0.15}
 METRICS = {**DETERMINISTIC, **HIGHER_IS_BETTER}
 SPEC_KEYS = {"models": list, "methods": list, "P": (str, int, list), "metrics": list, "tolerances": dict,
              "speed": dict}
-SPEED_KEYS = ("batch_size", "runs", "warmup")
-ENV_KEYS = ("torch", "timm", "device_name", "dtype", "batch_size", "threads", "fused_attn")
+SPEED_KEYS = {"batch_size": 1, "runs": 1, "warmup": 0}  # key: smallest value
+BASELINE_FORMATS = ("json", "yaml")
+STOCK = "stock"
+# What each metric can change with, so that a baseline from another machine is flagged only where it
+# matters. MACs: the model's definition (timm) and the operators its forward traces to (torch: fvcore
+# counts the traced graph). Parameters, token schedules and the analytic overhead follow from timm's
+# model definition alone. A speed-up depends on everything about the machine and the run. The CPU
+# model, core count, threads and Python version never change a deterministic metric.
+DEPENDS_ON = {
+    "macs": ("torch", "timm"),
+    "params": ("timm",),
+    "tokens": ("timm",),
+    "overhead_macs": ("timm",),
+    "speedup": ("torch", "timm", "device", "device_name", "dtype", "batch_size", "threads", "cpus", "fused_attn"),
+}
 
 
 @dataclass
@@ -39,34 +50,40 @@ class CheckSpec:
 
 def load_spec(path: Path) -> CheckSpec:
     """A `check:` section, in its own YAML file or in a profile (whose model it then checks)."""
-    if not path.is_file():
-        raise GtpcliError(f"check spec not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise GtpcliError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    from .options import methods as method_names
+
+    data = load_data(path, "check spec", ("yaml", "json"))
     if not isinstance(data, dict) or not isinstance(data.get("check"), dict):
         raise GtpcliError(f"{path}: missing key 'check' (a mapping with {', '.join(SPEC_KEYS)})")
     spec = data["check"]
     for key, value in spec.items():
         if key not in SPEC_KEYS:
             raise GtpcliError(f"{path}: unknown key 'check.{key}' (expected one of {', '.join(SPEC_KEYS)})")
-        if not isinstance(value, SPEC_KEYS[key]):
+        if not isinstance(value, SPEC_KEYS[key]) or isinstance(value, bool):
             raise GtpcliError(f"{path}: key 'check.{key}' has the wrong type ({type(value).__name__})")
     models = spec.get("models") or ([str(path)] if "model" in data else [])
     if not models:
         raise GtpcliError(f"{path}: missing key 'check.models'")
+    for model in models:
+        if not isinstance(model, str) or not model:
+            raise GtpcliError(f"{path}: key 'check.models' must list model names, got {model!r}")
+    methods = spec.get("methods", ["gtp"])
+    if not methods or not all(isinstance(m, str) for m in methods):
+        raise GtpcliError(f"{path}: key 'check.methods' must list method names, got {methods!r}")
+    method_names(",".join(methods), f"{path}: key 'check.methods'")
     metrics = spec.get("metrics", list(DETERMINISTIC))
     for name in list(metrics) + list(spec.get("tolerances", {})):
         if name not in METRICS:
             raise GtpcliError(f"{path}: unknown metric {name!r} in 'check' (known: {', '.join(METRICS)})")
-    for key in spec.get("speed", {}):
+    for key, value in spec.get("speed", {}).items():
         if key not in SPEED_KEYS:
             raise GtpcliError(f"{path}: unknown key 'check.speed.{key}' (expected {', '.join(SPEED_KEYS)})")
+        if not isinstance(value, int) or isinstance(value, bool) or value < SPEED_KEYS[key]:
+            raise GtpcliError(f"{path}: key 'check.speed.{key}' must be an integer >= {SPEED_KEYS[key]}, got {value!r}")
     tolerances = {**METRICS, **spec.get("tolerances", {})}
-    if any(not isinstance(v, (int, float)) or v < 0 for v in tolerances.values()):
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in tolerances.values()):
         raise GtpcliError(f"{path}: key 'check.tolerances' must map metrics to numbers >= 0")
-    return CheckSpec(models, spec.get("methods", ["gtp"]), parse_values(spec.get("P", "0,8"), "check.P"),
+    return CheckSpec(models, methods, parse_values(spec.get("P", "0,8"), f"{path}: key 'check.P'"),
                      metrics, tolerances, spec.get("speed", {}))
 
 
@@ -87,25 +104,39 @@ def measure(spec: CheckSpec, device: str, on_point) -> tuple[list[dict[str, Any]
 
 
 def verdicts(spec: CheckSpec, rows: list[dict], env: dict, baseline: dict) -> dict[str, Any]:
-    """The whole check as data: one verdict per metric, and how the environments differ."""
+    """The whole check as data: one verdict per metric, and the environment differences that matter."""
     return {"rows": compare(spec, rows, baseline["rows"]), "env": env,
-            "environment_differs": environment_gaps(env, baseline.get("env", {}))}
+            "environment_differs": environment_gaps(env, baseline.get("env", {}), spec.metrics)}
 
 
 def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dict[str, Any]]:
-    """One verdict per (model, method, P, metric)."""
-    index = {(r["model"], r["method"], r["P"]): r for r in baseline}
+    """One verdict per (model, method, P, metric). The stock row is compared too (a backbone whose MACs
+    or parameters change, say with a timm upgrade, is a regression named `stock`); its speed-up over
+    itself is 1 by definition, so speed is not compared there."""
+    index: dict[tuple, list[dict]] = {}
+    for r in baseline:
+        index.setdefault((r["model"], r["method"], r["P"]), []).append(r)
     verdicts = []
     for row in rows:
-        if row["method"] == "stock":
-            continue
         key = (row["model"], row["method"], row["P"])
-        if key not in index:
-            raise GtpcliError(f"the baseline has no row for {key[0]} {key[1]} P={key[2]} "
-                              "(re-create it with --update-baseline)")
+        base = _baseline_row(index.get(key, []), row)
         for metric in spec.metrics:
-            verdicts.append(judge(key, metric, index[key].get(metric), row.get(metric), spec.tolerances[metric]))
+            if row["method"] == STOCK and metric in HIGHER_IS_BETTER:
+                continue
+            verdicts.append(judge(key, metric, base.get(metric), row.get(metric), spec.tolerances[metric]))
     return verdicts
+
+
+def _baseline_row(candidates: list[dict], row: dict) -> dict:
+    """The baseline row of this point: the one with the same hyperparameters, or the only one."""
+    same = [r for r in candidates if r.get("hparams", {}) == row.get("hparams", {})]
+    if same or len(candidates) == 1:
+        return (same or candidates)[-1]
+    where = f"{row['model']} {row['method']} P={row['P']}"
+    if not candidates:
+        raise GtpcliError(f"the baseline has no row for {where} (re-create it with --update-baseline)")
+    raise GtpcliError(f"the baseline has {len(candidates)} rows for {where} and none with the spec's "
+                      f"hyperparameters {row.get('hparams', {})} (re-create it with --update-baseline)")
 
 
 def judge(key, metric: str, base, now, tolerance: float) -> dict[str, Any]:
@@ -127,26 +158,62 @@ def judge(key, metric: str, base, now, tolerance: float) -> dict[str, Any]:
     return verdict | {"verdict": "pass" if ok else "fail"}
 
 
-def environment_gaps(now: dict, baseline_env: dict) -> list[str]:
-    return [f"{k}: baseline {baseline_env.get(k)!r}, now {now.get(k)!r}" for k in ENV_KEYS
-            if k in baseline_env and baseline_env.get(k) != now.get(k)]
+def environment_gaps(now: dict, baseline_env: dict, metrics: list[str] | None = None) -> list[str]:
+    """The environment fields that differ from the baseline's AND can change one of the checked metrics
+    (see DEPENDS_ON), each with the metrics it can change; a different CPU under a MACs-only check is
+    not news."""
+    metrics = list(METRICS) if metrics is None else metrics
+    gaps = []
+    keys = dict.fromkeys(k for m in metrics for k in DEPENDS_ON[m])
+    for key in keys:
+        if key in baseline_env and baseline_env.get(key) != now.get(key):
+            affected = ", ".join(m for m in metrics if key in DEPENDS_ON[m])
+            gaps.append(f"{key}: baseline {baseline_env.get(key)!r}, now {now.get(key)!r} (can change {affected})")
+    return gaps
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    """A baseline written by --update-baseline or `gtpcli profile --output`, checked row by row so a bad
+    file is one line, not a crash halfway through the comparison."""
+    if not path.exists():
         raise GtpcliError(f"baseline not found: {path} (create it with --update-baseline {path})")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise GtpcliError(f"{path}: not valid JSON ({exc})") from None
+    data = load_data(path, "baseline", BASELINE_FORMATS)
+    shape = "a baseline is what --update-baseline or `gtpcli profile --output` writes ({'rows': [...], 'env': {...}})"
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise GtpcliError(f"{path}: a baseline is the JSON of `gtpcli profile --output` ({{'rows': [...], 'env': ...}})")
+        raise GtpcliError(f"{path}: {shape}")
+    if not isinstance(data.get("env", {}), dict):
+        raise GtpcliError(f"{path}: 'env' must be a mapping, got {type(data['env']).__name__}")
+    for at, row in enumerate(data["rows"]):
+        problem = _row_problem(row)
+        if problem:
+            raise GtpcliError(f"{path}: rows[{at}] {problem}; {shape}")
     return data
 
 
+def _row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"is a {type(row).__name__}, not a mapping"
+    for key, kind in (("model", str), ("method", str), ("P", int)):
+        if key not in row:
+            return f"has no {key!r}"
+        if not isinstance(row[key], kind) or isinstance(row[key], bool):
+            return f"has {key} {row[key]!r} (expected {kind.__name__})"
+    if not isinstance(row.get("hparams", {}), dict):
+        return "has hparams that are not a mapping"
+    for metric in METRICS:
+        value = row.get(metric)
+        if value is None:
+            continue
+        if metric == "tokens":
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return f"has tokens {value!r} (expected a list of integers)"
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"has {metric} {value!r} (expected a number)"
+    return None
+
+
 def write_junit(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(result))
+    atomic_write(path, junit_xml(result), "--junit")
 
 
 def junit_xml(result: dict[str, Any]) -> str:

@@ -49,9 +49,10 @@ def test_unchanged_run_passes_with_junit(measured, tmp_path):
     result = check(spec, "--baseline", baseline, "--junit", junit, "--format", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
-    assert len(rows) == 2 * 2 * 4 and all(r["verdict"] == "pass" for r in rows)
+    assert len(rows) == (1 + 2 * 2) * 4 and all(r["verdict"] == "pass" for r in rows)  # stock + 2 methods x 2 P
+    assert {r["method"] for r in rows} == {"stock", "gtp", "tome"}
     suite = ET.parse(junit).getroot()
-    assert suite.get("tests") == "16" and suite.get("failures") == "0"
+    assert suite.get("tests") == "20" and suite.get("failures") == "0"
 
 
 @pytest.mark.parametrize("metric, edit", [
@@ -67,6 +68,52 @@ def test_one_mac_or_one_token_off_fails_naming_the_metric(measured, tmp_path, me
     assert result.exit_code == 1, result.output
     assert f"regression: deit_t gtp P=8 {metric}" in result.stderr  # the timm name resolves to its profile
     assert ET.parse(junit).getroot().get("failures") == "1"
+
+
+def test_the_stock_backbone_is_compared_too(measured, tmp_path):
+    """A timm upgrade that changes the backbone's MACs is a regression named `stock`."""
+    spec, baseline = measured
+    data = json.loads(baseline.read_text())
+    stock = next(r for r in data["rows"] if r["method"] == "stock")
+    stock["macs"] += 1000
+    path = tmp_path / "stock.json"
+    path.write_text(json.dumps(data))
+    result = check(spec, "--baseline", path)
+    assert result.exit_code == 1, result.output
+    assert "regression: deit_t stock P=0 macs" in result.stderr
+    del stock["macs"]
+    data["rows"] = [r for r in data["rows"] if r["method"] != "stock"]
+    path.write_text(json.dumps(data))
+    result = check(spec, "--baseline", path)
+    assert result.exit_code == 2 and "no row for deit_t stock P=0" in result.output
+
+
+def test_only_environment_differences_that_change_the_checked_metrics_are_flagged(measured, tmp_path):
+    spec, baseline = measured
+    data = json.loads(baseline.read_text())
+    data["env"] |= {"device_name": "Some Other CPU", "threads": 64, "cpus": 128, "python": "3.99.0"}
+    other = tmp_path / "other_machine.json"
+    other.write_text(json.dumps(data))
+    result = check(spec, "--baseline", other, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["environment_differs"] == []  # MACs do not depend on the CPU
+    assert "another" not in result.stderr
+    env = {"torch": "2.14.1", "timm": "1.0.31", "device_name": "A", "threads": 2, "dtype": "float32"}
+    moved = env | {"device_name": "B", "threads": 8}
+    assert regress.environment_gaps(moved, env, ["macs", "tokens", "params", "overhead_macs"]) == []
+    speed = regress.environment_gaps(moved, env, ["speedup"])
+    assert [gap.split(":")[0] for gap in speed] == ["device_name", "threads"]
+    upgraded = regress.environment_gaps(env | {"timm": "1.1.0"}, env, ["macs", "params"])
+    assert upgraded == ["timm: baseline '1.0.31', now '1.1.0' (can change macs, params)"]
+
+
+def test_a_yaml_baseline_is_read_back(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace('"0,8"', "8").replace("[gtp, tome]", "[gtp]").replace("deit_tiny_patch16_224", "deit_t")
+                    .replace("[macs, tokens, params, overhead_macs]", "[tokens, params]"))
+    written = check(spec, "--update-baseline", tmp_path / "b.yaml")
+    assert written.exit_code == 0, written.output
+    assert check(spec, "--baseline", tmp_path / "b.yaml").exit_code == 0
 
 
 def test_a_30_percent_lower_speedup_fails_and_a_higher_one_passes():
