@@ -25,7 +25,8 @@ def resolve(name: str) -> tuple[Profile | None, str]:
         return profile, profile.model["timm"]
     if timm.is_model(name) or name in MODELS:
         return None, name
-    close = difflib.get_close_matches(name, builtin_names() + list(MODELS) + timm.list_models(), n=3, cutoff=0.6)
+    close = (difflib.get_close_matches(name, builtin_names() + list(MODELS), n=3, cutoff=0.6)
+             or difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6))
     hint = f" (did you mean {', '.join(close)}?)" if close else f" (profiles: {', '.join(builtin_names())}, or any timm model name)"
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
@@ -42,14 +43,22 @@ def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, 
             model = MODELS[timm_name](**kwargs)
         else:
             model = timm.create_model(timm_name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise GtpcliError(f"cannot build {timm_name} with {kwargs}: {exc}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GtpcliError(f"cannot build {timm_name} with {kwargs}: {detail}") from None
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise GtpcliError(f"{timm_name} is not a plain Vision Transformer (no blocks/patch_embed); "
                           "gtpcli patches timm VisionTransformer-style models")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict)
     return model.eval()
+
+
+def arch_for(timm_name: str) -> Arch:
+    """The analytic model's view of a timm (or built-in) ViT, built on the meta device: no weights are
+    allocated, so even a ViT-L answers in about a second."""
+    with torch.device("meta"):
+        return arch_of(create(timm_name))
 
 
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "num_classes", "in_chans")
@@ -100,9 +109,17 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
     problems, fitting = _fit(model, state)
     if problems and strict:
         raise GtpcliError(f"{path} does not fit this architecture; {problems} (use --no-strict to load what fits)")
+    expected = len(model.state_dict())
+    if problems and len(fitting) < MIN_LOADED * expected:
+        raise GtpcliError(f"{path}: only {len(fitting)} of the model's {expected} tensors fit, under "
+                          f"{MIN_LOADED:.0%} even with --no-strict: it is not a checkpoint of this model; {problems}")
     model.load_state_dict(fitting, strict=False)
     if problems:
-        sys.stderr.write(f"warning: {path} loaded non-strictly, the rest left random; {problems}\n")
+        sys.stderr.write(f"warning: {path} loaded non-strictly: {len(fitting)} of {expected} tensors loaded, "
+                         f"{expected - len(fitting)} LEFT RANDOM; {problems}\n")
+
+
+MIN_LOADED = 0.5  # --no-strict refuses a checkpoint that fills less than this share of the model's tensors
 
 
 def _npz_arrays(path: Path) -> dict:

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import analytic as A
 
+MAX_ROWS = 10_000  # a bigger grid is refused up front (it would take minutes and print megabytes)
 TOME_NOTE = ("Eq. 14 as printed has P^2 C coefficient (L^3/12 + L^2/12 + L/8); its own sum gives "
              "(L^3/12 - L^2/8 + L/24). Rows show the exact sum; *_closed_form_diff = printed - sum.")
 

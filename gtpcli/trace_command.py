@@ -18,15 +18,20 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
 
     profile, timm_name = backbones.resolve(model_name)
     device = speed.resolve_device(device)
-    batch = batch_size or speed.Timing.default(device).batch_size
+    batch = batch_size if batch_size is not None else speed.Timing.default(device).batch_size
     if batch < 1:
         raise GtpcliError(f"--batch-size must be >= 1, got {batch}")
+    if checkpoint is not None and not checkpoint.is_file():
+        raise GtpcliError(f"checkpoint not found: {checkpoint}")
     model = backbones.create(timm_name, checkpoint, **backbones.constructor_kwargs(profile, img_size))
     hparams = profile.hparams_for(method, P) if profile else {}
     sweep.apply(model, method, P, hparams)
     model.to(device)
     x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
-    recorded = trace.record(model, x, out, active=steps)
+    try:
+        recorded = trace.record(model, x, out, active=steps)
+    except OSError as exc:
+        raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
 
     arch = backbones.arch_of(model)
     removals = model.reduction.removals

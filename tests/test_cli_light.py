@@ -63,6 +63,15 @@ def test_complexity_from_a_model_fills_the_architecture_and_backbone_macs():
     assert json.loads(by_timm_name.output)["rows"][0]["C"] == 384
 
 
+def test_complexity_takes_any_timm_vit_name_as_the_help_says():
+    """Not only the timm names of the profiles: the architecture is read off the model, built without weights."""
+    result = invoke("complexity", "--model", "vit_small_patch16_384", "--P", "0", "--format", "json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)["rows"][0]
+    assert (row["N"], row["C"], row["L"], row["H"]) == (24 * 24 + 1, 384, 12, 6)
+    assert row["backbone_macs"] == sum(A.backbone_macs(A.Arch(N=577, C=384, L=12, H=6), 0).values())
+
+
 def test_per_layer_terms_add_up_to_the_row():
     result = invoke("complexity", "--N", "197", "--C", "384", "--H", "6", "--P", "8", "--per-layer", "--format", "json")
     row = json.loads(result.output)["rows"][0]

@@ -93,6 +93,14 @@ def test_different_hyperparameters_are_different_points(tiny, tmp_path):
     assert alphas == [0.1, 0.5]
 
 
+def test_a_profile_P_list_is_a_list_of_points(tmp_path):
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(TINY.replace('P: "0,2"', "P: [0, 4]"))
+    out = tmp_path / "out.json"
+    profile(listed, out, "--no-speed")
+    assert points(out) == [("stock", 0), ("gtp", 0), ("gtp", 4)]
+
+
 def _writer(path: str, name: str, saves: int) -> None:
     store = results.ResultFile(Path(path), {"model": "m", "env": {}})
     store.open()
