@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import gtpcli
-from gtpcli.reduce.common import attend, size_bias, sparsify
+from gtpcli.reduce import common
+from gtpcli.reduce.common import AttentionSummary, attend, size_bias, sparsify
 from gtpcli.reduce.gtp import (GTP, Graph, build_graph, propagation_matrix, restrict, semantic_neighbours,
                                spatial_neighbours, split, token_scores)
 
@@ -570,37 +571,55 @@ def test_sparsify_count_when_theta_n2_is_an_integer(theta, n):
     assert [int((out[0, h] != 0).sum()) for h in range(2)] == [expected, expected]
 
 
-@pytest.mark.parametrize("need_weights", [True, False])
+def assert_summary_of(summary, w, atol=1e-6):
+    """An AttentionSummary against the hand map w (H, N, N) of one image."""
+    assert torch.allclose(summary.diagonal, w.diagonal(dim1=-2, dim2=-1), atol=atol)
+    assert torch.allclose(summary.columns, w.sum(dim=-2), atol=atol)
+    assert torch.allclose(summary.first_row, w[:, 0], atol=atol)
+
+
+@pytest.mark.parametrize("need", ["fused", "summary", "map"])
 @pytest.mark.parametrize("name", ["qk_norm_vit", "small_vit"])
-def test_attend_with_proportional_attention(need_weights, name, request):
+@pytest.mark.parametrize("block_bytes", [1 << 22, 9 * 9 * 4 * 3])  # everything at once; 3 slices at a time
+def test_attend_with_proportional_attention(need, name, block_bytes, request, monkeypatch):
+    monkeypatch.setattr(common, "BLOCK_BYTES", block_bytes)
     model = request.getfixturevalue(name)
     attn = model.blocks[1].attn
     B, n, C = 2, 9, model.embed_dim
     x = torch.randn(B, n, C)
     size = 1 + 4 * torch.rand(B, n, 1)
     with torch.no_grad():
-        out, weights, keys = attend(attn, x, size_bias(size), need_weights=need_weights)
+        out, seen, keys = attend(attn, x, size_bias(size), need=need)
         for b in range(B):
             exp_out, exp_w, exp_k = hand_attention(attn, x[b], size[b])
             assert torch.allclose(out[b], exp_out, atol=1e-5)
             assert torch.allclose(keys[b], exp_k, atol=1e-6)
-            if need_weights:
-                assert torch.allclose(weights[b], exp_w, atol=1e-6)
-        if not need_weights:
-            assert weights is None
+            if need == "map":
+                assert torch.allclose(seen[b], exp_w, atol=1e-6)
+            elif need == "summary":
+                assert_summary_of(AttentionSummary(seen.diagonal[b], seen.columns[b], seen.first_row[b]), exp_w)
+        if need == "fused":
+            assert seen is None
         # all sizes 1 is plain attention, i.e. timm's own module
-        plain, _, _ = attend(attn, x, size_bias(torch.ones(B, n, 1)), need_weights=need_weights)
+        plain, _, _ = attend(attn, x, size_bias(torch.ones(B, n, 1)), need=need)
         assert torch.allclose(plain, attn(x), atol=1e-5)
+        unbiased, _, _ = attend(attn, x, None, need=need)
+        assert torch.allclose(unbiased, attn(x), atol=1e-5)
 
 
-def test_attend_sparsified_output(small_vit):
+@pytest.mark.parametrize("need", ["fused", "summary", "map"])
+def test_attend_sparsified_output(need, small_vit, monkeypatch):
+    monkeypatch.setattr(common, "BLOCK_BYTES", 8 * 8 * 4)  # one slice at a time
     attn = small_vit.blocks[0].attn
     x = torch.randn(1, 8, small_vit.embed_dim)
     size = 1 + torch.rand(1, 8, 1)
     with torch.no_grad():
-        out, weights, _ = attend(attn, x, size_bias(size), sparsity=0.4)
+        out, seen, _ = attend(attn, x, size_bias(size), need=need, sparsity=0.4)
         exp_out, exp_w, _ = hand_attention(attn, x[0], size[0], theta=0.4)
-    assert torch.allclose(weights[0], exp_w, atol=1e-6)
+    if need == "map":
+        assert torch.allclose(seen[0], exp_w, atol=1e-6)
+    else:  # sparsification needs the map even when selection does not: the blocked path computes it
+        assert_summary_of(AttentionSummary(seen.diagonal[0], seen.columns[0], seen.first_row[0]), exp_w)
     assert torch.allclose(out[0], exp_out, atol=1e-5)
 
 

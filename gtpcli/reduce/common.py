@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -27,32 +28,78 @@ def stage(name: str):
     return record_function(name) if LABELS["on"] else nullcontext()
 
 
-def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False,
-           sparsity: float = 1.0, variant: str = "paper") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, when asked, the
-    (sparsified, see `sparsify` for `variant`) attention map. Returns (output, attention map or None, keys)."""
+@dataclass
+class AttentionSummary:
+    """What token selection reads from a (B, H, N, N) attention map, so the map itself need not be kept."""
+
+    diagonal: torch.Tensor   # (B, H, N): A_ii
+    columns: torch.Tensor    # (B, H, N): sum over queries i of A_ij
+    first_row: torch.Tensor  # (B, H, N): A_0j, the first token's ([CLS]) attention
+
+    @classmethod
+    def of(cls, weights: torch.Tensor) -> "AttentionSummary":
+        return cls(weights.diagonal(dim1=-2, dim2=-1), weights.sum(dim=-2), weights[..., 0, :])
+
+
+# An explicit attention map is computed a few (image, head) slices at a time, so that each N x N block is
+# still in cache when softmax, A V and the summary read it: at N = 785 this halves the cost of the map.
+BLOCK_BYTES = 1 << 22
+
+
+def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, need: str = "fused",
+           sparsity: float = 1.0, variant: str = "paper"):
+    """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, for token selection, what
+    it needs of the (sparsified, see `sparsify` for `variant`) attention map: `need` is "fused" (nothing:
+    timm's fused kernel), "summary" (an AttentionSummary) or "map" (the whole map).
+    Returns (output, the map, its summary or None, keys)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    weights = None
-    if need_weights or sparsity < 1.0 or not getattr(attn, "fused_attn", True):
+    if need == "map":
         logits = (q * attn.scale) @ k.transpose(-2, -1)
         if bias is not None:
             logits += bias  # in place: at N = 785 every extra N x N pass shows in the throughput
         weights = logits.softmax(dim=-1)
         if sparsity < 1.0:
             weights = sparsify(weights, sparsity, variant)
-        out = attn.attn_drop(weights) @ v
+        out, seen = attn.attn_drop(weights) @ v, weights
+    elif need == "summary" or sparsity < 1.0 or not getattr(attn, "fused_attn", True):
+        out, seen = _blocked_attention(attn, q, k, v, bias, sparsity, variant)
     else:
         drop = attn.attn_drop.p if attn.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        out, seen = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop), None
     out = out.transpose(1, 2).reshape(B, N, -1)
     out = attn.norm(out) if hasattr(attn, "norm") else out
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), weights, k
+    return attn.proj_drop(attn.proj(out)), seen, k
+
+
+def _blocked_attention(attn: nn.Module, q, k, v, bias, sparsity: float, variant: str):
+    """softmax(q k^T scale + bias) v and the map's summary, over a few (image, head) slices at a time."""
+    B, H, N, d = q.shape
+    q, k, v = (t.reshape(B * H, N, -1) for t in (q, k, v))
+    if bias is not None:
+        bias = bias.expand(B, H, 1, N).reshape(B * H, 1, N)
+    step = max(1, BLOCK_BYTES // (N * N * q.element_size()))
+    outs, diagonals, columns, first_rows = [], [], [], []
+    for start in range(0, B * H, step):
+        at = slice(start, start + step)
+        if bias is None:
+            logits = torch.bmm(q[at], k[at].transpose(1, 2)).mul_(attn.scale)
+        else:
+            logits = torch.baddbmm(bias[at], q[at], k[at].transpose(1, 2), alpha=attn.scale)
+        weights = logits.softmax(dim=-1)
+        if sparsity < 1.0:
+            weights = sparsify(weights, sparsity, variant)
+        outs.append(torch.bmm(attn.attn_drop(weights), v[at]))
+        diagonals.append(weights.diagonal(dim1=-2, dim2=-1))
+        columns.append(weights.sum(dim=-2))
+        first_rows.append(weights[:, 0])
+    summary = AttentionSummary(*(torch.cat(parts).view(B, H, N) for parts in (diagonals, columns, first_rows)))
+    return torch.cat(outs).view(B, H, N, -1), summary
 
 
 def sparsify(weights: torch.Tensor, theta: float, variant: str = "paper") -> torch.Tensor:
@@ -119,13 +166,16 @@ class Reduction:
     def bias(self) -> torch.Tensor | None:
         return size_bias(self.size) if self.prop_attn else None
 
-    def needs_weights(self, layer: int) -> bool:
-        return False
+    def attention_need(self, layer: int) -> str:
+        """What `reduce` reads of this layer's attention map: "fused" (nothing), "summary" or "map"."""
+        return "fused"
 
     def sparsity(self, layer: int) -> float:
         return 1.0
 
-    def reduce(self, layer: int, x: torch.Tensor, weights: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+    def reduce(self, layer: int, x: torch.Tensor, attention: torch.Tensor | AttentionSummary | None,
+               keys: torch.Tensor) -> torch.Tensor:
+        """Remove `removals[layer]` tokens from x after attention (`attention`: see `attention_need`)."""
         raise NotImplementedError
 
     def sizes_or_ones(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,11 +189,11 @@ def reduced_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = Fal
     if layer == 0:
         red.start(x)
     with stage("attention"):
-        out, weights, keys = attend(self.attn, self.norm1(x), red.bias(), red.needs_weights(layer),
-                                    red.sparsity(layer), red.variant)
+        out, attention, keys = attend(self.attn, self.norm1(x), red.bias(), red.attention_need(layer),
+                                      red.sparsity(layer), red.variant)
         x = x + self.drop_path1(self.ls1(out))
     if red.removals[layer] > 0:
-        x = red.reduce(layer, x, weights, keys)
+        x = red.reduce(layer, x, attention, keys)
     with stage("mlp"):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 

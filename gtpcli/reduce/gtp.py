@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Reduction, stage
+from .common import AttentionSummary, Reduction, stage
 
 SELECTIONS = ("mixed", "diag", "broad", "cls", "cossim", "random")
 GRAPHS = ("mixed", "spatial", "semantic", "none")
@@ -108,24 +108,25 @@ def fuse(values: torch.Tensor, how: str) -> torch.Tensor:
     return values.amax(dim=1) if how == "max" else values.mean(dim=1)
 
 
-def token_scores(weights: torch.Tensor, prefix: int, selection: str, fusion: str,
+def token_scores(attention: torch.Tensor | AttentionSummary, prefix: int, selection: str, fusion: str,
                  keys: torch.Tensor | None = None, variant: str = "paper") -> torch.Tensor:
-    """Importance of each image token (B, N_img): the largest are kept (paper section 3.2.1, Fig. 5)."""
+    """Importance of each image token (B, N_img): the largest are kept (paper section 3.2.1, Fig. 5).
+    `attention` is the (B, H, N, N) map, or its summary for every selection but cossim."""
     if selection == "random":
-        like = keys if keys is not None else weights  # (B, H, N, .) either way
+        like = keys if keys is not None else attention  # (B, H, N, .) either way
         return torch.rand(like.shape[0], like.shape[2] - prefix, device=like.device)
     if selection == "cossim":  # as the authors' code defines it: a token whose attention row resembles
-        rows = F.normalize(fuse(weights[:, :, prefix:], fusion), dim=-1)  # the others' is redundant
+        rows = F.normalize(fuse(attention[:, :, prefix:], fusion), dim=-1)  # the others' is redundant
         return -(rows @ rows.transpose(-1, -2)).sum(dim=-1)
+    summary = attention if isinstance(attention, AttentionSummary) else AttentionSummary.of(attention)
     if selection == "cls":  # EViT: attention from [CLS] to each token
-        return fuse(weights[:, :, 0, prefix:], fusion)
-    diagonal = weights.diagonal(dim1=-2, dim2=-1)
-    regeneration = fuse(diagonal[..., prefix:], fusion)  # Gamma (Eq. 3)
+        return fuse(summary.first_row[..., prefix:], fusion)
+    regeneration = fuse(summary.diagonal[..., prefix:], fusion)  # Gamma (Eq. 3)
     if selection == "diag":
         return regeneration
-    columns = weights.sum(dim=-2)
+    columns = summary.columns
     if variant == "paper":
-        columns = columns - diagonal  # Psi without the token's attention to itself (Eq. 4)
+        columns = columns - summary.diagonal  # Psi without the token's attention to itself (Eq. 4)
     broadcasting = fuse(columns[..., prefix:], fusion)
     return broadcasting if selection == "broad" else regeneration * broadcasting
 
@@ -200,17 +201,19 @@ class GTP(Reduction):
         """M, or M + 1 on a model without [CLS] in the authors' code."""
         return self.M + 1 if self.variant == "authors" and self.prefix == 0 else self.M
 
-    def needs_weights(self, layer: int) -> bool:
-        return self.removals[layer] > 0 and self.selection != "random"
+    def attention_need(self, layer: int) -> str:
+        if self.removals[layer] == 0 or self.selection == "random":
+            return "fused"  # sparsification, when on, still computes the map (see `attend`)
+        return "map" if self.selection == "cossim" else "summary"
 
     def sparsity(self, layer: int) -> float:
         """The paper sparsifies the maps it selects from; the authors' code every block's."""
         return self.theta if self.removals[layer] > 0 or self.variant == "authors" else 1.0
 
-    def reduce(self, layer, x, weights, keys):
+    def reduce(self, layer, x, attention, keys):
         P, p = self.removals[layer], self.prefix
         with stage("gtp.select"):
-            keep, propagated = split(token_scores(weights, p, self.selection, self.fusion, keys, self.variant), P)
+            keep, propagated = split(token_scores(attention, p, self.selection, self.fusion, keys, self.variant), P)
         with stage("gtp.propagate"):
             size = self.sizes_or_ones(x)
             image, image_size = x[:, p:], size[:, p:]

@@ -74,7 +74,7 @@ class ToMe(Reduction):
             tokens -= allowed
         return used
 
-    def reduce(self, layer, x, weights, keys):
+    def reduce(self, layer, x, attention, keys):
         r, p = self.removals[layer], self.prefix
         with stage("tome.match"):
             unmerged, merged, partner = bipartite_matching(keys.mean(dim=1), r, p)
