@@ -156,7 +156,7 @@ def profile(
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN),
     batch_size: Optional[int] = typer.Option(None, help="Images per timed batch " + default("128 on CUDA as in the paper, 16 on CPU"), rich_help_panel=RUN),
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's"), rich_help_panel=RUN),
-    runs: Optional[int] = typer.Option(None, help="Timed batches per point (at least) " + default("30 on CUDA; 3 on CPU, and at least 6 s"), rich_help_panel=RUN),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per point " + default("30 on CUDA; on CPU 3, and more until 6 s have passed"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per point " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip throughput", rich_help_panel=RUN),
     no_flops: bool = typer.Option(False, "--no-flops", help="Skip MAC counting", rich_help_panel=RUN),

@@ -60,6 +60,8 @@ def sweep_config(opts: ProfileOptions):
     timing = speed.Timing.default(speed.resolve_device(opts.device), opts.dtype)
     overrides = {k: v for k, v in (("batch_size", opts.batch_size), ("runs", opts.runs), ("warmup", opts.warmup))
                  if v is not None}
+    if opts.runs is not None:
+        overrides["min_seconds"] = 0.0  # --runs N times exactly N batches, not "N and at least 6 s"
     timing = replace(timing, **overrides)
     if opts.method is not None:
         methods = options.methods(opts.method)

@@ -93,6 +93,8 @@ def measure(spec: CheckSpec, device: str, on_point) -> tuple[list[dict[str, Any]
     from .measure import speed
 
     timing = replace(speed.Timing.default(speed.resolve_device(device)), **spec.speed)
+    if "runs" in spec.speed:
+        timing = replace(timing, min_seconds=0.0)  # `runs: N` times exactly N batches
     rows = []
     for name in spec.models:
         profile, timm_name = backbones.resolve(name)

@@ -79,6 +79,7 @@ def test_a_run_that_skips_a_measurement_does_not_erase_it(tiny, tmp_path):
     profile(tiny, out, "--P", "2", "--runs", "1", "--warmup", "0", "--batch-size", "1", "--no-flops")
     before = {(r["method"], r["P"]): r for r in json.loads(out.read_text())["rows"]}
     assert before[("gtp", 2)]["img_s"] > 0 and before[("gtp", 2)]["macs"] is None
+    assert before[("gtp", 2)]["runs"] == 1  # --runs 1 times one batch, not "and at least 6 s"
     profile(tiny, out, "--P", "2", "--no-speed", "--batch-size", "1")
     after = {(r["method"], r["P"]): r for r in json.loads(out.read_text())["rows"]}
     assert after[("gtp", 2)]["img_s"] == before[("gtp", 2)]["img_s"]  # kept
@@ -139,8 +140,8 @@ def test_sigterm_ends_like_ctrl_c(tiny, tmp_path):
     """A real `gtpcli profile`, terminated after its first saved point: the finished points are in the file
     and stderr says so in one line (exit 128 + SIGTERM)."""
     out = tmp_path / "out.json"
-    run = gtpcli("profile", tiny, "--P", "0..6", "--runs", "1", "--warmup", "0", "--batch-size", "1", "--output", out,
-                 cwd=tmp_path)  # each point times at least 6 s on CPU: 8 points, plenty of time to stop it
+    run = gtpcli("profile", tiny, "--P", "0..6", "--warmup", "0", "--batch-size", "1", "--output", out,
+                 cwd=tmp_path)  # without --runs each point times at least 6 s on CPU: plenty of time to stop it
     deadline = time.monotonic() + 240
     while not (out.exists() and json.loads(out.read_text())["rows"]):
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
