@@ -1,15 +1,17 @@
-"""Benchmark of the reduction methods themselves (not a test): `python -m gtpcli.bench`.
+"""Benchmark of GTP and ToMe against the stock model (not a test): `python -m gtpcli.bench`.
 
-Measures, on this machine: stock timm (fused attention), stock timm with explicit attention (what a
-method that needs the attention map must pay), GTP and ToMe at several P; the ideal speed-up
-GMACs(P=0)/GMACs(P) and how much of it each method reaches over the explicit baseline; and the share
-of forward time spent in each method's own stages (GTP: graph, selection, propagation; ToMe: matching,
-merging). Writes JSON next to the printed tables.
+Every configuration of a backbone (stock timm with its fused attention, GTP and ToMe at each P) is timed
+in interleaved rounds, so a slow phase of the machine hits all of them alike; each speed-up is the median
+of per-round ratios, with its quartiles, and flagged when the rounds disagree. Next to it: the ideal
+speed-up GMACs(stock)/GMACs(P) (fvcore), the share of it reached, GTP's img/s against ToMe's at equal P,
+the share of forward time in each method's own stages (profiler), and whether issue 18's targets are met.
+Writes JSON next to the printed tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -17,81 +19,106 @@ import torch
 
 from . import backbones
 from .measure import flops, speed, trace
-from .reduce import patch, unpatch
+from .reduce import patch
 from .report import console, table
 
+STOCK = "stock"
+# (timm model, batch size, P values, the P whose stage shares are profiled)
+CASES = [("deit_small_patch16_224", 16, [8, 14], 8), ("deit_small_patch16_224", 32, [8, 14], 8),
+         ("vit_base_patch8_224", 4, [20], 20)]
 
-def set_fused(model, fused: bool) -> None:
-    for block in model.blocks:
-        block.attn.fused_attn = fused
 
-
-def bench_model(name: str, batch: int, Ps: list[int], share_P: int, methods: list[str], runs: int) -> list[dict]:
-    model = backbones.create(name)
+def bench_case(name: str, batch: int, Ps: list[int], share_P: int, rounds: int) -> list[dict]:
+    """One row per configuration of one backbone and batch size, all timed in the same interleaved rounds."""
+    model = backbones.create(name).eval()
     size = backbones.image_size(model)
-    timing = speed.Timing("cpu", "float32", batch_size=batch, warmup=1, runs=runs)
-    one = torch.randn(1, 3, *size)
-    base_macs = flops.count_macs(model, one).macs
-    rows = []
-
-    def record(label, method, P):
-        t = speed.measure(model, size, timing)
-        macs = flops.count_macs(model, one).macs
-        row = {"model": name, "config": label, "method": method, "P": P, "batch": batch, "img_s": round(t.img_s, 2),
-               "q1": round(t.q1, 2), "q3": round(t.q3, 2), "runs": t.runs, "gmacs": round(macs / 1e9, 3),
-               "ideal_speedup": round(base_macs / macs, 3)}
-        if P == share_P and method != "stock":
-            times = trace.stage_times(model, torch.randn(batch, 3, *size), steps=2)
-            row["stage_ms"] = {k: round(v, 2) for k, v in times.items()}
-        rows.append(row)
-        console(stderr=True).print(f"{name} {label}: {row['img_s']} img/s", highlight=False)
-
-    record("stock (fused attention)", "stock", 0)
-    set_fused(model, False)
-    record("stock (explicit attention)", "stock", 0)
-    set_fused(model, True)
-    for method in methods:
+    configs = {STOCK: model}
+    for method in ("gtp", "tome"):
         for P in Ps:
-            patch(model, method, P=P)
-            record(f"{method} P={P}", method, P)
-            unpatch(model)
-    explicit = rows[1]["img_s"]
-    for row in rows:
-        row["speedup_vs_explicit"] = round(row["img_s"] / explicit, 3)
-        row["share_of_ideal"] = round(row["speedup_vs_explicit"] / row["ideal_speedup"], 3)
-        if "stage_ms" in row:
-            own = [k for k in row["stage_ms"] if k.startswith(row["method"] + ".")]
-            row["own_stage_share"] = round(sum(row["stage_ms"][k] for k in own) / row["stage_ms"]["forward"], 4)
+            configs[f"{method} P={P}"] = patch(copy.deepcopy(model), method, P=P)
+    seconds = speed.interleaved(configs, size, speed.Timing("cpu", "float32", batch_size=batch, warmup=1), rounds)
+    one = torch.randn(1, 3, *size)
+    stock_macs = flops.count_macs(model, one).macs
+    rows = []
+    for label, patched in configs.items():
+        method, P = (STOCK, 0) if label == STOCK else (label.split()[0], int(label.split("=")[1]))
+        macs = flops.count_macs(patched, one).macs
+        speedup = speed.ratio(seconds[STOCK], seconds[label])
+        row = {"model": name, "batch": batch, "config": label, "method": method, "P": P, "rounds": rounds,
+               "img_s": round(batch / sorted(seconds[label])[len(seconds[label]) // 2], 2),
+               "speedup": round(speedup.median, 3), "speedup_q1": round(speedup.q1, 3),
+               "speedup_q3": round(speedup.q3, 3), "wide": speedup.wide, "gmacs": round(macs / 1e9, 3),
+               "ideal_speedup": round(stock_macs / macs, 3)}
+        row["share_of_ideal"] = round(row["speedup"] / row["ideal_speedup"], 3)
+        if method == "gtp":
+            versus = speed.ratio(seconds[f"tome P={P}"], seconds[label])
+            row["vs_tome"], row["vs_tome_q1"], row["vs_tome_q3"] = (round(v, 3) for v in (versus.median, versus.q1, versus.q3))
+        if method != STOCK and P == share_P:
+            stage_ms = trace.stage_times(patched, torch.randn(batch, 3, *size), steps=2)
+            own = sum(v for k, v in stage_ms.items() if k.startswith(method + "."))
+            row["stage_ms"] = {k: round(v, 2) for k, v in stage_ms.items()}
+            row["own_stage_share"] = round(own / stage_ms[trace.FORWARD], 4)
+        rows.append(row)
+        console(stderr=True).print(f"{name} batch {batch} {label}: {row['img_s']} img/s, {row['speedup']}x stock",
+                                   highlight=False)
     return rows
 
 
-def render(rows: list[dict]) -> None:
-    columns = [("model", "left"), ("config", "left"), ("batch", "right"), ("img/s", "right"), ("IQR", "left"),
-               ("GMACs", "right"), ("ideal", "right"), ("vs explicit", "right"), ("of ideal", "right"),
-               ("own stages", "right"), ("stage ms (per forward)", "left")]
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 18's targets, each with the measured value and whether it is met."""
+    out = []
+
+    def add(what: str, value: float, goal: float, at_most: bool = False):
+        met = value <= goal if at_most else value >= goal
+        out.append({"target": what, "measured": value, "goal": f"{'<=' if at_most else '>='} {goal}", "met": met})
+
+    for r in (r for r in rows if r["method"] == "gtp"):
+        where = f"{r['model'].split('_patch')[0]} b{r['batch']} P={r['P']}"
+        if "own_stage_share" in r:
+            add(f"{where}: share of forward time in GTP's own stages", r["own_stage_share"], 0.05, at_most=True)
+        if r["model"].startswith("vit_base_patch8"):
+            add(f"{where}: GTP speed-up over stock", r["speedup"], 1.0)
+            add(f"{where}: GTP img/s over ToMe's", r["vs_tome"], 0.85)
+        else:
+            add(f"{where}: GTP img/s over ToMe's", r["vs_tome"], 0.95)
+            add(f"{where}: GTP's share of the ideal speed-up", r["share_of_ideal"], 0.90)
+    return out
+
+
+def render(rows: list[dict], goals: list[dict]) -> None:
+    columns = [("model", "left"), ("batch", "right"), ("config", "left"), ("img/s", "right"),
+               ("speed-up (IQR over rounds)", "left"), ("ideal", "right"), ("of ideal", "right"),
+               ("GTP/ToMe", "right"), ("own stages", "right"), ("stage ms per forward", "left")]
     cells = []
     for r in rows:
-        stages = ", ".join(f"{k} {v}" for k, v in r.get("stage_ms", {}).items() if k not in ("attention", "mlp"))
-        cells.append([r["model"], r["config"], r["batch"], r["img_s"], f"{r['q1']}-{r['q3']} ({r['runs']} runs)",
-                      r["gmacs"], f"{r['ideal_speedup']:.2f}x", f"{r['speedup_vs_explicit']:.2f}x",
-                      f"{r['share_of_ideal']:.0%}", f"{r['own_stage_share']:.1%}" if "own_stage_share" in r else "-",
-                      stages or "-"])
-    console().print(table("GTP and ToMe on CPU: throughput and the cost of the methods' own stages", columns, cells))
+        stages = ", ".join(f"{k} {v}" for k, v in r.get("stage_ms", {}).items() if "." in k)
+        cells.append([r["model"], r["batch"], r["config"], r["img_s"],
+                      f"{r['speedup']:.2f}x ({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}){' wide' if r['wide'] else ''}",
+                      f"{r['ideal_speedup']:.2f}x", f"{r['share_of_ideal']:.0%}",
+                      f"{r['vs_tome']:.2f}x" if "vs_tome" in r else "-",
+                      f"{r['own_stage_share']:.1%}" if "own_stage_share" in r else "-", stages or "-"])
+    out = console()
+    out.print(table(f"GTP and ToMe on CPU, {rows[0]['rounds']} interleaved rounds (speed-ups: median of "
+                    "per-round ratios to stock timm, fused attention)", columns, cells))
+    out.print(table("Targets (issue 18)", [("target", "left"), ("measured", "right"), ("goal", "right"),
+                                           ("met", "left")],
+                    [[g["target"], f"{g['measured']:.3f}", g["goal"], "yes" if g["met"] else "NO"] for g in goals]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="deit_small only, fewer runs")
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="DeiT-S at batch 16 only")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per backbone")
     parser.add_argument("--output", type=Path, default=Path("gtpcli-results/bench.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = bench_model("deit_small_patch16_224", 32, [0, 4, 8, 14], 8, ["gtp", "tome"], args.runs)
-    if not args.quick:
-        rows += bench_model("vit_base_patch8_224", 4, [0, 20], 20, ["gtp", "tome"], max(3, args.runs // 2))
+    rows = []
+    for case in CASES[:1] if args.quick else CASES:
+        rows += bench_case(*case, rounds=args.rounds if "patch8" not in case[0] else max(3, args.rounds // 2))
+    goals = targets(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(rows, indent=2))
-    render(rows)
+    args.output.write_text(json.dumps({"rows": rows, "targets": goals}, indent=2))
+    render(rows, goals)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,50 @@ def measure(model: nn.Module, image_size: tuple[int, int], timing: Timing) -> Th
     return Throughput(statistics.median(rates), q1, q3, len(rates), timing.batch_size)
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A speed-up over a reference measured in interleaved rounds: its median and quartiles over rounds."""
+
+    median: float
+    q1: float
+    q3: float
+    rounds: int
+
+    @property
+    def wide(self) -> bool:
+        """The rounds disagree by more than 10% of the median: the machine's speed moved under the measurement."""
+        return (self.q3 - self.q1) > 0.1 * self.median
+
+
+def interleaved(models: dict[str, nn.Module], image_size: tuple[int, int], timing: Timing,
+                rounds: int) -> dict[str, list[float]]:
+    """Seconds per batch of each model over `rounds` rounds, each round timing every model once (in a
+    rotating order), so a slow phase of the machine hits all of them alike instead of one sweep point."""
+    x = torch.randn(timing.batch_size, 3, *image_size, device=timing.device, dtype=dtype_of(timing.dtype))
+    sync = torch.cuda.synchronize if timing.device.startswith("cuda") else (lambda: None)
+    labels = list(models)
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(timing.warmup):
+                model(x)
+        sync()
+        for r in range(rounds):
+            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                t0 = time.perf_counter()
+                models[label](x)
+                sync()
+                seconds[label].append(time.perf_counter() - t0)
+    return seconds
+
+
+def ratio(reference: list[float], other: list[float]) -> Ratio:
+    """Per-round speed-up reference time / other time, summarised over the rounds."""
+    per_round = sorted(a / b for a, b in zip(reference, other))
+    q1, _, q3 = statistics.quantiles(per_round, n=4, method="inclusive") if len(per_round) > 1 else (per_round[0],) * 3
+    return Ratio(statistics.median(per_round), q1, q3, len(per_round))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
