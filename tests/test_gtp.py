@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import gtpcli
 from gtpcli.reduce import common
 from gtpcli.reduce.common import AttentionSummary, attend, size_bias, sparsify
-from gtpcli.reduce.gtp import (GTP, Graph, build_graph, propagation_matrix, restrict, semantic_neighbours,
-                               spatial_neighbours, split, token_scores)
+from gtpcli.reduce.gtp import (GTP, Graph, build_graph, semantic_neighbours, spatial_neighbours, split, split_graph,
+                               token_scores)
 
 # --- independent helpers --------------------------------------------------------------------------
 
@@ -427,14 +427,13 @@ def random_split(B, n, P, seed=0):
 
 
 @pytest.mark.parametrize("kind", ["mixed", "spatial", "semantic"])
-def test_propagation_matrix_and_restrict(kind):
+def test_split_graph(kind):
     h, w, M, B, P = 5, 5, 5, 2, 7
     n = h * w
     x = smooth_tokens(B, h, w, 6, seed=1)
     graph = build_graph(x, (h, w), M, kind)
     keep, prop = random_split(B, n, P)
-    matrix = propagation_matrix(graph, keep, prop)
-    restricted = restrict(graph, keep)
+    matrix, restricted = split_graph(graph, keep, prop)
     assert matrix.shape == (B, n - P, P)
     for b in range(B):
         A_hat = dense_graph(x[b], (h, w), M, kind)
@@ -442,8 +441,7 @@ def test_propagation_matrix_and_restrict(kind):
         assert torch.allclose(restricted.dense(n - P)[b], A_hat[keep[b]][:, keep[b]], atol=1e-6)
     # a second round, on the restricted graph (new numbering), still indexes the original A_hat
     keep2, prop2 = random_split(B, n - P, 4, seed=2)
-    matrix2 = propagation_matrix(restricted, keep2, prop2)
-    restricted2 = restrict(restricted, keep2)
+    matrix2, restricted2 = split_graph(restricted, keep2, prop2)
     for b in range(B):
         A1 = dense_graph(x[b], (h, w), M, kind)[keep[b]][:, keep[b]]
         assert torch.allclose(matrix2[b], A1[keep2[b]][:, prop2[b]], atol=1e-6)

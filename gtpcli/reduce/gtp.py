@@ -138,26 +138,18 @@ def split(scores: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, order[:, scores.shape[1] - P:]
 
 
-def propagation_matrix(graph: Graph, keep: torch.Tensor, propagated: torch.Tensor) -> torch.Tensor:
-    """A_hat^p, the (B, N - P, P) block of A_hat from propagated to kept tokens, from the neighbour lists."""
+def split_graph(graph: Graph, keep: torch.Tensor, propagated: torch.Tensor) -> tuple[torch.Tensor, Graph]:
+    """A_hat^p, the (B, N - P, P) block of A_hat from propagated to kept tokens, and the graph of the kept
+    tokens alone (renumbered, weights not renormalised), from one read of the kept rows' neighbour lists."""
     B, N = graph.index.shape[:2]
-    P = propagated.shape[1]
-    column = torch.zeros(B, N, dtype=torch.long, device=keep.device)
-    column.scatter_(1, propagated, torch.arange(1, P + 1, device=keep.device).expand(B, P))
-    kept_rows = graph.rows(keep)
-    slot = column.gather(1, kept_rows.index.flatten(1)).view_as(kept_rows.index)  # 0: not propagated
-    matrix = kept_rows.weight.new_zeros(B, keep.shape[1], P + 1)
-    return matrix.scatter_add_(2, slot, kept_rows.weight)[..., 1:]
-
-
-def restrict(graph: Graph, keep: torch.Tensor) -> Graph:
-    """Only the kept rows and columns of A_hat survive (renumbered); weights are not renormalised."""
-    B, N = graph.index.shape[:2]
-    new_index = torch.full((B, N), -1, dtype=torch.long, device=keep.device)
-    new_index.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
-    kept_rows = graph.rows(keep)
-    index = new_index.gather(1, kept_rows.index.flatten(1)).view_as(kept_rows.index)
-    return Graph(index.clamp(min=0), kept_rows.weight * (index >= 0))
+    kept, P = keep.shape[1], propagated.shape[1]
+    target = torch.empty(B, N, dtype=torch.long, device=keep.device)  # kept: new number; propagated: -slot
+    target.scatter_(1, keep, torch.arange(kept, device=keep.device).expand(B, kept))
+    target.scatter_(1, propagated, torch.arange(-1, -P - 1, -1, device=keep.device).expand(B, P))
+    rows = graph.rows(keep)
+    target = target.gather(1, rows.index.flatten(1)).view_as(rows.index)
+    matrix = rows.weight.new_zeros(B, kept, P + 1).scatter_add_(2, (-target).clamp(min=0), rows.weight)[..., 1:]
+    return matrix, Graph(target.clamp(min=0), rows.weight * (target >= 0))
 
 
 class GTP(Reduction):
@@ -216,15 +208,16 @@ class GTP(Reduction):
             keep, propagated = split(token_scores(attention, p, self.selection, self.fusion, keys, self.variant), P)
         with stage("gtp.propagate"):
             size = self.sizes_or_ones(x)
-            image, image_size = x[:, p:], size[:, p:]
-            kept, kept_size = _take(image, keep), _take(image_size, keep)
+            prefix = torch.arange(p, device=x.device).expand(x.shape[0], p)
+            rows = torch.cat([prefix, keep + p], dim=1)
+            x_new, size_new = _take(x, rows), _take(size, rows)  # prefix and kept tokens in one gather
             if self.graph is not None:
-                matrix = self.alpha * propagation_matrix(self.graph, keep, propagated)
-                kept = kept + matrix @ _take(image, propagated)  # Eq. 10
-                kept_size = kept_size + matrix @ _take(image_size, propagated)  # Eq. 12
-                self.graph = restrict(self.graph, keep)
-            self.size = torch.cat([size[:, :p], kept_size], dim=1)
-            return torch.cat([x[:, :p], kept], dim=1)
+                matrix, self.graph = split_graph(self.graph, keep, propagated)
+                matrix = self.alpha * matrix
+                x_new[:, p:] += matrix @ _take(x, propagated + p)  # Eq. 10
+                size_new[:, p:] += matrix @ _take(size, propagated + p)  # Eq. 12
+            self.size = size_new
+            return x_new
 
 
 def _take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
