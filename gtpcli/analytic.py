@@ -178,23 +178,8 @@ def as_number(value: Number) -> int | float:
 # --- the reduction methods as this tool implements them (what a MAC counter can see) -------------
 
 def implemented_overhead(arch: Arch, method: str, removals: Sequence[int], hparams: dict | None = None) -> int:
-    """Multiply-adds the patched model adds to the backbone, as gtpcli's GTP and ToMe compute them:
-    GTP builds its semantic graph on the N - prefix image tokens and propagates features and sizes
-    with dense (N_l - prefix - P) x P blocks of A_hat; ToMe matches all N_l tokens (prefix included, as the
-    official code does) on keys averaged over heads, so its similarity has C/H channels, not the C of the
-    paper's Eq. 14. Selection and merging are not MACs, except GTP's `cossim`, which compares attention rows."""
-    hparams = hparams or {}
-    schedule = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
-    image = [n - arch.prefix for n in schedule]
-    if method == "gtp":
-        graph = hparams.get("graph", "mixed")
-        selection = (sum(i * i * n for i, n, p in zip(image, schedule, removals) if p)  # attention rows compared
-                     if hparams.get("selection") == "cossim" else 0)
-        if not any(removals) or graph == "none" or hparams.get("alpha", 0.1) == 0:
-            return selection
-        semantic = (image[0] ** 2 * arch.C) if graph in ("mixed", "semantic") else 0
-        return selection + semantic + sum((n - p) * p * (arch.C + 1) for n, p in zip(image, removals) if p)
-    if method == "tome":
-        head_dim = arch.C // arch.heads
-        return sum(((n + 1) // 2) * (n // 2) * head_dim for n, p in zip(schedule, removals) if p)
-    return 0
+    """Multiply-adds the patched model adds to the backbone, as gtpcli implements the method (what a MAC
+    counter sees). Each method's own module (`gtpcli/methods/<name>.py`) defines it; "stock" is 0."""
+    from .methods import implemented_overhead as registered
+
+    return registered(arch, method, removals, hparams)

@@ -1,0 +1,54 @@
+"""The token-reduction methods, one module each, registered in one table.
+
+`patch`, `profile`, `trace`, `check`, `complexity` and the help texts read `REGISTRY`; none of them names a
+method. Adding one: write `gtpcli/methods/<name>.py` that builds a `Method` (see `base.py`, and `tcvit.py`
+for a method whose patch lives in the same file), add it to `_MODULES`, give it a profile entry and tests.
+Importing this package never imports torch (`gtpcli complexity` and `--help` stay instant).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any, Mapping, Sequence
+
+from ..errors import GtpcliError
+from .base import Column, HParam, Method
+
+_MODULES = ("gtp", "tome", "tcvit")
+
+REGISTRY: dict[str, Method] = {}
+for _module in _MODULES:
+    _method = import_module(f"{__name__}.{_module}").METHOD
+    REGISTRY[_method.name] = _method
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+    """The registered method, or a one-line error listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise GtpcliError(f"unknown method {name!r} (choose from {', '.join(REGISTRY)})") from None
+
+
+def stages() -> tuple[str, ...]:
+    """Every method's trace stage labels, in registry order."""
+    return tuple(label for method in REGISTRY.values() for label in method.stages)
+
+
+def implemented_overhead(arch, method: str, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
+    """MACs the patched model adds to the backbone, as a MAC counter sees them (0 for the stock model)."""
+    if method == "stock":
+        return 0
+    return get(method).implemented_overhead(arch, removals, hparams or {})
+
+
+def choices_text(sep: str = ", ") -> str:
+    """`gtp, tome, tcvit` for help texts."""
+    return sep.join(REGISTRY)
+
+
+__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "stages", "implemented_overhead", "choices_text"]

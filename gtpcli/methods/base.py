@@ -1,0 +1,131 @@
+"""What a registered reduction method declares about itself, without importing torch.
+
+A method module (`gtpcli/methods/<name>.py`) builds one `Method`: its hyperparameters with their
+checks, its trace stage labels, its analytic overhead (the paper's formula and what the patched model
+runs), its `gtpcli complexity` columns, and a loader of its `Reduction` subclass (the only part that
+needs torch, imported on first use). `gtpcli/methods/__init__.py` puts every `Method` in one table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from ..analytic import Arch, Number
+from ..errors import GtpcliError
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its keyword (the API), default, type and allowed values."""
+
+    name: str
+    default: Any
+    help: str
+    kind: type = float                    # int, float, bool or str
+    choices: tuple | None = None          # allowed values (str, or int for e.g. newton_steps)
+    low: float | None = None              # inclusive lower bound (exclusive with low_open)
+    high: float | None = None             # inclusive upper bound
+    low_open: bool = False
+
+    def check(self, value: Any, where: str) -> Any:
+        """The value, coerced to its kind (an int where a float is expected), or a one-line error."""
+        label = f"{where} {self.name}"
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise GtpcliError(f"{label} must be true or false, got {value!r}")
+            return value
+        if self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GtpcliError(f"{label} must be a number, got {value!r}")
+            if self.kind is int and int(value) != value:
+                raise GtpcliError(f"{label} must be an integer, got {value!r}")
+            value = self.kind(value)
+            if isinstance(value, float) and math.isnan(value):
+                raise GtpcliError(f"{label} must be a number, got nan")
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                bound = f"> {self.low}" if self.low_open else f">= {self.low}"
+                raise GtpcliError(f"{label} must be {bound}, got {value!r}")
+            if self.high is not None and value > self.high:
+                raise GtpcliError(f"{label} must be <= {self.high}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise GtpcliError(f"{label} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.kind is str and not isinstance(value, str):
+            raise GtpcliError(f"{label} must be a string, got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        """For help texts: `name` (choices or range, default)."""
+        if self.choices is not None:
+            allowed = "|".join(map(str, self.choices))
+        elif self.kind is bool:
+            allowed = "true|false"
+        elif self.low is not None:
+            allowed = f"{'>' if self.low_open else '>='} {self.low:g}" + (f", <= {self.high:g}" if self.high is not None else "")
+        else:
+            allowed = self.kind.__name__
+        return f"{self.name} ({allowed}; default {self.default})"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One `gtpcli complexity` column: the result key, its header, and which token count it uses."""
+
+    key: str
+    header: str
+    tokens: str = "N_l incl. prefix"
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything the commands need to know about one reduction method."""
+
+    name: str                                           # the registry key: `--method NAME`, patch(model, NAME)
+    title: str                                          # as papers write it
+    summary: str                                        # one line for help texts
+    hparams: tuple[HParam, ...]
+    stages: tuple[str, ...]                             # trace labels, each "<name>.<stage>"
+    load: Callable[[], type]                            # the Reduction subclass (imports torch)
+    implemented_overhead: Callable[[Arch, Sequence[int], Mapping[str, Any]], int]
+    complexity_row: Callable[[Arch, int, Mapping[str, Any]], dict[str, Number]]
+    complexity_layers: Callable[[Arch, int, Mapping[str, Any]], list[dict[str, Number]]]
+    columns: tuple[Column, ...]                         # which keys of complexity_row the table shows
+    complexity_notes: Callable[[Sequence[Mapping[str, Any]]], list[str]] = lambda rows: []
+    complexity_once: Callable[[Arch, Mapping[str, Any]], dict[str, Number]] | None = None  # per image, not per layer
+    complexity_hparams: tuple[str, ...] = ()            # hyperparameters the analytic overhead depends on
+    aliases: Mapping[str, str] = field(default_factory=dict)   # other keyword -> API keyword (ToMe's r -> P)
+    needs_cls: str | None = None                        # why some settings need a [CLS] token (docs)
+
+    def defaults(self) -> dict[str, Any]:
+        return {h.name: h.default for h in self.hparams}
+
+    def validate(self, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+        """Known names with valid values (coerced); anything else is a one-line GtpcliError."""
+        where = where or f"{self.name}:"
+        known = {h.name: h for h in self.hparams}
+        checked = {}
+        for key, value in values.items():
+            key = self.aliases.get(key, key)
+            if key not in known:
+                raise GtpcliError(f"{where} unknown hyperparameter {key!r}{_suggest(key, list(known))}")
+            checked[key] = known[key].check(value, where)
+        return checked
+
+    def resolved(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults, overridden by `values` (validated)."""
+        return {**self.defaults(), **self.validate(values)}
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def image_schedule(arch: Arch, removals: Sequence[int]) -> list[tuple[int, int]]:
+    """(image tokens entering the block, tokens it removes) for every block, prefix tokens excluded."""
+    from ..analytic import token_schedule
+
+    schedule = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
+    return [(N_l - arch.prefix, P) for N_l, P in zip(schedule, removals)]
