@@ -7,8 +7,9 @@ import re
 from typing import Iterable
 
 from .errors import GtpcliError
+from .methods import REGISTRY
 
-METHOD_NAMES = ("gtp", "tome")  # gtpcli.reduce.METHODS, without importing torch for the light commands
+METHOD_NAMES = tuple(REGISTRY)  # the method registry, which imports no torch
 DTYPES = ("float32", "float16", "bfloat16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -38,7 +39,7 @@ def dtype(value: str) -> str:
 
 
 def methods(text: str, flag: str = "--method", single: bool = False) -> list[str]:
-    """`gtp`, `tome` or `gtp,tome`; an empty name or an unknown one is refused."""
+    """One registered method or a comma list (`gtp,tome,tcvit`); an empty name or an unknown one is refused."""
     names = [name.strip() for name in str(text).split(",")]
     if not all(names):
         raise GtpcliError(f"{flag}: empty method name in {text!r} (choose from {', '.join(METHOD_NAMES)})")
@@ -58,3 +59,33 @@ def gtp_hparams(values: dict) -> dict:
         raise GtpcliError(f"--sparsity (theta) must be in (0, 1], got {values['sparsity']}")
     positive(values.get("M"), "--M")
     return values
+
+
+def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--hp") -> dict[str, dict]:
+    """`METHOD.NAME=VALUE` (or `NAME=VALUE` when exactly one of the chosen methods has NAME) to
+    {method: {name: value}}, each checked by the method's own module. VALUE is read as YAML (8, 0.5, true,
+    lazy)."""
+    import yaml
+
+    chosen = list(chosen)
+    found: dict[str, dict] = {}
+    for item in items or []:
+        name, sep, text = str(item).partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise GtpcliError(f"{flag}: expected METHOD.NAME=VALUE (e.g. tcvit.K=4), got {item!r}")
+        method, dot, key = name.strip().rpartition(".")
+        if dot:
+            methods(method, flag, single=True)
+        else:
+            having = [m for m in chosen if key in {h.name for h in REGISTRY[m].hparams}]
+            if len(having) != 1:
+                where = f"{' and '.join(having)} both have it" if having else f"none of {', '.join(chosen)} has it"
+                raise GtpcliError(f"{flag} {item!r}: say which method ({where}), e.g. "
+                                  f"{(having or chosen or ['tcvit'])[0]}.{key}={text}")
+            method = having[0]
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        found.setdefault(method, {}).update(REGISTRY[method].validate({key: value}, f"{flag} {method}:"))
+    return found

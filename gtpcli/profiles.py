@@ -121,6 +121,10 @@ def _parse(path: Path) -> Profile:
     for method, values in data.get("hparams", {}).items():
         if not isinstance(values, dict):
             raise GtpcliError(f"{path}: key 'hparams.{method}' must be a mapping of hyperparameters")
+        from .methods import REGISTRY  # each method checks its own hyperparameters
+        if method not in REGISTRY:
+            raise GtpcliError(f"{path}: key 'hparams.{method}': unknown method{suggest(str(method), list(REGISTRY))}")
+        REGISTRY[method].validate(values, f"{path}: key 'hparams.{method}':")
     per_P = {}
     for P, values in data.get("per_P", {}).items():
         if not isinstance(P, int) or not isinstance(values, dict):

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
 
+from .. import methods as registry
 from ..reduce.common import LABELS
 
 FORWARD = "forward"
-STAGES = ("patch_embed", "attention", "mlp", "gtp.graph", "gtp.select", "gtp.propagate", "tome.match", "tome.merge")
+STAGES = ("patch_embed", "attention", "mlp") + registry.stages()  # each method's own, from its module
 
 
 @contextmanager

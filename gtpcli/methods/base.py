@@ -33,6 +33,8 @@ class HParam:
     def check(self, value: Any, where: str) -> Any:
         """The value, coerced to its kind (an int where a float is expected), or a one-line error."""
         label = f"{where} {self.name}"
+        if value is None and self.default is None:  # "not set": the method decides (see its help)
+            return None
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise GtpcliError(f"{label} must be true or false, got {value!r}")

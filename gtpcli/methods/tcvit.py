@@ -57,6 +57,7 @@ HPARAMS = (
     HParam("track_sizes", False, "track how many patches each token stands for and use proportional "
            "attention (a gtpcli extra, not the paper)", bool),
     HParam("connectivity_dtype", "float32", "dtype of W, C and S (fp16/bf16 models are upcast)", str, DTYPES),
+    HParam("prop_attn", None, "proportional attention (log sizes); unset: on exactly when track_sizes is", bool),
 )
 _NAMES = frozenset(h.name for h in HPARAMS)
 
@@ -441,7 +442,8 @@ def reduction_class() -> type:
                      connectivity_dtype: str = "float32", prop_attn: bool | None = None):
             given = dict(K=K, alpha=alpha, beta=beta, head_fusion=head_fusion, w_block=w_block, cbar=cbar,
                          dominance=dominance, score=score, connectivity=connectivity, newton_steps=newton_steps,
-                         fuse=fuse, track_sizes=track_sizes, connectivity_dtype=connectivity_dtype)
+                         fuse=fuse, track_sizes=track_sizes, connectivity_dtype=connectivity_dtype,
+                         prop_attn=prop_attn)
             self.hp = METHOD.validate(given)
             if prop_attn and not track_sizes:
                 raise GtpcliError("tcvit: prop_attn needs track_sizes (the paper tracks no token sizes)")
@@ -460,7 +462,7 @@ def reduction_class() -> type:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
         def __setattr__(self, name, value):  # and changed like P: model.reduction.K = 4 (checked first)
-            if name in _NAMES and "hp" in self.__dict__:
+            if name in _NAMES and name != "prop_attn" and "hp" in self.__dict__:
                 hp = {**self.hp, **METHOD.validate({name: value})}
                 check_settings(hp, self.has_cls, self.image_tokens)
                 self.__dict__["hp"] = hp
