@@ -14,6 +14,10 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import GtpcliError
+from .methods import REGISTRY
+
+METHODS_TEXT = ", ".join(REGISTRY)  # every registered method, for help texts
+TITLES = ", ".join(m.title for m in REGISTRY.values())
 
 class _NoBoolType:
     """Help without noise: a switch takes no value, so it shows no `<bool>` type after its name (typer
@@ -35,7 +39,7 @@ class Group(_NoBoolType, TyperGroup):
 
 
 app = typer.Typer(cls=Group, no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
-                  help="Analyse and profile token reduction (GTP, ToMe) in Vision Transformers.")
+                  help=f"Analyse and profile token reduction ({TITLES}) in Vision Transformers.")
 command = functools.partial(app.command, cls=Command)
 err = Console(stderr=True)
 
@@ -47,6 +51,8 @@ def default(text: str) -> str:
 
 FormatOpt = typer.Option("table", "--format", "-f", help="table, json, csv or yaml (to stdout)")
 OutputOpt = typer.Option(None, "--output", "-o", help="Also write the result to FILE (.json, .csv or .yaml)")
+HpOpt = typer.Option(None, "--hp", help="Any method's hyperparameter as METHOD.NAME=VALUE, repeatable (e.g. "
+                     "tcvit.K=4 or tcvit.connectivity=lazy; NAME=VALUE when one chosen method has NAME)")
 
 
 def friendly(command):
@@ -78,14 +84,16 @@ def complexity(
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer, e.g. 8, 4,8 or 0..14 " + default("8")),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name, profile YAML or timm model name"),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also show N_l and every cost term per layer"),
+    method: Optional[str] = typer.Option(None, "--method", help=f"Which methods' columns: one or a comma list of {METHODS_TEXT} " + default("all")),
+    hp: Optional[list[str]] = HpOpt,
     fmt: str = FormatOpt,
     output: Optional[Path] = OutputOpt,
 ):
-    """Analytic overhead of GTP vs ToMe (paper appendix C.4), exact sums next to the printed closed forms."""
+    """Analytic overhead of each reduction method (GTP Eq. 15, ToMe Eq. 14, TC-ViT's variants), exact sums next to the printed closed forms."""
     from . import files
     from .analytic import Arch
     from .complexity import MAX_ROWS, complexity_result
-    from .options import positive
+    from .options import hparams, methods, positive
     from .ranges import parse_values
     from .report import emit, render_complexity
 
@@ -106,7 +114,8 @@ def complexity(
     if rows > MAX_ROWS:
         raise GtpcliError(f"--N x --C x --P gives {rows:,} rows ({len(Ns):,} x {len(Cs):,} x {len(Ps):,}); "
                           f"at most {MAX_ROWS:,}: use a step, e.g. 197..1025:64")
-    result = complexity_result(arch, Ns, Cs, Ps, name, layers=per_layer)
+    chosen = methods(method) if method is not None else list(REGISTRY)
+    result = complexity_result(arch, Ns, Cs, Ps, name, layers=per_layer, methods=chosen, hparams=hparams(hp, chosen))
     emit(result, fmt, output, render_complexity)
 
 
@@ -142,14 +151,15 @@ ACC = "Accuracy (your weights and images)"
 def profile(
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 " + default("the profile's, or 0..8")),
-    method: Optional[str] = typer.Option(None, "--method", help="gtp, tome or gtp,tome " + default("the profile's, or gtp")),
+    method: Optional[str] = typer.Option(None, "--method", help=f"One or a comma list of {METHODS_TEXT} " + default("the profile's, or gtp")),
     alpha: Optional[float] = typer.Option(None, help="Propagation strength alpha, >= 0 " + default("the profile's, or 0.1"), rich_help_panel=GTP),
     sparsity: Optional[float] = typer.Option(None, help="Attention sparsity theta in (0, 1], 1 = off " + default("the profile's, or 1"), rich_help_panel=GTP),
     M: Optional[int] = typer.Option(None, "--M", help="Semantic neighbours per token " + default("the profile's, or 8"), rich_help_panel=GTP),
     selection: Optional[str] = typer.Option(None, help="mixed, diag, broad, cls, cossim, random " + default("the profile's, or mixed"), rich_help_panel=GTP),
     graph: Optional[str] = typer.Option(None, help="mixed, spatial, semantic, none " + default("the profile's, or mixed"), rich_help_panel=GTP),
     head_fusion: Optional[str] = typer.Option(None, help="max or mean " + default("the profile's, or max"), rich_help_panel=GTP),
-    prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe) " + default("the profile's, or on")),
+    prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
+    hp: Optional[list[str]] = HpOpt,
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N", rich_help_panel=RUN),
@@ -175,7 +185,7 @@ def profile(
                "head_fusion": head_fusion}
     run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
                                checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
-                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity))
+                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp))
 
 
 @command()
@@ -183,7 +193,8 @@ def profile(
 def trace(
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
     P: int = typer.Option(8, "--P", help="Tokens removed per layer"),
-    method: str = typer.Option("gtp", "--method", help="gtp or tome"),
+    method: str = typer.Option("gtp", "--method", help=f"One of {METHODS_TEXT}"),
+    hp: Optional[list[str]] = HpOpt,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass " + default("128 on CUDA, 16 on CPU")),
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's")),
@@ -200,11 +211,13 @@ def trace(
     check_format(fmt)
     options.device(device)
     method = options.methods(method, single=True)[0]
+    overrides = options.hparams(hp, [method]).get(method, {})
     options.at_least(P, 0, "--P")
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--img-size", img_size)):
         options.positive(value, flag)
     files.check_output_dir(out, "--out")
-    emit(trace_result(model, method, P, device, batch_size, out, img_size, checkpoint, steps), fmt, None, render_trace)
+    emit(trace_result(model, method, P, device, batch_size, out, img_size, checkpoint, steps, overrides), fmt, None,
+         render_trace)
 
 
 @command()

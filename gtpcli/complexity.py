@@ -1,55 +1,70 @@
-"""`gtpcli complexity` as data: one row per (N, C, P) with exact sums, printed closed forms and their gap."""
+"""`gtpcli complexity` as data: one row per (N, C, P) with each method's analytic overhead, read from the
+method registry: each method's own module gives its columns (exact sums, printed closed forms, variants),
+per-layer terms and notes."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from itertools import product
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from . import analytic as A
+from .methods import REGISTRY
 
 MAX_ROWS = 10_000  # a bigger grid is refused up front (it would take minutes and print megabytes)
-TOME_NOTE = ("Eq. 14 as printed has P^2 C coefficient (L^3/12 + L^2/12 + L/8); its own sum gives "
-             "(L^3/12 - L^2/8 + L/24). Rows show the exact sum; *_closed_form_diff = printed - sum.")
 
 
 def complexity_result(arch: A.Arch, Ns: list[int], Cs: list[int], Ps: list[int], model: str | None,
-                      layers: bool = False) -> dict[str, Any]:
+                      layers: bool = False, methods: Sequence[str] | None = None,
+                      hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """`methods`: registered names (default: all); `hparams`: {method: {name: value}} for the analytic
+    variants that depend on them (TC-ViT's K, newton_steps, ...)."""
+    methods = list(methods or REGISTRY)
+    hparams = {m: REGISTRY[m].resolved((hparams or {}).get(m, {})) for m in methods}
     rows = []
     for N, C, P in product(Ns, Cs, Ps):
         point = replace(arch, N=N, C=C).validate()
-        rows.append(complexity_row(point, P, with_backbone=model is not None, layers=layers))
-    return {"model": model, "rows": rows, "notes": [TOME_NOTE] if any(r["tome_closed_form_diff"] for r in rows) else []}
+        rows.append(complexity_row(point, P, with_backbone=model is not None, layers=layers, methods=methods,
+                                   hparams=hparams))
+    notes = [note for m in methods for note in REGISTRY[m].complexity_notes(rows)]
+    used = {m: {k: hparams[m][k] for k in REGISTRY[m].complexity_hparams} for m in methods}
+    return {"model": model, "methods": methods, "hparams": {m: v for m, v in used.items() if v}, "rows": rows,
+            "tokens": {c.key: c.tokens for m in methods for c in REGISTRY[m].columns}, "notes": notes}
 
 
-def complexity_row(arch: A.Arch, P: int, with_backbone: bool, layers: bool) -> dict[str, Any]:
-    N, C, L, H = arch.N, arch.C, arch.L, arch.heads
-    A.token_schedule(N, L, P, arch.prefix)  # a P that empties a layer is an error, not a row
-    gtp, tome = A.gtp_macs(N, C, L, H, P), A.tome_macs(N, C, L, P)
-    gtp_cf, tome_cf = A.gtp_macs_closed_form(N, C, L, H, P), A.tome_macs_closed_form(N, C, L, P)
-    row: dict[str, Any] = {
-        "N": N, "C": C, "L": L, "H": H, "P": P,
-        "gtp_macs": A.as_number(gtp),
-        "tome_macs": A.as_number(tome),
-        "gtp_macs_closed_form": A.as_number(gtp_cf),
-        "tome_macs_closed_form": A.as_number(tome_cf),
-        "gtp_closed_form_diff": A.as_number(gtp_cf - gtp),
-        "tome_closed_form_diff": A.as_number(tome_cf - tome),
-        "ratio": float(tome / gtp) if gtp else None,
-    }
+def complexity_row(arch: A.Arch, P: int, with_backbone: bool, layers: bool, methods: Sequence[str] | None = None,
+                   hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    methods = list(methods or REGISTRY)
+    hparams = hparams or {}
+    A.token_schedule(arch.N, arch.L, P, arch.prefix)  # a P that empties a layer is an error, not a row
+    row: dict[str, Any] = {"N": arch.N, "C": arch.C, "L": arch.L, "H": arch.heads, "P": P}
+    for m in methods:
+        row |= REGISTRY[m].complexity_row(arch, P, hparams.get(m, {}))
+    if "gtp_macs" in row and "tome_macs" in row:
+        row["ratio"] = row["tome_macs"] / row["gtp_macs"] if row["gtp_macs"] else None
     if with_backbone:
         row["backbone_macs"] = sum(A.backbone_macs(arch, P).values())
     if layers:
-        row["layers"] = layer_rows(arch, P)
+        row["layers"] = layer_rows(arch, P, methods, hparams)
     return row
 
 
-def layer_rows(arch: A.Arch, P: int) -> list[dict[str, Any]]:
-    """N_l and every cost term of layer l; layer 0 holds GTP's one-off graph construction."""
-    rows = [{"layer": 0, "N_l": arch.N, "gtp_graph": A.gtp_graph_macs(arch.N, arch.C)}]
+def layer_rows(arch: A.Arch, P: int, methods: Sequence[str] | None = None,
+               hparams: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """N_l (all tokens), n_l (image tokens) and every cost term of layer l; layer 0 holds what is computed
+    once per image (GTP's graph)."""
+    methods = list(methods or REGISTRY)
+    hparams = hparams or {}
+    once = {}
+    for m in methods:
+        if REGISTRY[m].complexity_once is not None:
+            once |= REGISTRY[m].complexity_once(arch, hparams.get(m, {}))
+    rows = [{"layer": 0, "N_l": arch.N, **once}]
+    per_method = [REGISTRY[m].complexity_layers(arch, P, hparams.get(m, {})) for m in methods]
     for layer, N_l in enumerate(A.token_schedule(arch.N, arch.L, P, arch.prefix), start=1):
-        terms = {f"gtp_{k}": v for k, v in A.gtp_layer_terms(N_l, P, arch.C, arch.heads).items()}
-        terms |= {f"tome_{k}": A.as_number(v) for k, v in A.tome_layer_terms(N_l, P, arch.C).items()}
+        terms: dict[str, Any] = {}
+        for found in per_method:
+            terms |= found[layer - 1]
         terms |= {f"block_{k}": v for k, v in A.block_terms(N_l, P, arch.C, arch.mlp_ratio).items()}
-        rows.append({"layer": layer, "N_l": N_l, **terms})
+        rows.append({"layer": layer, "N_l": N_l, "n_l": N_l - arch.prefix, **terms})
     return rows

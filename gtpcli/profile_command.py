@@ -40,6 +40,7 @@ class ProfileOptions:
     data: Path | None = None
     limit: int | None = None
     fidelity: bool = False
+    hp: list[str] | None = None      # METHOD.NAME=VALUE, any registered method
 
 
 def sweep_config(opts: ProfileOptions):
@@ -71,10 +72,15 @@ def sweep_config(opts: ProfileOptions):
         Ps = parse_values(opts.P, "--P")
     else:
         Ps = parse_values(profile.P, f"{profile.path}: key 'P'") if profile else parse_values("0..8")
-    hparams = {"gtp": dict(opts.gtp_hparams), "tome": {}}
-    if opts.prop_attn is not None:
-        for values in hparams.values():
-            values["prop_attn"] = opts.prop_attn
+    from .methods import REGISTRY
+
+    hparams = {name: {} for name in REGISTRY} | {"gtp": dict(opts.gtp_hparams)}
+    if opts.prop_attn is not None:  # the methods whose proportional attention is a switch of its own
+        for name, values in hparams.items():
+            if "prop_attn" in REGISTRY[name].defaults() and REGISTRY[name].defaults()["prop_attn"] is not None:
+                values["prop_attn"] = opts.prop_attn
+    for name, values in options.hparams(opts.hp, methods).items():
+        hparams[name].update(values)
     if opts.fidelity and opts.data is None:
         raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
     if opts.limit is not None and opts.data is None:

@@ -83,41 +83,84 @@ def mmacs(value: int | float | None) -> str:
 
 
 def render_complexity(result: dict[str, Any], console: Console) -> None:
+    """One column per method column the registry declares (in MMACs), the printed-minus-exact gaps, ToMe/GTP."""
+    from .methods import REGISTRY
+
     rows = result["rows"]
+    methods = [REGISTRY[m] for m in result.get("methods", REGISTRY) if m in REGISTRY]
+    value_columns = [c for m in methods for c in m.columns]
+    diffs = [(m.title, f"{m.name}_closed_form_diff") for m in methods if any(f"{m.name}_closed_form_diff" in r for r in rows)]
+    with_ratio = any(r.get("ratio") is not None for r in rows)
     with_backbone = any("backbone_macs" in r for r in rows)
-    columns = [("N", "right"), ("C", "right"), ("L", "right"), ("H", "right"), ("P", "right"),
-               ("GTP sum", "right"), ("GTP Eq.15", "right"), ("ToMe sum", "right"), ("ToMe Eq.14", "right"),
-               ("Eq. - sum (MACs)", "right"), ("ToMe/GTP", "right")]
+    columns = [(k, "right") for k in ("N", "C", "L", "H", "P")] + [(c.header, "right") for c in value_columns]
+    if diffs:
+        columns.append(("Eq. - sum (MACs)", "right"))
+    if with_ratio:
+        columns.append(("ToMe/GTP", "right"))
     if with_backbone:
         columns.append(("backbone GMACs", "right"))
     cells = []
     for r in rows:
-        diff = _diff_cell(r["gtp_closed_form_diff"], "GTP") + " " + _diff_cell(r["tome_closed_form_diff"], "ToMe")
-        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], mmacs(r["gtp_macs"]), mmacs(r["gtp_macs_closed_form"]),
-                mmacs(r["tome_macs"]), mmacs(r["tome_macs_closed_form"]), diff.strip() or "[green]0[/]",
-                f"{r['ratio']:.2f}" if r["ratio"] else "-"]
+        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], *(mmacs(r.get(c.key)) for c in value_columns)]
+        if diffs:
+            diff = " ".join(_diff_cell(r.get(key), title) for title, key in diffs).strip()
+            cell.append(diff or "[green]0[/]")
+        if with_ratio:
+            cell.append(f"{r['ratio']:.2f}" if r.get("ratio") else "-")
         if with_backbone:
             cell.append(f"{r['backbone_macs'] / 1e9:.3f}")
         cells.append(cell)
-    title = "Extra MMACs of the reduction method itself (paper appendix C.4, Eq. 14 ToMe, Eq. 15 GTP)"
+    title = "Extra MMACs of the reduction method itself (" + ", ".join(_sources(m) for m in methods) + ")"
     if result.get("model"):
         title += f" - {result['model']}"
-    console.print(table(title, columns, cells, caption="\n".join(result.get("notes", [])) or None))
+    tokens: dict[str, list[str]] = {}
+    for m in methods:
+        for c in m.columns:
+            tokens.setdefault(c.tokens, [])
+            if m.title not in tokens[c.tokens]:
+                tokens[c.tokens].append(m.title)
+    notes = list(result.get("notes", []))
+    if len(tokens) > 1:
+        notes.append("Token counts: " + "; ".join(f"{', '.join(t)}: {what}" for what, t in tokens.items()) + ".")
+    if result.get("hparams"):
+        notes.append("Settings: " + "; ".join(f"{m} " + ", ".join(f"{k}={v}" for k, v in values.items())
+                                               for m, values in result["hparams"].items()) + ".")
+    console.print(table(title, columns, cells, caption="\n".join(notes) or None))
     for r in rows:
         if "layers" in r:
             _render_layers(r, console)
 
 
-def _diff_cell(diff: int | float, label: str) -> str:
+def _sources(method) -> str:
+    return {"gtp": "GTP Eq. 15", "tome": "ToMe Eq. 14"}.get(method.name, method.title)
+
+
+def _diff_cell(diff: int | float | None, label: str) -> str:
     return "" if not diff else f"[yellow]{label} {diff:+,}[/]"
 
 
 def _render_layers(row: dict[str, Any], console: Console) -> None:
+    """One table for the methods with few terms and the backbone; one per variant of a method with many
+    (TC-ViT: keys tcvit_<variant>_<term>)."""
     layers = row["layers"]
-    keys = [k for k in dict.fromkeys(k for layer in layers for k in layer) if k not in ("layer", "N_l")]
-    cells = [[layer["layer"], layer["N_l"], *(thousands(layer.get(k)) for k in keys)] for layer in layers]
-    title = f"Per layer, N={row['N']} C={row['C']} L={row['L']} H={row['H']} P={row['P']} (MACs)"
-    console.print(table(title, [("layer", "right"), ("N_l", "right")] + [(k, "right") for k in keys], cells))
+    fixed = ("layer", "N_l", "n_l")
+    keys = [k for k in dict.fromkeys(k for layer in layers for k in layer) if k not in fixed]
+    by_method: dict[str, list[str]] = {}
+    for k in keys:
+        by_method.setdefault(k.split("_")[0], []).append(k)
+    groups: dict[str, list[str]] = {}
+    for method, found in by_method.items():
+        for k in found:
+            groups.setdefault("" if len(found) <= 6 else "_".join(k.split("_")[:2]), []).append(k)
+    where = f"N={row['N']} C={row['C']} L={row['L']} H={row['H']} P={row['P']}"
+    for group, found in groups.items():
+        used = [layer for layer in layers if any(k in layer for k in found)]
+        prefix = f"{group}_" if group else ""
+        cells = [[layer["layer"], layer["N_l"], layer.get("n_l", "-"), *(thousands(layer.get(k)) for k in found)]
+                 for layer in used]
+        title = f"Per layer, {where} (MACs)" + (f": {group}" if group else "")
+        headers = [("layer", "right"), ("N_l", "right"), ("n_l", "right")] + [(k[len(prefix):], "right") for k in found]
+        console.print(table(title, headers, cells))
 
 
 def render_profile(result: dict[str, Any], console: Console) -> None:
@@ -135,19 +178,25 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
             ("speed-up vs stock", [_times(r["speedup"]) for r in block]),
             ("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]),
         ]
+        source = next((r["paper_source"] for r in block if r.get("paper_source")), "")
+        finetuned = "finetun" in source and "no finetuning" not in source  # never side by side unlabelled
         if any(r.get("acc") is not None for r in block):
-            lines.append(("Acc (%)", [_num(r.get("acc"), 1) for r in block]))
+            lines.append(("Acc (%), no finetuning" if finetuned else "Acc (%)", [_num(r.get("acc"), 1) for r in block]))
             lines.append(("Acc 95% interval", [_interval(r.get("acc_ci95")) for r in block]))
         if any(r.get("fidelity_top1") is not None for r in block):
             lines.append(("agrees with stock (%)", [_num(r.get("fidelity_top1"), 1) for r in block]))
             lines.append(("KL to stock", [_num(r.get("fidelity_kl"), 4) for r in block]))
         if any("paper_gmacs" in r for r in block):
+            digits = 2 if any(r.get("paper_gmacs") is not None and r["paper_gmacs"] < 1 for r in block) else 1
             lines += [
-                ("paper GMACs", [_num(r.get("paper_gmacs"), 1) for r in block]),
+                ("paper GMACs", [_num(r.get("paper_gmacs"), digits) for r in block]),
                 ("GMACs - paper", [_delta(r.get("gmacs"), r.get("paper_gmacs")) for r in block]),
-                ("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]),
-                ("paper Acc (%)", [_num(r.get("paper_acc"), 1) for r in block]),
             ]
+            if any(r.get("paper_img_s") is not None for r in block):
+                lines.append(("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]))
+            if any(r.get("paper_acc") is not None for r in block):
+                lines.append(("paper Acc (%), finetuned" if finetuned else "paper Acc (%)",
+                              [_num(r.get("paper_acc"), 1) for r in block]))
         columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
         title = f"{result['model']} + {method}"
         caption = setting
@@ -155,6 +204,8 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
             caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
             if stock.get("acc") is not None:
                 caption += f", Acc {stock['acc']:.1f}%"
+        if source:
+            caption += f"; paper rows: {source}"
         console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption))
     for r in rows:
         for warning in r.get("warnings", []):

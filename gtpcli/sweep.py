@@ -98,6 +98,10 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
         row |= {"macs": count.macs, "gmacs": round(count.macs / 1e9, 4), "flop_counter_macs": count.flop_counter_macs}
         row["warnings"] += macs_warnings(count, row["analytic_macs"])
     row |= quality(model)
+    if method != STOCK and hasattr(model.reduction, "diagnostics"):  # what the method noticed while it ran
+        found = model.reduction.diagnostics()
+        row["warnings"] += found.pop("warnings", [])
+        row |= found
     if cfg.speed:
         row |= throughput(model, cfg, warn)
         if row["img_s_spread"] > NOISY * row["img_s"]:
@@ -155,6 +159,7 @@ def add_reference(rows: list[dict[str, Any]], profile: Profile | None) -> list[d
             for key in ("gmacs", "img_s", "acc"):
                 if key in ref:
                     row[f"paper_{key}"] = ref[key][at]
+            row["paper_source"] = ref["source"]
     return rows
 
 

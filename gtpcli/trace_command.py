@@ -10,7 +10,8 @@ from .errors import GtpcliError
 
 
 def trace_result(model_name: str, method: str, P: int, device: str, batch_size: int | None, out: Path,
-                 img_size: int | None = None, checkpoint: Path | None = None, steps: int = 3) -> dict[str, Any]:
+                 img_size: int | None = None, checkpoint: Path | None = None, steps: int = 3,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
     from . import backbones, sweep
@@ -24,7 +25,7 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
     if checkpoint is not None and not checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {checkpoint}")
     model = backbones.create(timm_name, checkpoint, **backbones.constructor_kwargs(profile, img_size))
-    hparams = profile.hparams_for(method, P) if profile else {}
+    hparams = {**(profile.hparams_for(method, P) if profile else {}), **(overrides or {})}
     sweep.apply(model, method, P, hparams)
     model.to(device)
     x = torch.randn(batch, 3, *backbones.image_size(model), device=device)

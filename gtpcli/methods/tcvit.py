@@ -179,16 +179,17 @@ def complexity_row(arch: Arch, P: int, hparams: Mapping[str, Any]) -> dict[str, 
 
 
 def complexity_layers(arch: Arch, P: int, hparams: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every term of every variant, per block (keys tcvit_<variant>_<term>)."""
+    """Every term of every variant, per block: keys tcvit_<dense|paper|newton|lazy>_<term>, over n_l."""
     hp = METHOD.resolved(hparams)
     removals = [P] * arch.L
     variants = [v for v in VARIANTS if v != "lazy" or hp["K"] == 2]
     per_variant = {v: layer_terms(arch, removals, hp, v) for v in variants}
     rows = []
     for layer in range(arch.L):
-        found = {"tcvit_n_l": per_variant["dense"][layer]["n_l"]}
+        found = {}
         for v in variants:
-            found |= {f"tcvit_{v}_{k}": value for k, value in per_variant[v][layer].items() if k not in ("n_l", "P")}
+            short = "paper" if v == "paper_counted" else v
+            found |= {f"tcvit_{short}_{k}": value for k, value in per_variant[v][layer].items() if k not in ("n_l", "P")}
         rows.append(found)
     return rows
 
@@ -478,6 +479,20 @@ def reduction_class() -> type:
         def attention_need(self, layer: int) -> str:
             """The whole map where tokens are removed: W is its image block (and D its [CLS] row)."""
             return "map" if self.removals[layer] > 0 else "fused"
+
+        def diagnostics(self) -> dict[str, Any]:
+            """For result rows, since the last patch: Newton's fallbacks and its starting residual."""
+            if self.hp["connectivity"] != "newton":
+                return {}
+            worst = max((r for _, r in self.newton_residuals), default=None)
+            found: dict[str, Any] = {"newton_fallbacks": self.fallbacks, "newton_residual_max": worst, "warnings": []}
+            if self.fallbacks:
+                found["warnings"].append(f"Eq. 12 denominator <= 0 in {self.fallbacks} fusions (Newton's C has "
+                                         "negative entries): plain means used there")
+            if worst is not None and worst >= 1:
+                found["warnings"].append(f"Newton starts from ||I - A X_0||_1 = {worst:.3g} >= 1: convergence "
+                                         "is not guaranteed")
+            return found
 
         def reduce(self, layer, x, weights, keys):
             size = self.sizes_or_ones(x) if self.hp["track_sizes"] else None
