@@ -64,6 +64,9 @@ def friendly(command):
         except GtpcliError as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # not click's "Aborted!" and exit 1, which `check` means as a regression
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
     return wrapper
 
 

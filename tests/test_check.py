@@ -116,6 +116,19 @@ def test_a_yaml_baseline_is_read_back(tmp_path):
     assert check(spec, "--baseline", tmp_path / "b.yaml").exit_code == 0
 
 
+def test_ctrl_c_is_not_a_regression(tmp_path, monkeypatch):
+    """Click's own Ctrl-C handling exits 1, which CI would read as a regression."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(regress, "measure", interrupted)
+    result = check(spec, "--update-baseline", tmp_path / "b.json")
+    assert result.exit_code == 130 and "interrupted" in result.output
+
+
 def test_a_30_percent_lower_speedup_fails_and_a_higher_one_passes():
     key = ("m", "gtp", 8)
     assert regress.judge(key, "speedup", 1.30, 1.30 * 0.7, 0.15)["verdict"] == "fail"

@@ -113,7 +113,7 @@ def _writer(path: str, name: str, saves: int) -> None:
 
 def test_concurrent_writers_never_lose_a_row(tmp_path):
     out = tmp_path / "out.json"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     writers = [context.Process(target=_writer, args=(str(out), f"w{i}", 25)) for i in range(4)]
     for writer in writers:
         writer.start()
