@@ -269,7 +269,7 @@ def test_eq12_by_hand_on_five_crafted_tokens():
     t3 = (C[3, 3] * img[3] + C[0, 3] * img[0] + C[2, 3] * img[2]) / (C[3, 3] + C[0, 3] + C[2, 3])
     assert torch.equal(out[0, 0], x[0, 0])                              # [CLS] untouched
     assert torch.equal(out[0, 1], img[1]) and torch.equal(out[0, 3], img[4])  # no match: unchanged
-    assert torch.allclose(out[0, 2], t3, rtol=1e-14)                    # kept order: 1, 3, 4
+    assert torch.allclose(out[0, 2], t3, rtol=1e-13)                    # kept order: 1, 3, 4
     assert out.shape == (1, 4, 3)
 
 

@@ -340,32 +340,30 @@ def take(tokens, index):
     return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-def fuse_tokens(x, keep, drop, rows, self_weight, matched_only: bool = True):
+def fuse_tokens(x, keep, drop, rows, self_weight):
     """Eq. 12. x (B, n, c) image tokens; rows = C[drop, :] (B, P, n); self_weight (B, n - P) = C[t, t] of
     the kept tokens (only the receivers' entries are read). Each discarded q goes to the kept token t with
     the largest C[q, t], weight C[q, t]. Kept tokens that receive nothing are returned unchanged, bit for
     bit. Where the denominator is not positive (Newton's C can be negative) the receiver becomes the plain
     mean of itself and its matches. Returns (kept tokens (B, n - P, c), receiver index into keep (B, P),
-    number of fallbacks)."""
+    number of fallbacks).
+
+    Written as t + sum_q w_q (q - t) / den_t, which is Eq. 12, so that only the P discarded tokens and their
+    receivers are touched: no pass over all n - P kept tokens beyond gathering them."""
     import torch
 
     kept = take(x, keep)
     Cqk = rows.gather(2, keep.unsqueeze(1).expand(-1, rows.shape[1], -1))  # (B, P, n - P)
     weight, target = Cqk.max(dim=-1)
-    c = x.shape[-1]
-    at = target.unsqueeze(-1).expand(-1, -1, c)
-    dropped = take(x, drop)
-    numerator = (self_weight.unsqueeze(-1) * kept).scatter_add(1, at, weight.unsqueeze(-1) * dropped)
     denominator = self_weight.scatter_add(1, target, weight)
     matches = torch.zeros_like(denominator).scatter_add(1, target, torch.ones_like(weight))
-    matched = matches > 0
-    fused = numerator / denominator.unsqueeze(-1)
-    bad = matched & ~(denominator > 0)
-    fallbacks = int(bad.sum()) if bad.any() else 0
-    if fallbacks:
-        mean = kept.scatter_add(1, at, dropped) / (1 + matches).unsqueeze(-1)
-        fused = torch.where(bad.unsqueeze(-1), mean, fused)
-    return torch.where(matched.unsqueeze(-1), fused, kept), target, fallbacks
+    den_q, matches_q = denominator.gather(1, target), matches.gather(1, target)
+    bad = ~(den_q > 0)
+    scale = torch.where(bad, 1 / (1 + matches_q), weight / den_q.where(~bad, torch.ones_like(den_q)))
+    at = target.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    shift = scale.unsqueeze(-1) * (take(x, drop) - kept.gather(1, at))
+    fallbacks = int(((matches > 0) & ~(denominator > 0)).sum()) if bad.any() else 0
+    return kept.scatter_add_(1, at, shift), target, fallbacks
 
 
 def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None, size=None):
