@@ -65,7 +65,7 @@ def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--h
     """`METHOD.NAME=VALUE` (or `NAME=VALUE` when exactly one of the chosen methods has NAME) to
     {method: {name: value}}, each checked by the method's own module. VALUE is read as YAML (8, 0.5, true,
     lazy)."""
-    import yaml
+    from .files import load_yaml
 
     chosen = list(chosen)
     found: dict[str, dict] = {}
@@ -84,8 +84,8 @@ def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--h
                                   f"{(having or chosen or ['tcvit'])[0]}.{key}={text}")
             method = having[0]
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = load_yaml(text, f"{flag} {item!r}")  # the one safe loader: no alias bombs here either
+        except GtpcliError:
             value = text
         found.setdefault(method, {}).update(REGISTRY[method].validate({key: value}, f"{flag} {method}:"))
     return found
