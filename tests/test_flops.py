@@ -56,7 +56,7 @@ def tiny_vit() -> nn.Module:
     return VisionTransformer(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10).eval()
 
 
-@pytest.mark.parametrize("method", ["stock", "gtp", "tome"])
+@pytest.mark.parametrize("method", ["stock", "gtp", "tome", "tcvit"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
 def test_fvcore_and_flop_counter_agree_on_a_patched_tiny_vit(method, fused):
     model = tiny_vit()
