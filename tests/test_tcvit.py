@@ -643,3 +643,17 @@ def test_check_spec_takes_tcvit(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("check:\n  models: [deit_t]\n  methods: [gtp, tcvit]\n  P: '0,8'\n  metrics: [macs]\n")
     assert regress.load_spec(spec).methods == ["gtp", "tcvit"]
+
+
+def test_diagnose_answers_section_8(small_vit, fresh, image):
+    model = fresh(small_vit)
+    found = T.diagnose(model, image(small_vit, batch=2), P=6)
+    assert found["blocks_x_images"] == 8 and 0 <= found["newton_can_start_share"] <= 1
+    assert found["newton2_rel_error_median"] > 0 and found["newton1_rel_error_median"] > 0
+    assert 0 <= found["dropped_changed_without_dominance_mean"] <= 6
+    strong = T.diagnose(fresh(small_vit), image(small_vit, batch=2), P=6, beta=1e6)
+    assert strong["dropped_changed_without_dominance_mean"] > 0        # a dominance that decides is seen
+    assert 0 <= found["dropped_changed_row_vs_col_mean"] <= 6
+    assert getattr(model, "reduction", None) is None  # unpatched again
+    W = torch.eye(4, dtype=torch.float64)[None] * 0.9
+    assert float(T.newton_residual(W, 0.5)) == 0.0     # a diagonal W: X_0 is the exact inverse

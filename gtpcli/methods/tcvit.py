@@ -424,6 +424,63 @@ def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None,
     return out, new_size, info
 
 
+def diagnose(model, images, P: int | Sequence[int] = 14, **hparams) -> dict[str, Any]:
+    """Spec section 8's questions, on real attention maps: patch `model` with TC-ViT, run `images` and, in
+    every reducing block, measure in float64 (per image): whether Newton can start (||I - A X_0||_1 < 1), how
+    far Eq. 9 with 1 and 2 Newton steps is from the exact series, how many of the P dropped tokens change
+    when the score drops the dominance (beta = 0: does beta matter?) and when C_bar is the row mean instead
+    of the column mean. Returns medians and shares over all (image, block) pairs; the model is unpatched."""
+    import torch
+
+    from ..reduce import patch, unpatch
+
+    patch(model, NAME, P=P, **hparams)
+    red = model.reduction
+    hp = dict(red.hp)
+    found: dict[str, list[float]] = {"converges": [], "newton1": [], "newton2": [], "beta_changes": [],
+                                     "row_changes": []}
+    original = red.reduce
+
+    def changed(a, b):
+        return [len(set(x.tolist()) ^ set(y.tolist())) / 2 for x, y in zip(a, b)]
+
+    def watch(layer, x, weights, keys):
+        removed, p = red.removals[layer], red.prefix
+        W = image_graph(weights, p, hp["head_fusion"], hp["w_block"], torch.float64)
+        found["converges"] += (newton_residual(W, hp["alpha"]) < 1).double().tolist()
+        exact = series(W, hp["K"], hp["alpha"])
+        for steps in (1, 2):
+            approx = newton(W, hp["K"], hp["alpha"], steps)
+            found[f"newton{steps}"] += ((approx - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)).tolist()
+        D = dominance(weights, p, hp["dominance"], hp["head_fusion"], torch.float64) if red.has_cls else None
+        col, row = cbar_of(exact, "col"), cbar_of(exact, "row")
+        _, drop = split(score_of(col, D, hp) if D is not None else -col, removed)
+        _, drop_beta0 = split(-col, removed)
+        _, drop_row = split(score_of(row, D, hp) if D is not None else -row, removed)
+        if D is not None:
+            found["beta_changes"] += changed(drop, drop_beta0)
+        found["row_changes"] += changed(drop, drop_row)
+        return original(layer, x, weights, keys)
+
+    red.reduce = watch
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        unpatch(model)
+
+    def median(values):
+        return float(torch.tensor(values, dtype=torch.float64).median()) if values else None
+
+    return {"settings": hp, "blocks_x_images": len(found["converges"]),
+            "newton_can_start_share": sum(found["converges"]) / max(len(found["converges"]), 1),
+            "newton1_rel_error_median": median(found["newton1"]), "newton2_rel_error_median": median(found["newton2"]),
+            "newton2_rel_error_max": max(found["newton2"], default=None),
+            "dropped_changed_without_dominance_mean": (sum(found["beta_changes"]) / len(found["beta_changes"])
+                                                       if found["beta_changes"] else None),
+            "dropped_changed_row_vs_col_mean": sum(found["row_changes"]) / max(len(found["row_changes"]), 1)}
+
+
 @functools.cache
 def reduction_class() -> type:
     """The Reduction subclass (built once, on first use: its base class needs torch)."""
