@@ -340,13 +340,13 @@ def take(tokens, index):
     return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-def fuse_tokens(x, keep, drop, rows, self_weight):
+def fuse_tokens(x, keep, drop, rows, self_weight, count: bool = True):
     """Eq. 12. x (B, n, c) image tokens; rows = C[drop, :] (B, P, n); self_weight (B, n - P) = C[t, t] of
     the kept tokens (only the receivers' entries are read). Each discarded q goes to the kept token t with
     the largest C[q, t], weight C[q, t]. Kept tokens that receive nothing are returned unchanged, bit for
     bit. Where the denominator is not positive (Newton's C can be negative) the receiver becomes the plain
     mean of itself and its matches. Returns (kept tokens (B, n - P, c), receiver index into keep (B, P),
-    number of fallbacks).
+    number of fallbacks, counted only with `count`: counting waits for the device).
 
     Written as t + sum_q w_q (q - t) / den_t, which is Eq. 12, so that only the P discarded tokens and their
     receivers are touched: no pass over all n - P kept tokens beyond gathering them."""
@@ -362,7 +362,7 @@ def fuse_tokens(x, keep, drop, rows, self_weight):
     scale = torch.where(bad, 1 / (1 + matches_q), weight / den_q.where(~bad, torch.ones_like(den_q)))
     at = target.unsqueeze(-1).expand(-1, -1, x.shape[-1])
     shift = scale.unsqueeze(-1) * (take(x, drop) - kept.gather(1, at))
-    fallbacks = int(((matches > 0) & ~(denominator > 0)).sum()) if bad.any() else 0
+    fallbacks = int(((matches > 0) & ~(denominator > 0)).sum()) if count and bad.any() else 0
     return kept.scatter_add_(1, at, shift), target, fallbacks
 
 
@@ -406,15 +406,15 @@ def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None,
         else:  # lazy: C[Q, :] = W_Q + alpha W_Q W, and C[t, t] = W_tt + alpha W[t, :] . W[:, t] for receivers
             W_Q = take(W, drop)
             rows = W_Q + alpha * (W_Q @ W)
-            Cqk = rows.gather(2, keep.unsqueeze(1).expand(-1, P, -1))
-            receivers = keep.gather(1, Cqk.argmax(dim=-1))  # (B, P) token indices
+            slot = rows.gather(2, keep.unsqueeze(1).expand(-1, P, -1)).argmax(dim=-1)  # receiver among the kept
+            receivers = keep.gather(1, slot)  # (B, P) token indices
             row_t, col_t = take(W, receivers), take(W.transpose(-1, -2), receivers)
             diagonal = (W.diagonal(dim1=-2, dim2=-1).gather(1, receivers)
                         + alpha * (row_t.unsqueeze(-2) @ col_t.unsqueeze(-1)).flatten(-3))
-            slot = Cqk.argmax(dim=-1)  # receiver's position among the kept tokens
             self_weight = torch.zeros(keep.shape, dtype=W.dtype, device=W.device).scatter(1, slot, diagonal)
     with stage("tcvit.fuse"):
-        fused, target, fallbacks = fuse_tokens(image.to(dtype), keep, drop, rows, self_weight)
+        fused, target, fallbacks = fuse_tokens(image.to(dtype), keep, drop, rows, self_weight,
+                                               count=hp["connectivity"] == "newton")
         info["fallbacks"] = fallbacks
         out = torch.cat([x[:, :prefix], fused.to(x.dtype)], dim=1)
         new_size = None
