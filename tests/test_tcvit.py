@@ -637,12 +637,22 @@ def test_trace_labels_tcvits_stages(small_vit, fresh, image):
     assert {"tcvit.connectivity", "tcvit.select", "tcvit.fuse"} <= set(times)
 
 
-def test_check_spec_takes_tcvit(tmp_path):
-    from gtpcli import regress
+def test_check_gates_tcvit(tmp_path):
+    import json
 
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("check:\n  models: [deit_t]\n  methods: [gtp, tcvit]\n  P: '0,8'\n  metrics: [macs]\n")
-    assert regress.load_spec(spec).methods == ["gtp", "tcvit"]
+    own = tmp_path / "tiny.yaml"
+    own.write_text(TINY_PROFILE + "check: {methods: [tcvit], P: '0,6', metrics: [macs, tokens, overhead_macs]}\n")
+    baseline = tmp_path / "baseline.json"
+    assert cli("check", own, "--update-baseline", baseline).exit_code == 0
+    rows = json.loads(baseline.read_text())["rows"]
+    assert {(r["method"], r["P"]) for r in rows} == {("stock", 0), ("tcvit", 0), ("tcvit", 6)}
+    assert cli("check", own, "--baseline", baseline).exit_code == 0
+    for row in rows:
+        if row["method"] == "tcvit" and row["P"] == 6:
+            row["overhead_macs"] -= 1
+    baseline.write_text(json.dumps({"rows": rows, "env": json.loads(baseline.read_text())["env"]}))
+    failed = cli("check", own, "--baseline", baseline)
+    assert failed.exit_code == 1 and "tcvit P=6 overhead_macs" in failed.output, failed.output
 
 
 def test_diagnose_answers_section_8(small_vit, fresh, image):
