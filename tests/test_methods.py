@@ -1,0 +1,79 @@
+"""The method registry: one module per method, read by every command; nothing may drift from the code."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from gtpcli import methods
+from gtpcli.errors import GtpcliError
+
+
+@pytest.mark.parametrize("name", list(methods.REGISTRY))
+def test_each_card_matches_its_reduction(name):
+    """Every hyperparameter a card declares is a keyword of its Reduction, with the same default."""
+    card = methods.get(name)
+    cls = card.load()
+    assert cls.method == name
+    signature = inspect.signature(cls.__init__).parameters
+    for hp in card.hparams:
+        assert hp.name in signature, (name, hp.name)
+        assert signature[hp.name].default == hp.default, (name, hp.name)
+    declared = {hp.name for hp in card.hparams} | {"self", "model", "P"}
+    assert set(signature) <= declared, set(signature) - declared
+    assert all(stage.startswith(name + ".") for stage in card.stages)
+    assert all(column.key.startswith(name + "_") for column in card.columns)
+
+
+def test_gtp_choices_are_the_implementations():
+    from gtpcli.reduce import gtp
+
+    card = {hp.name: hp for hp in methods.get("gtp").hparams}
+    assert card["selection"].choices == gtp.SELECTIONS and card["graph"].choices == gtp.GRAPHS
+    assert card["head_fusion"].choices == gtp.FUSIONS and card["variant"].choices == gtp.VARIANTS
+
+
+def test_the_registry_names_every_method_once_and_imports_no_torch():
+    code = ("import sys, gtpcli.methods as m; assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit']; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_validation_is_one_line_and_suggests():
+    card = methods.get("tcvit")
+    with pytest.raises(GtpcliError, match="did you mean alpha"):
+        card.validate({"alpah": 1})
+    assert card.validate({"K": 3.0}) == {"K": 3} and isinstance(card.validate({"alpha": 500})["alpha"], float)
+    with pytest.raises(GtpcliError, match="unknown method 'evit'"):
+        methods.get("evit")
+
+
+def test_patch_reads_the_registry(monkeypatch):
+    """A method added to the table is patchable, listed and traced without touching any other module."""
+    from dataclasses import replace
+
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    import gtpcli
+    from gtpcli import analytic as A
+    from gtpcli.reduce import METHODS
+
+    card = replace(methods.get("tome"), name="tome2", stages=("tome2.match",))
+    monkeypatch.setitem(methods.REGISTRY, "tome2", card)
+    assert "tome2" in METHODS and methods.stages()[-1] == "tome2.match"
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    gtpcli.patch(model, "tome2", r=2)
+    assert model.reduction.removals == [2, 2]
+    assert A.implemented_overhead(backbones_arch(model), "tome2", [2, 2]) > 0
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def backbones_arch(model):
+    from gtpcli import backbones
+
+    return backbones.arch_of(model)
