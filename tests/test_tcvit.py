@@ -567,6 +567,7 @@ def test_complexity_and_help_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_profile_measures_three_methods_with_the_labelled_reference(tmp_path):
     import json
 
@@ -637,6 +638,7 @@ def test_trace_labels_tcvits_stages(small_vit, fresh, image):
     assert {"tcvit.connectivity", "tcvit.select", "tcvit.fuse"} <= set(times)
 
 
+@pytest.mark.slow
 def test_check_gates_tcvit(tmp_path):
     import json
 
