@@ -669,3 +669,21 @@ def test_diagnose_answers_section_8(small_vit, fresh, image):
     assert getattr(model, "reduction", None) is None  # unpatched again
     W = torch.eye(4, dtype=torch.float64)[None] * 0.9
     assert float(T.newton_residual(W, 0.5)) == 0.0     # a diagonal W: X_0 is the exact inverse
+
+
+def test_runs_on_lvvit():
+    from gtpcli.lvvit import lvvit_s
+
+    torch.manual_seed(0)
+    model = lvvit_s(depth=4).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        stock = model(x)
+        gtpcli.patch(model, "tcvit", P=0)
+        assert (model(x) - stock).abs().max() <= 1e-5
+        seen = []
+        hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for b in model.blocks]
+        model.reduction.P = 12
+        assert torch.isfinite(model(x)).all() and seen == [197, 185, 173, 161]
+        for h in hooks:
+            h.remove()
