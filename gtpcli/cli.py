@@ -161,6 +161,7 @@ def profile(
     selection: Optional[str] = typer.Option(None, help="mixed, diag, broad, cls, cossim, random " + default("the profile's, or mixed"), rich_help_panel=GTP),
     graph: Optional[str] = typer.Option(None, help="mixed, spatial, semantic, none " + default("the profile's, or mixed"), rich_help_panel=GTP),
     head_fusion: Optional[str] = typer.Option(None, help="max or mean " + default("the profile's, or max"), rich_help_panel=GTP),
+    variant: Optional[str] = typer.Option(None, help="paper (its equations) or authors (the released code, README) " + default("the profile's, or paper"), rich_help_panel=GTP),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
     hp: Optional[list[str]] = HpOpt,
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
@@ -185,7 +186,7 @@ def profile(
 
     check_format(fmt)
     hparams = {"alpha": alpha, "sparsity": sparsity, "M": M, "selection": selection, "graph": graph,
-               "head_fusion": head_fusion}
+               "head_fusion": head_fusion, "variant": variant}
     run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
                                checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
                                not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp))

@@ -165,3 +165,13 @@ def test_checkpoints_load_and_bad_ones_are_refused(tmp_path):
         result = profile("deit_tiny_patch16_224", "--P", "0", "--no-speed", "--checkpoint", str(path), tmp_path=tmp_path)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "this ran while unpickling" not in result.output
+
+
+def test_variant_flag_reaches_the_patch_and_the_result(tmp_path):
+    result = profile("deit_tiny_patch16_224", "--P", "8", "--variant", "authors", "--no-speed", "--no-flops",
+                     "--format", "json", tmp_path=tmp_path)
+    assert result.exit_code == 0, result.output
+    gtp = [r for r in json.loads(result.stdout)["rows"] if r["method"] == "gtp"]
+    assert [r["hparams"]["variant"] for r in gtp] == ["authors"]
+    bad = profile("deit_tiny_patch16_224", "--P", "8", "--variant", "official", "--no-speed", tmp_path=tmp_path)
+    assert bad.exit_code == 2 and "variant must be one of paper, authors" in bad.output
