@@ -1,7 +1,10 @@
 """The accuracy path end to end on real data: scikit-learn's digits, a ViT trained here, gtpcli measuring it."""
 
+import hashlib
+import itertools
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,21 +14,36 @@ import digits
 from gtpcli.cli import app
 
 runner = CliRunner()
+RUNS = itertools.count()
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, request):
+    """The digits folders and a trained checkpoint. Training takes about a minute on 2 idle cores and far
+    longer on busy ones, so the weights are kept in pytest's cache, keyed by everything they depend on
+    (the training code, torch, scikit-learn's data); `pytest --cache-clear` trains again."""
+    import sklearn
+
     root = tmp_path_factory.mktemp("digits")
     train_dir, val_dir = digits.write_folders(root)
-    torch.save({"state_dict": digits.train(train_dir).state_dict()}, root / "vit.pth")
+    key = hashlib.sha256((Path(digits.__file__).read_text() + torch.__version__ + sklearn.__version__).encode()).hexdigest()
+    cache = getattr(request.config, "cache", None)
+    cached = cache.mkdir("gtpcli-digits") / f"vit-{key[:16]}.pth" if cache is not None else None
+    if cached is None or not cached.is_file():
+        torch.save({"state_dict": digits.train(train_dir).state_dict()}, root / "vit.pth")
+        if cached is not None:
+            shutil.copy(root / "vit.pth", cached)
+    else:
+        shutil.copy(cached, root / "vit.pth")
     (root / "digits.yaml").write_text(digits.profile_yaml())
     return root
 
 
 def sweep(root, *args):
+    """One sweep into its own result file (sweeps of different data sets may not share one)."""
     result = runner.invoke(app, ["profile", str(root / "digits.yaml"), "--checkpoint", str(root / "vit.pth"),
-                                 "--no-speed", "--output", str(root / "out.json"), *args])
+                                 "--no-speed", "--output", str(root / f"out-{next(RUNS)}.json"), *args])
     assert result.exit_code == 0, result.output
     return result
 
