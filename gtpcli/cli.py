@@ -51,7 +51,7 @@ def default(text: str) -> str:
 
 FormatOpt = typer.Option("table", "--format", "-f", help="table, json, csv or yaml (to stdout)")
 OutputOpt = typer.Option(None, "--output", "-o", help="Also write the result to FILE (.json, .csv or .yaml)")
-HpOpt = typer.Option(None, "--hp", help="Any method's hyperparameter as METHOD.NAME=VALUE, repeatable (e.g. "
+HpOpt = typer.Option(None, "--hp", metavar="METHOD.NAME=VALUE", help="Any method's hyperparameter as METHOD.NAME=VALUE, repeatable (e.g. "
                      "tcvit.K=4 or tcvit.connectivity=lazy; NAME=VALUE when one chosen method has NAME)")
 
 
