@@ -4,12 +4,18 @@ fresh copies of them for in-place patching, and a recorder of what enters each b
 from __future__ import annotations
 
 import copy
+import os
 from contextlib import contextmanager
 
 import pytest
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
+
+# One intra-op thread. On 2 cores shared with other jobs, torch's two OpenMP threads wait on each other:
+# the same test took 84-119 s with 2 threads and 20-32 s with 1 (deit_b's GMACs table, load 3-5), and
+# training the digits ViT 854 s against 104 s. Alone on the machine, one thread costs little.
+torch.set_num_threads(int(os.environ.get("GTPCLI_TEST_THREADS", "1")))
 
 
 def _ready(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

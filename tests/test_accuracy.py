@@ -22,12 +22,13 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory, request):
     """The digits folders and a trained checkpoint. Training takes about a minute on 2 idle cores and far
     longer on busy ones, so the weights are kept in pytest's cache, keyed by everything they depend on
-    (the training code, torch, scikit-learn's data); `pytest --cache-clear` trains again."""
+    (the training code, torch and its thread count, scikit-learn's data); `pytest --cache-clear` trains again."""
     import sklearn
 
     root = tmp_path_factory.mktemp("digits")
     train_dir, val_dir = digits.write_folders(root)
-    key = hashlib.sha256((Path(digits.__file__).read_text() + torch.__version__ + sklearn.__version__).encode()).hexdigest()
+    depends = Path(digits.__file__).read_text() + torch.__version__ + sklearn.__version__ + str(torch.get_num_threads())
+    key = hashlib.sha256(depends.encode()).hexdigest()
     cache = getattr(request.config, "cache", None)
     cached = cache.mkdir("gtpcli-digits") / f"vit-{key[:16]}.pth" if cache is not None else None
     if cached is None or not cached.is_file():

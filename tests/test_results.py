@@ -45,7 +45,7 @@ def points(path) -> list[tuple]:
 
 def gtpcli(*args, cwd) -> subprocess.Popen:
     """The real command line in a new process (the working tree's gtpcli, not an installed copy)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}  # see conftest.py
     return subprocess.Popen([sys.executable, "-m", "gtpcli", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
