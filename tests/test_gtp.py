@@ -659,9 +659,8 @@ def test_selection_with_several_prefix_tokens():
         assert torch.allclose(scores[0], torch.tensor(expected), atol=1e-6)
 
 
-def test_mixed_selection_explicit_example():
-    """A 1-prefix, 4-image-token map whose Gamma x Psi ranking is worked out by hand."""
-    # head 0 and head 1, rows = queries; each row sums to 1
+def explicit_map() -> torch.Tensor:
+    """A 1-prefix, 4-image-token map of two heads (rows = queries, each summing to 1), worked out by hand below."""
     h0 = torch.tensor([[0.40, 0.15, 0.15, 0.15, 0.15],
                        [0.10, 0.50, 0.10, 0.20, 0.10],
                        [0.10, 0.10, 0.20, 0.50, 0.10],
@@ -672,7 +671,12 @@ def test_mixed_selection_explicit_example():
                        [0.05, 0.05, 0.70, 0.10, 0.10],
                        [0.20, 0.20, 0.20, 0.20, 0.20],
                        [0.25, 0.25, 0.25, 0.05, 0.20]])
-    weights = torch.stack([h0, h1]).unsqueeze(0)
+    return torch.stack([h0, h1]).unsqueeze(0)
+
+
+def test_mixed_selection_explicit_example():
+    """A 1-prefix, 4-image-token map whose Gamma x Psi ranking is worked out by hand."""
+    weights = explicit_map()
     # Gamma (max over heads of A_ii), image tokens 1..4: [0.5, 0.7, 0.6, 0.4]
     # Psi: column sums without the diagonal, per head, then max:
     #   head 0: col1 0.15+0.10+0.10+0.30=0.65  col2 0.45  col3 0.15+0.20+0.50+0.10=0.95  col4 0.45
@@ -717,19 +721,9 @@ def test_cossim_selection():
 
 
 def test_authors_psi_includes_the_diagonal():
-    """On the map of `test_mixed_selection_explicit_example`, the authors' Psi adds each token's own
+    """On `explicit_map`, the authors' Psi adds each token's own
     attention: head 0 columns [1.15, 0.65, 1.55, 0.85], head 1 [0.90, 1.55, 0.75, 0.90]."""
-    h0 = torch.tensor([[0.40, 0.15, 0.15, 0.15, 0.15],
-                       [0.10, 0.50, 0.10, 0.20, 0.10],
-                       [0.10, 0.10, 0.20, 0.50, 0.10],
-                       [0.10, 0.10, 0.10, 0.60, 0.10],
-                       [0.10, 0.30, 0.10, 0.10, 0.40]])
-    h1 = torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20],
-                       [0.20, 0.20, 0.20, 0.20, 0.20],
-                       [0.05, 0.05, 0.70, 0.10, 0.10],
-                       [0.20, 0.20, 0.20, 0.20, 0.20],
-                       [0.25, 0.25, 0.25, 0.05, 0.20]])
-    weights = torch.stack([h0, h1]).unsqueeze(0)
+    weights = explicit_map()
     broad = token_scores(weights, 1, "broad", "max", variant="authors")
     assert torch.allclose(broad[0], torch.tensor([1.15, 1.55, 1.55, 0.90]), atol=1e-6)
     mean = token_scores(weights, 1, "broad", "mean", variant="authors")
