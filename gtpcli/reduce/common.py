@@ -42,7 +42,7 @@ class AttentionSummary:
 
 
 # An explicit attention map is computed a few (image, head) slices at a time, so that each N x N block is
-# still in cache when softmax, A V and the summary read it: at N = 785 this halves the cost of the map.
+# still in cache when softmax, A V and the summary read it: on CPU its cost is memory traffic, not MACs.
 BLOCK_BYTES = 1 << 22
 
 
@@ -51,7 +51,7 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
     """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, for token selection, what
     it needs of the (sparsified, see `sparsify` for `variant`) attention map: `need` is "fused" (nothing:
     timm's fused kernel), "summary" (an AttentionSummary) or "map" (the whole map).
-    Returns (output, the map, its summary or None, keys)."""
+    Returns (output, the map or its summary, or None when the fused kernel ran, keys)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -79,7 +79,7 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
 
 def _blocked_attention(attn: nn.Module, q, k, v, bias, sparsity: float, variant: str):
     """softmax(q k^T scale + bias) v and the map's summary, over a few (image, head) slices at a time."""
-    B, H, N, d = q.shape
+    B, H, N, _ = q.shape
     q, k, v = (t.reshape(B * H, N, -1) for t in (q, k, v))
     if bias is not None:
         bias = bias.expand(B, H, 1, N).reshape(B * H, 1, N)
