@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .analytic import Arch
+from . import hub
 from .errors import GtpcliError
 from .profiles import Profile, builtin_names, find_profile
 
@@ -23,7 +24,7 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     profile = find_profile(name)
     if profile is not None:
         return profile, profile.model["timm"]
-    if timm.is_model(name) or name in MODELS:
+    if timm.is_model(name) or name in MODELS or name.startswith(HUB_PREFIXES):
         return None, name
     close = (difflib.get_close_matches(name, builtin_names() + list(MODELS), n=3, cutoff=0.6)
              or difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6))
@@ -31,18 +32,26 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
 
-def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, **kwargs) -> nn.Module:
-    """A timm (or built-in LV-ViT) model with random weights, or the weights of a local checkpoint; in
-    eval mode. Extra keywords go to the constructor (a profile's `model.kwargs`)."""
+def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, pretrained: bool = False,
+           **kwargs) -> nn.Module:
+    """A timm (or built-in LV-ViT) model with random weights, timm's published weights (`pretrained`),
+    or the weights of a local checkpoint; in eval mode. Extra keywords go to the constructor (a
+    profile's `model.kwargs`)."""
     import timm
 
     from .lvvit import MODELS
 
+    if pretrained and timm_name in MODELS:
+        raise GtpcliError(f"{timm_name} has no published weights in timm; pass the authors' file with --checkpoint")
     try:
         if timm_name in MODELS:
             model = MODELS[timm_name](**kwargs)
+        elif pretrained or timm_name.startswith(HUB_PREFIXES):
+            model = hub.create_pretrained(timm_name, pretrained, **kwargs)
         else:
             model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    except GtpcliError:
+        raise
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GtpcliError(f"cannot build {timm_name} with {kwargs}: {detail}") from None
@@ -50,8 +59,17 @@ def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, 
         raise GtpcliError(f"{timm_name} is not a plain Vision Transformer (no blocks/patch_embed); "
                           "gtpcli patches timm VisionTransformer-style models")
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict)
+        note(load_checkpoint(model, checkpoint, strict))
     return model.eval()
+
+
+HUB_PREFIXES = ("hf-hub:", "local-dir:")  # timm names whose architecture comes with the weights
+
+
+def note(text: str | None) -> None:
+    """A remark on stderr (which checkpoint entry was loaded, what was resampled), never on stdout."""
+    if text:
+        sys.stderr.write(f"note: {text}\n")
 
 
 def arch_for(timm_name: str) -> Arch:
@@ -94,18 +112,21 @@ def image_size(model: nn.Module) -> tuple[int, int]:
     return tuple(model.patch_embed.img_size)
 
 
-def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
-    """Load .pth/.pt/.bin/.tar (tensors only, never code), .safetensors or .npz weights into `model`."""
+def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> str:
+    """Load .pth/.pt/.bin/.tar (tensors only, never code), .safetensors or .npz weights into `model`.
+    Returns what was loaded, in words: which entry of a training checkpoint (EMA weights first, as timm's
+    `use_ema`), and what was resampled to fit the model (the position embedding, for another --img-size)."""
     path = Path(path)
     if not path.is_file():
         raise GtpcliError(f"checkpoint not found: {path}")
-    state = _read_state_dict(path)
+    state, entry = _read_state_dict(path)
     if path.suffix == ".npz" and not set(state) & set(model.state_dict()):
         try:
             model.load_pretrained(str(path))  # big_vision layout (embedding/kernel, Transformer/encoderblock_0/...)
         except Exception as exc:  # numpy/timm raise many kinds for a wrong or corrupt file
             raise GtpcliError(f"{path}: cannot load as a big_vision/timm .npz checkpoint: {exc}") from None
-        return
+        return f"{path}: loaded as a big_vision .npz checkpoint"
+    state, resampled = _adapted(model, state)
     problems, fitting = _fit(model, state)
     if problems and strict:
         raise GtpcliError(f"{path} does not fit this architecture; {problems} (use --no-strict to load what fits)")
@@ -117,9 +138,13 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> None:
     if problems:
         sys.stderr.write(f"warning: {path} loaded non-strictly: {len(fitting)} of {expected} tensors loaded, "
                          f"{expected - len(fitting)} LEFT RANDOM; {problems}\n")
+    said = [f"its {entry!r} entry" + (" (EMA weights, preferred as timm does)" if entry in EMA_ENTRIES else "")] if entry else []
+    return f"{path}: loaded {', '.join(said + resampled)}" if said or resampled else None
 
 
 MIN_LOADED = 0.5  # --no-strict refuses a checkpoint that fills less than this share of the model's tensors
+ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model", "module")  # timm's order with use_ema=True
+EMA_ENTRIES = ("state_dict_ema", "model_ema")
 
 
 def _npz_arrays(path: Path) -> dict:
@@ -131,9 +156,11 @@ def _npz_arrays(path: Path) -> dict:
         raise GtpcliError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors, and the entry of a training checkpoint they came from (None for a bare state dict);
+    `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes stripped."""
     if path.suffix == ".npz":
-        return {k: torch.from_numpy(v) for k, v in _npz_arrays(path).items()}
+        return {k: torch.from_numpy(v) for k, v in _npz_arrays(path).items()}, None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
@@ -141,20 +168,74 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise GtpcliError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            if _is_pickle(path):
-                raise GtpcliError(f"{path}: refused: it holds Python objects beyond tensors, and unpickling "
-                                  "them could run code (torch.load weights_only=True said no)") from None
-            raise GtpcliError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
-    for key in ("model", "state_dict", "model_ema", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
+        state = _torch_load(path)
+    entry = next((key for key in ENTRIES if isinstance(state, dict) and isinstance(state.get(key), dict) and state[key]),
+                 None)
+    if entry is not None:
+        state = state[entry]
     if not isinstance(state, dict):
         raise GtpcliError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return _clean(state), entry
+
+
+def _clean(state: dict) -> dict:
+    """timm's `clean_state_dict` (DDP and torch.compile prefixes, in either order), and again for timm
+    releases that know only `module.`."""
+    from timm.models import clean_state_dict
+
+    state = clean_state_dict(state)
+    prefixes = ("module.", "_orig_mod.")
+    while any(key.startswith(prefixes) for key in state):
+        state = {key.removeprefix("_orig_mod.").removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def _torch_load(path: Path):
+    """torch.load with weights_only=True, which also allows the argparse.Namespace of training scripts'
+    `args` (timm's train.py, DeiT's main.py): a plain attribute bag, safe to rebuild. Anything else
+    beyond tensors and containers is refused: unpickling it could run code."""
+    import argparse
+
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; 2.4 has add_safe_globals only
+    if allow is None and hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        if allow is not None:
+            with allow([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not _is_pickle(path):
+            raise GtpcliError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
+        if "argparse" in str(exc) and "Namespace" in str(exc):
+            raise GtpcliError(f"{path}: its 'args' entry is an argparse.Namespace, which torch {torch.__version__} "
+                              "cannot load safely (torch >= 2.4 can); re-save the checkpoint without 'args'") from None
+        raise GtpcliError(f"{path}: refused: it holds Python objects beyond tensors, and unpickling "
+                          "them could run code (torch.load weights_only=True said no)") from None
+
+
+def _adapted(model: nn.Module, state: dict) -> tuple[dict, list[str]]:
+    """The state dict adapted to the model by timm's own filter for its family (position embedding
+    resampled to another grid, patch embedding resized, known release layouts converted); for a model
+    without one (LV-ViT), the position embedding alone, with timm's `resample_abs_pos_embed`."""
+    before = state.get("pos_embed")
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None and type(model).__module__.startswith("timm."):
+        try:
+            state = filter_fn(state, model)
+        except Exception:  # a checkpoint of another architecture: the mismatch report below says how
+            pass
+    elif before is not None and getattr(model, "pos_embed", None) is not None and before.shape != model.pos_embed.shape:
+        from timm.layers import resample_abs_pos_embed
+
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        state = {**state, "pos_embed": resample_abs_pos_embed(before, list(model.patch_embed.grid_size),
+                                                              num_prefix_tokens=prefix)}
+    after = state.get("pos_embed")
+    if before is None or after is None or before.shape == after.shape:
+        return state, []
+    return state, [f"pos_embed resampled from {tuple(before.shape)} to {tuple(after.shape)} "
+                   "(timm's resample_abs_pos_embed, bicubic)"]
 
 
 def _is_pickle(path: Path) -> bool:

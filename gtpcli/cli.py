@@ -165,6 +165,7 @@ def profile(
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
     hp: Optional[list[str]] = HpOpt,
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache); a pretrained tag (NAME.TAG) or hf-hub:ORG/REPO picks them", rich_help_panel=RUN),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N", rich_help_panel=RUN),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN),
@@ -189,7 +190,8 @@ def profile(
                "head_fusion": head_fusion, "variant": variant}
     run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
                                checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
-                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp))
+                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp,
+                               pretrained=pretrained))
 
 
 @command()

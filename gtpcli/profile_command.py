@@ -41,6 +41,7 @@ class ProfileOptions:
     limit: int | None = None
     fidelity: bool = False
     hp: list[str] | None = None      # METHOD.NAME=VALUE, any registered method
+    pretrained: bool = False         # timm's published weights (hub), instead of random or a checkpoint
 
 
 def sweep_config(opts: ProfileOptions):
@@ -56,6 +57,8 @@ def sweep_config(opts: ProfileOptions):
         options.at_least(value, low, flag)
     options.gtp_hparams(opts.gtp_hparams)
     profile, timm_name = backbones.resolve(opts.model)
+    if opts.pretrained and opts.checkpoint is not None:
+        raise GtpcliError("give --pretrained (timm's published weights) or --checkpoint FILE, not both")
     if opts.checkpoint is not None and not opts.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {opts.checkpoint}")
     timing = speed.Timing.default(speed.resolve_device(opts.device), opts.dtype)
@@ -90,7 +93,7 @@ def sweep_config(opts: ProfileOptions):
         check_folder(opts.data, opts.fidelity)
     return sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, methods, Ps, timing,
                              hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed,
-                             opts.data, opts.limit, opts.fidelity)
+                             opts.data, opts.limit, opts.fidelity, pretrained=opts.pretrained)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -151,7 +154,7 @@ def run_profile(opts: ProfileOptions) -> None:
     cfg = sweep_config(opts)
     output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
     env = speed.fingerprint(cfg.timing)
-    weights = str(cfg.checkpoint) if cfg.checkpoint else "random weights"
+    weights = str(cfg.checkpoint) if cfg.checkpoint else f"pretrained: {cfg.timm_name}" if cfg.pretrained else "random weights"
     default_size = cfg.profile.model["img_size"] if cfg.profile else None
     header = {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
               "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit, "env": env}
@@ -187,5 +190,5 @@ def run_profile(opts: ProfileOptions) -> None:
             raise SystemExit(128 + signum)
     resumed = sum(any(row is old for old in saved) for row in rows)
     emit({**header, "rows": rows}, opts.fmt, None, render_profile)
-    note = "" if cfg.checkpoint or cfg.data else " (random weights: accuracy not measured)"
+    note = "" if cfg.checkpoint or cfg.pretrained or cfg.data else " (random weights: accuracy not measured)"
     err.print(f"saved {store.summary(rows, resumed)} in {output}{note}", highlight=False, soft_wrap=True)

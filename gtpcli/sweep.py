@@ -42,6 +42,7 @@ class SweepConfig:
     data: Path | None = None        # ImageFolder (or flat folder) for accuracy / fidelity
     limit: int | None = None
     fidelity: bool = False
+    pretrained: bool = False        # timm's published weights for timm_name (through its hub)
 
     def points(self) -> list[tuple[str, int]]:
         return [(STOCK, 0)] + [(method, P) for method in self.methods for P in self.Ps]
@@ -56,7 +57,7 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     for method in cfg.methods:
         if method not in METHODS:
             raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict,
+    model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
                              **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P in cfg.points()[1:]:
         apply(model, method, P, cfg.hparams_for(method, P))
