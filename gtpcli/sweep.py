@@ -15,6 +15,7 @@ import torch
 
 from . import analytic as A
 from . import backbones
+from . import methods as registry
 from .errors import GtpcliError
 from .measure import accuracy, flops, speed
 from .profiles import Profile
@@ -89,7 +90,9 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
         "overhead_macs": A.implemented_overhead(arch, method, removals, hparams),
         "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
     }
-    row["analytic_macs"] = sum(A.backbone_macs(arch, removals).values()) + row["overhead_macs"]
+    row["analytic_macs"] = sum(registry.backbone_macs(arch, method, removals, hparams).values()) + row["overhead_macs"]
+    if method != STOCK and hasattr(model.reduction, "variant_label"):  # a baseline's own schedule or gtpcli's equal P
+        row["setting"] = model.reduction.variant_label
     if method == "tome" and model.reduction.clamped:
         row["warnings"].append(f"r clamped in layers {[layer for layer, _, _ in model.reduction.clamped]}")
     if cfg.flops:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import analytic as A
+from . import methods as registry
 from .errors import GtpcliError
 
 
@@ -36,7 +37,7 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
 
     arch = backbones.arch_of(model)
     removals = model.reduction.removals
-    backbone = sum(A.backbone_macs(arch, removals).values())
+    backbone = sum(registry.backbone_macs(arch, method, removals, hparams).values())
     own = A.implemented_overhead(arch, method, removals, hparams)
     forward = recorded.stage_ms.get(trace.FORWARD, 0.0)
     stages = [{"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None}

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import GtpcliError
 from .base import Column, HParam, Method
 
-_MODULES = ("gtp", "tome", "tcvit")
+_MODULES = ("gtp", "tome", "tcvit", "evit", "evo")
 
 REGISTRY: dict[str, Method] = {}
 for _module in _MODULES:
@@ -46,9 +46,17 @@ def implemented_overhead(arch, method: str, removals: Sequence[int], hparams: Ma
     return get(method).implemented_overhead(arch, removals, hparams or {})
 
 
+def backbone_macs(arch, method: str, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The backbone's analytic MACs (embed, blocks, head) under the method's token schedule."""
+    from ..analytic import backbone_macs as removed
+
+    own = get(method).backbone_macs if method != "stock" else None
+    return own(arch, removals, hparams or {}) if own is not None else removed(arch, removals)
+
+
 def choices_text(sep: str = ", ") -> str:
     """`gtp, tome, tcvit` for help texts."""
     return sep.join(REGISTRY)
 
 
-__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "stages", "implemented_overhead", "choices_text"]
+__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "stages", "implemented_overhead", "backbone_macs", "choices_text"]

@@ -99,6 +99,9 @@ class Method:
     complexity_hparams: tuple[str, ...] = ()            # hyperparameters the analytic overhead depends on
     aliases: Mapping[str, str] = field(default_factory=dict)   # other keyword -> API keyword (ToMe's r -> P)
     needs_cls: str | None = None                        # why some settings need a [CLS] token (docs)
+    # The backbone's MACs under this method's schedule, where they are not `analytic.backbone_macs` of the
+    # removals (Evo-ViT: skipped tokens come back for the head, and a block's MLP sees what its attention saw).
+    backbone_macs: Callable[[Arch, Sequence[int], Mapping[str, Any]], dict[str, int]] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hparams}

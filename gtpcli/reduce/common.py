@@ -146,12 +146,14 @@ class Reduction:
 
     @P.setter
     def P(self, value: int | Sequence[int]) -> None:
-        value = value if isinstance(value, int) else list(value)
+        value = value if value is None or isinstance(value, int) else list(value)  # None: the method's own schedule
         self.removals = self.schedule_removals(value)  # raises before anything changes
         self._P = value
 
-    def schedule_removals(self, P: int | Sequence[int]) -> list[int]:
+    def schedule_removals(self, P: int | Sequence[int] | None) -> list[int]:
         """Tokens removed in each layer; a schedule that empties a layer is a ValueError naming it."""
+        if P is None:
+            raise ValueError(f"{self.method} needs P (tokens removed per layer)")
         token_schedule(self.tokens, self.num_layers, P, self.prefix)
         return per_layer(P, self.num_layers)
 
@@ -206,7 +208,7 @@ def patch_blocks(model: nn.Module, reduction: Reduction) -> nn.Module:
             if not hasattr(block, needed):
                 raise ValueError(f"block {index} ({type(block).__name__}) is not a pre-norm timm ViT block: "
                                  f"it has no '{needed}'")
-        block.__class__ = _reducing_class(type(block))
+        block.__class__ = _reducing_class(type(block), getattr(type(reduction), "block_forward", reduced_forward))
         block.reduction = reduction
         block.layer_index = index
     model.reduction = reduction
@@ -224,10 +226,13 @@ def unpatch_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[tuple, type] = {}
 
 
-def _reducing_class(stock: type) -> type:
-    if stock not in _CLASSES:
-        _CLASSES[stock] = type(f"Reducing{stock.__name__}", (stock,), {"forward": reduced_forward, "_stock_class": stock})
-    return _CLASSES[stock]
+def _reducing_class(stock: type, forward=reduced_forward) -> type:
+    """The stock block class with `forward` swapped: `reduced_forward`, or a method's own `block_forward`
+    (Evo-ViT, whose blocks skip tokens instead of removing them between attention and MLP)."""
+    key = (stock, forward)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"Reducing{stock.__name__}", (stock,), {"forward": forward, "_stock_class": stock})
+    return _CLASSES[key]
