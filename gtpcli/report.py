@@ -199,6 +199,9 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
                               [_num(r.get("paper_acc"), 1) for r in block]))
         columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
         title = f"{result['model']} + {method}"
+        settings = list(dict.fromkeys(r["setting"] for r in block if r.get("setting")))
+        if len(settings) == 1:  # e.g. "gtpcli variant: equal P, ...": never mistaken for the method's own schedule
+            title += f" ({settings[0]})"
         caption = setting
         if stock:
             caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
