@@ -37,7 +37,7 @@ def test_gtp_choices_are_the_implementations():
 
 
 def test_the_registry_names_every_method_once_and_imports_no_torch():
-    code = ("import sys, gtpcli.methods as m; assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit']; "
+    code = ("import sys, gtpcli.methods as m; assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit', 'evit', 'evo']; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -47,8 +47,8 @@ def test_validation_is_one_line_and_suggests():
     with pytest.raises(GtpcliError, match="did you mean alpha"):
         card.validate({"alpah": 1})
     assert card.validate({"K": 3.0}) == {"K": 3} and isinstance(card.validate({"alpha": 500})["alpha"], float)
-    with pytest.raises(GtpcliError, match="unknown method 'evit'"):
-        methods.get("evit")
+    with pytest.raises(GtpcliError, match="unknown method 'dyvit'"):
+        methods.get("dyvit")
 
 
 def test_patch_reads_the_registry(monkeypatch):

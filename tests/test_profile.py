@@ -134,7 +134,7 @@ class Exploit:
     (["not_a_model_at_all_xyz"], "unknown model"),
     (["deit_tiny_patch16_224", "--P", "20"], "layer 10"),
     (["deit_tiny_patch16_224", "--P", "4", "--selection", "best"], "selection must be one of"),
-    (["deit_tiny_patch16_224", "--method", "evit"], "unknown method"),
+    (["deit_tiny_patch16_224", "--method", "dyvit"], "unknown method"),
     (["deit_tiny_patch16_224", "--checkpoint", "missing.pth"], "checkpoint not found"),
     (["deit_tiny_patch16_224", "--dtype", "float64"], "--dtype"),
     (["deit_tiny_patch16_224", "--batch-size", "0"], "--batch-size"),

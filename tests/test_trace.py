@@ -50,7 +50,7 @@ def test_labels_and_hooks_are_gone_after_tracing(tmp_path):
 
 
 def test_trace_bad_input(tmp_path):
-    result = runner.invoke(app, ["trace", "deit_tiny_patch16_224", "--method", "evit", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["trace", "deit_tiny_patch16_224", "--method", "dyvit", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown method" in result.output
     result = runner.invoke(app, ["trace", "deit_tiny_patch16_224", "--P", "30", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "layer" in result.output
