@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +50,7 @@ def default(text: str) -> str:
     return escape(f"[default: {text}]")
 
 
-FormatOpt = typer.Option("table", "--format", "-f", help="table, json, csv or yaml (to stdout)")
+FormatOpt = typer.Option("table", "--format", "-f", help="table, json, csv, yaml, markdown or latex (booktabs) (to stdout)")
 OutputOpt = typer.Option(None, "--output", "-o", help="Also write the result to FILE (.json, .csv or .yaml)")
 HpOpt = typer.Option(None, "--hp", metavar="METHOD.NAME=VALUE", help="Any method's hyperparameter as METHOD.NAME=VALUE, repeatable (e.g. "
                      "tcvit.K=4 or tcvit.connectivity=lazy; NAME=VALUE when one chosen method has NAME)")
@@ -91,6 +92,7 @@ def complexity(
     hp: Optional[list[str]] = HpOpt,
     fmt: str = FormatOpt,
     output: Optional[Path] = OutputOpt,
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the overhead against the swept N, C or P (.png, .svg, .pdf; .json: the plot's data)"),
 ):
     """Analytic overhead of each reduction method (GTP Eq. 15, ToMe Eq. 14, TC-ViT's variants), exact sums next to the printed closed forms."""
     from . import files
@@ -103,6 +105,8 @@ def complexity(
     check_format(fmt)
     if output is not None:
         files.check_output(output, "--output")
+    if plot is not None:
+        files.check_output(plot, "--plot", FIGURE_FORMATS)
     positive(L, "--L")
     positive(H, "--H")
     if model is None and (N is None or C is None):
@@ -119,7 +123,39 @@ def complexity(
                           f"at most {MAX_ROWS:,}: use a step, e.g. 197..1025:64")
     chosen = methods(method) if method is not None else list(REGISTRY)
     result = complexity_result(arch, Ns, Cs, Ps, name, layers=per_layer, methods=chosen, hparams=hparams(hp, chosen))
+    if plot is not None:
+        from . import plots
+        write_figure(plots.overhead([plots.Source(plot, result)]), plot)
     emit(result, fmt, output, render_complexity)
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf", "json")
+
+
+def write_figure(figure, path: Path) -> None:
+    """A figure as an image, or (.json) the data it draws."""
+    from . import files
+
+    if path.suffix.lower() == ".json":
+        files.atomic_write(path, json.dumps(figure.to_dict(), indent=2) + "\n", "--plot")
+    else:
+        from .draw import save
+        save(figure, path)
+    err.print(f"figure written: {path}", highlight=False, soft_wrap=True)
+
+
+@command()
+@friendly
+def plot(
+    results: list[Path] = typer.Argument(..., help="Result files: gtpcli profile -o, or the --format json of complexity or trace; several overlay"),
+    kind: str = typer.Option("tradeoff", "--kind", "-k", help="tradeoff, speedup, tokens (profile results), overhead (complexity), stages (trace)"),
+    output: Path = typer.Option(..., "--output", "-o", help="The figure: .png, .svg or .pdf; .json writes the data it draws"),
+):
+    """Draw a result as the paper's figures: accuracy/speed trade-off, speed-up against the ideal, overhead curves, tokens per block, stage shares."""
+    from . import files, plots
+
+    files.check_output(output, "--output", FIGURE_FORMATS)
+    write_figure(plots.figure(kind, results), output)
 
 
 @command("profiles")

@@ -160,9 +160,10 @@ def _check_writable_dir(folder: Path, option: str, target: Path) -> None:
         raise GtpcliError(f"{option} {target}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
-def atomic_write(path: Path, text: str, what: str = "output") -> None:
+def atomic_write(path: Path, text: str | bytes, what: str = "output") -> None:
     """Write through a unique temporary file in the same directory and os.replace it into place, so a
-    reader never sees half a file and two writers never share a temporary file."""
+    reader never sees half a file and two writers never share a temporary file. Bytes (a figure) are
+    written as they are, text as UTF-8."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +171,8 @@ def atomic_write(path: Path, text: str, what: str = "output") -> None:
     except OSError as exc:
         raise GtpcliError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException as exc:

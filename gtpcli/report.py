@@ -15,8 +15,9 @@ from rich.table import Table
 
 from .errors import GtpcliError
 from .files import atomic_write, format_for
+from .markup import PAPER_STYLE
 
-FORMATS = ("table", "json", "csv", "yaml")
+FORMATS = ("table", "json", "csv", "yaml", "markdown", "latex")
 
 
 def dumps(result: dict[str, Any], fmt: str) -> str:
@@ -52,6 +53,9 @@ def emit(result: dict[str, Any], fmt: str, output: Path | None, render) -> None:
         write(result, output)
     if fmt == "table":
         render(result, console())
+    elif fmt in ("markdown", "latex"):
+        from .markup import render as markup
+        print(markup(result, render, fmt), end="")
     else:
         print(dumps(result, fmt), end="")
 
@@ -62,13 +66,16 @@ def console(stderr: bool = False) -> Console:
     return probe if probe.is_terminal else Console(stderr=stderr, width=220)
 
 
-def table(title: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]], caption: str | None = None) -> Table:
-    """A Rich table from (header, justify) pairs and rows of already formatted cells."""
+def table(title: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]], caption: str | None = None,
+          paper: Iterable[int] = ()) -> Table:
+    """A Rich table from (header, justify) pairs and rows of already formatted cells; the rows numbered in
+    `paper` are published figures, in italics (and marked so in Markdown and LaTeX)."""
     t = Table(title=title, caption=caption, title_justify="left", caption_justify="left", min_width=len(title))
     for header, justify in columns:
         t.add_column(header, justify=justify)
-    for row in rows:
-        t.add_row(*(str(cell) for cell in row))
+    published = set(paper)
+    for at, row in enumerate(rows):
+        t.add_row(*(str(cell) for cell in row), style=PAPER_STYLE if at in published else None)
     return t
 
 
@@ -209,7 +216,8 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
                 caption += f", Acc {stock['acc']:.1f}%"
         if source:
             caption += f"; paper rows: {source}"
-        console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption))
+        console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption,
+                            paper=[at for at, (label, _) in enumerate(lines) if label.startswith("paper ")]))
     for r in rows:
         for warning in r.get("warnings", []):
             console.print(f"[yellow]warning[/] {r['method']} P={r['P']}: {warning}", highlight=False)

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from gtpcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["complexity", "profiles", "profile", "trace", "check"]
+COMMANDS = ["complexity", "profiles", "profile", "trace", "check", "plot"]
 EXPECTED = {
     "complexity": ["Layers [default: 12, or the model's]", "Heads [default: C/64, or the model's]",
-                   "Tokens removed per layer, e.g. 8, 4,8 or 0..14 [default: 8]", "--per-layer", "[default: table]"],
+                   "Tokens removed per layer, e.g. 8, 4,8 or 0..14 [default: 8]", "--per-layer", "[default: table]", "--plot"],
     "profiles": ["--format", "[default: table]"],
     "profile": ["Images per timed batch [default: 128 on CUDA as in the paper, 16 on CPU]",
                 "Input resolution [default: the model's]", "[default: the profile's, or 0..8]",
@@ -28,6 +28,7 @@ EXPECTED = {
     "trace": ["Images per forward pass [default: 128 on CUDA, 16 on CPU]", "Input resolution [default: the model's]",
               "[default: 8]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]"],
     "check": ["[default: cpu]", "--update-baseline", "--junit", "--baseline"],
+    "plot": ["[default: tradeoff]", "--kind", "--output", "[required]", "speedup"],
 }
 
 

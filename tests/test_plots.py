@@ -1,0 +1,291 @@
+"""`gtpcli plot` and `complexity --plot`: the data each kind draws, worked out by hand from small result
+files written here; that every kind writes a real PNG, SVG and PDF; and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from gtpcli import plots
+from gtpcli.cli import app
+from gtpcli.complexity import complexity_result
+from gtpcli.analytic import Arch
+from gtpcli.errors import GtpcliError
+
+runner = CliRunner()
+SOURCE = "GTP-ViT Table 1 (A6000, batch 128, no finetuning)"
+ENV = {"device": "cpu", "device_name": "Test CPU", "dtype": "float32", "batch_size": 16, "torch": "2.9"}
+
+
+def row(method, P, img_s=None, gmacs=None, acc=None, tokens=(5, 5, 5), **extra):
+    return {"model": "m", "method": method, "P": P, "hparams": {}, "tokens": list(tokens), "img_s": img_s,
+            "gmacs": gmacs, **({"acc": acc} if acc is not None else {}), **extra}
+
+
+def profile_result(path, rows, **header):
+    data = {"model": "m", "timm": "t", "weights": "w.pth", "img_size": 32, "env": ENV, **header, "rows": rows}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def measured(tmp_path):
+    """Stock, GTP at P = 0, 1, 2 with the paper's figures at P = 0 and 2, ToMe at P = 1."""
+    paper = {"paper_source": SOURCE}
+    return profile_result(tmp_path / "run.json", [
+        row("stock", 0, img_s=100.0, gmacs=4.0, acc=80.0),
+        row("gtp", 0, img_s=98.0, gmacs=4.0, acc=80.0, paper_gmacs=4.6, paper_img_s=1000.0, paper_acc=79.8, **paper),
+        row("gtp", 1, img_s=110.0, gmacs=3.2, acc=79.0, tokens=(5, 4, 3)),
+        row("gtp", 2, img_s=125.0, gmacs=2.5, acc=77.5, tokens=(5, 3, 1), paper_gmacs=3.4, paper_img_s=1500.0,
+            paper_acc=79.5, **paper),
+        row("tome", 1, img_s=115.0, gmacs=3.3, acc=78.0, tokens=(5, 4, 3)),
+    ])
+
+
+def by_label(panel):
+    return {s.label: s for s in panel.series}
+
+
+def test_tradeoff_draws_each_method_the_stock_star_and_the_papers_points(measured):
+    fig = plots.figure("tradeoff", [measured])
+    speed, cost = fig.panels
+    assert (speed.xlabel, speed.ylabel) == ("throughput (img/s)", "top-1 accuracy (%)")
+    assert cost.xlabel == "GMACs per image"
+    found = by_label(speed)
+    gtp = found["GTP measured (Test CPU)"]
+    assert (gtp.x, gtp.y, gtp.point_labels, gtp.mark) == ([98.0, 110.0, 125.0], [80.0, 79.0, 77.5], ["P=0", "P=1", "P=2"], "line")
+    assert found["ToMe measured (Test CPU)"].x == [115.0]
+    paper = found["GTP paper (A6000)"]
+    assert (paper.x, paper.y, paper.mark, paper.group) == ([1000.0, 1500.0], [79.8, 79.5], "paper", "gtp")
+    stock = found["stock timm (Test CPU)"]
+    assert (stock.x, stock.y, stock.mark) == ([100.0], [80.0], "stock")
+    assert "ToMe paper" not in " ".join(found)  # no published ToMe rows in this file
+    assert by_label(cost)["GTP paper (A6000)"].x == [4.6, 3.4]
+    assert by_label(cost)["GTP measured (Test CPU)"].x == [4.0, 3.2, 2.5]
+    assert speed.xscale == "linear"  # 98..1500 spans less than 20x
+    assert "w.pth" in fig.caption and "batch 16" in fig.caption and "Test CPU" in fig.caption
+
+
+def test_tradeoff_overlays_files_with_one_style_each_and_the_paper_once(measured, tmp_path):
+    other = profile_result(tmp_path / "gpu.json", [row("stock", 0, img_s=2000.0, gmacs=4.0, acc=80.0),
+                                                   row("gtp", 4, img_s=3000.0, gmacs=3.0, acc=79.0)],
+                           env={**ENV, "device": "cuda", "device_name": "H100"})
+    panel = plots.figure("tradeoff", [measured, other]).panels[0]
+    found = by_label(panel)
+    assert found["GTP measured (Test CPU, run)"].style == 0 and found["GTP measured (H100, gpu)"].style == 1
+    assert sum(s.mark == "paper" for s in panel.series) == 1
+    assert panel.xscale == "log"  # 98 img/s next to 3000
+
+
+def test_tradeoff_uses_fidelity_without_labels_and_says_what_is_missing(tmp_path):
+    fid = profile_result(tmp_path / "fid.json", [row("stock", 0, img_s=10.0, gmacs=4.0, fidelity_top1=100.0),
+                                                 row("gtp", 8, img_s=12.0, gmacs=3.0, fidelity_top1=96.9)])
+    panel = plots.figure("tradeoff", [fid]).panels[0]
+    assert panel.ylabel == "top-1 agreement with the unreduced model (%)"
+    assert by_label(panel)["GTP measured (Test CPU)"].y == [96.9]
+    bare = profile_result(tmp_path / "bare.json", [row("stock", 0, img_s=10.0, gmacs=4.0), row("gtp", 8, img_s=12.0)])
+    with pytest.raises(GtpcliError, match="no accuracy or fidelity in any row.*--checkpoint.*--data"):
+        plots.figure("tradeoff", [bare])
+
+
+def test_tradeoff_without_speed_draws_the_gmacs_panel_and_says_so(tmp_path):
+    slow = profile_result(tmp_path / "nospeed.json", [row("stock", 0, gmacs=4.0, acc=80.0), row("gtp", 8, gmacs=3.0, acc=79.0)])
+    fig = plots.figure("tradeoff", [slow])
+    assert [p.xlabel for p in fig.panels] == ["GMACs per image"]
+    assert "img/s not measured" in fig.caption
+
+
+def test_speedup_is_measured_over_stock_against_the_gmacs_ratio(measured):
+    panel = plots.figure("speedup", [measured]).panels[0]
+    found = by_label(panel)
+    gtp = found["GTP measured (Test CPU)"]
+    assert gtp.x == [0, 1, 2] and gtp.y == [0.98, 1.1, 1.25]
+    ideal = found["GTP ideal (GMACs ratio)"]
+    assert ideal.mark == "ideal" and ideal.y == [1.0, 1.25, 1.6]  # 4.0 / 4.0, 4.0 / 3.2, 4.0 / 2.5
+    assert found["GTP paper (A6000)"].y == [1.0, 1.5]  # 1500 / 1000: the paper's own P = 0 as its base
+    assert found["stock"].y == [1.0, 1.0, 1.0]
+
+
+def test_speedup_needs_throughput_and_a_stock_row(tmp_path):
+    slow = profile_result(tmp_path / "s.json", [row("stock", 0, gmacs=4.0), row("gtp", 8, gmacs=3.0)])
+    with pytest.raises(GtpcliError, match="no throughput.*without --no-speed"):
+        plots.figure("speedup", [slow])
+    headless = profile_result(tmp_path / "h.json", [row("gtp", 8, img_s=3.0, gmacs=3.0)])
+    with pytest.raises(GtpcliError, match="no measured stock row"):
+        plots.figure("speedup", [headless])
+
+
+def complexity_file(path, Ns, Cs, Ps=(8,)):
+    result = complexity_result(Arch(N=1, C=1), list(Ns), list(Cs), list(Ps), None, methods=["gtp", "tome"])
+    path.write_text(json.dumps(result))
+    return path, result
+
+
+def test_overhead_draws_every_column_against_the_swept_axis(tmp_path):
+    path, result = complexity_file(tmp_path / "n.json", [197, 785, 3137], [768])
+    panel = plots.figure("overhead", [path]).panels[0]
+    assert panel.xlabel == "N (tokens)" and panel.ylabel == "extra MMACs of the method"
+    assert "C=768" in panel.title and "P=8" in panel.title
+    found = by_label(panel)
+    assert list(found) == ["GTP sum", "GTP Eq.15", "ToMe sum", "ToMe Eq.14"]
+    assert found["GTP sum"].x == [197, 785, 3137]
+    assert found["ToMe Eq.14"].y == [r["tome_macs_closed_form"] / 1e6 for r in result["rows"]]
+    assert (found["GTP sum"].style, found["GTP Eq.15"].style) == (0, 1)  # closed form in another line style
+    assert panel.yscale == "log"
+
+
+def test_overhead_needs_exactly_one_swept_axis(tmp_path):
+    both, _ = complexity_file(tmp_path / "b.json", [197, 785], [384, 768])
+    with pytest.raises(GtpcliError, match="sweeps N and C"):
+        plots.figure("overhead", [both])
+    one, _ = complexity_file(tmp_path / "o.json", [197], [384])
+    with pytest.raises(GtpcliError, match="sweeps none"):
+        plots.figure("overhead", [one])
+
+
+def adaptive_row(delta, counts):
+    """An input-dependent row as /work/notes/ADAPTIVE.md describes it: two blocks, the second one spread."""
+    dist = [{"mean": 5.0, "std": 0.0, "min": 5, "p50": 5, "max": 5, "hist": {"edges": [4.5, 5.5], "counts": [8]}},
+            {"mean": 3.5, "std": 1.0, "min": 2, "p50": 3.5, "max": 5, "hist": {"edges": [0, 10, 20], "counts": counts}}]
+    return {"model": "m", "method": "tpc", "P": None, "adaptive": True, "hparams": {"delta": delta, "K": 2},
+            "tokens": [5.0, 3.5], "tokens_dist": dist, "gmacs": 1.0, "img_s": None}
+
+
+def test_tokens_lines_for_fixed_schedules_and_boxes_from_the_distribution(measured, tmp_path):
+    panels = plots.figure("tokens", [measured]).panels
+    assert [p.title for p in panels] == ["GTP", "ToMe"]
+    found = by_label(panels[0])
+    assert found["stock"].y == [5, 5, 5] and found["stock"].mark == "reference"
+    assert found["P=2"].y == [5, 3, 1] and found["P=2"].x == [1, 2, 3]
+    mixed = profile_result(tmp_path / "tpc.json", [row("stock", 0, tokens=(5, 5)), adaptive_row(0.5, [1, 3]),
+                                                   adaptive_row(0.9, [3, 1])])
+    panel = plots.figure("tokens", [mixed]).panels[0]
+    boxes = by_label(panel)
+    assert set(boxes) == {"stock", "delta=0.5", "delta=0.9"}  # K is the same in both rows
+    first = boxes["delta=0.5"].boxes[1]
+    # 4 images, counts [1, 3] over [0, 10), [10, 20): the first quartile is image 1 of 4 (the end of bin 1),
+    # the third is 2 images into bin 2 of 3 (10 + 10 * 2/3)
+    assert first["q1"] == pytest.approx(10.0) and first["q3"] == pytest.approx(10 + 20 / 3)
+    assert (first["med"], first["whislo"], first["whishi"], first["mean"]) == (3.5, 2, 5, 3.5)
+    assert boxes["delta=0.9"].boxes[1]["q1"] == pytest.approx(10 / 3)  # 1 of 3 images into bin 1
+
+
+def test_tokens_of_an_adaptive_row_without_its_distribution_is_an_error(tmp_path):
+    broken = adaptive_row(0.5, [1, 3])
+    del broken["tokens_dist"][1]["hist"]
+    path = profile_result(tmp_path / "x.json", [broken])
+    with pytest.raises(GtpcliError, match=r"tokens_dist\[1\] lacks 'hist'"):
+        plots.figure("tokens", [path])
+    del broken["tokens_dist"]
+    path = profile_result(tmp_path / "y.json", [broken])
+    with pytest.raises(GtpcliError, match="no per-block 'tokens_dist'"):
+        plots.figure("tokens", [path])
+
+
+def trace_file(path, method, shares, forward_ms=100.0):
+    stages = [{"stage": name, "ms": share * forward_ms, "share": share} for name, share in shares.items()]
+    data = {"model": "deit_s", "method": method, "P": 8, "device": "cpu", "batch_size": 16, "forward_ms": forward_ms,
+            "stages": stages, "rows": stages}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_stages_stack_each_trace_backbone_first_then_each_methods_own(tmp_path):
+    gtp = trace_file(tmp_path / "gtp.json", "gtp", {"attention": 0.5, "gtp.select": 0.1, "mlp": 0.3, "other": 0.1})
+    tome = trace_file(tmp_path / "tome.json", "tome", {"attention": 0.4, "tome.match": 0.2, "mlp": 0.3, "other": 0.1},
+                      forward_ms=80.0)
+    panel = plots.figure("stages", [gtp, tome]).panels[0]
+    assert [s.label for s in panel.series] == ["attention", "mlp", "gtp.select", "tome.match", "other"]
+    found = by_label(panel)
+    assert found["gtp.select"].y == [10.0, 0.0] and found["tome.match"].y == [0.0, 20.0]
+    assert all(s.mark == "bar" for s in panel.series)
+    assert [sum(s.y[at] for s in panel.series) for at in (0, 1)] == [pytest.approx(100.0)] * 2
+    assert panel.xticks == ["gtp P=8\n100 ms", "tome P=8\n80 ms"]
+
+
+def test_a_kind_refuses_the_results_of_another_command(measured, tmp_path):
+    trace = trace_file(tmp_path / "t.json", "gtp", {"attention": 1.0})
+    with pytest.raises(GtpcliError, match="is a gtpcli trace result; --kind tradeoff reads gtpcli profile"):
+        plots.figure("tradeoff", [trace])
+    with pytest.raises(GtpcliError, match="is a gtpcli profile result; --kind stages reads gtpcli trace"):
+        plots.figure("stages", [measured])
+
+
+def valid(path):
+    data = path.read_bytes()
+    if path.suffix == ".png":
+        from PIL import Image
+
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(path) as image:
+            image.verify()
+            return image.size
+    if path.suffix == ".pdf":
+        assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+        return None
+    root = ET.fromstring(data)
+    assert root.tag.endswith("svg")
+    return None
+
+
+@pytest.mark.parametrize("kind", list(plots.KINDS))
+def test_every_kind_writes_png_svg_and_pdf(kind, measured, tmp_path):
+    inputs = {"overhead": [complexity_file(tmp_path / "c.json", [197, 785], [384])[0]],
+              "stages": [trace_file(tmp_path / "t.json", "gtp", {"attention": 0.6, "gtp.select": 0.1, "other": 0.3})],
+              "tokens": [measured, profile_result(tmp_path / "tpc.json", [adaptive_row(0.5, [1, 3]), adaptive_row(0.9, [3, 1])])]}
+    for suffix in ("png", "svg", "pdf"):
+        out = tmp_path / f"fig.{suffix}"
+        result = runner.invoke(app, ["plot", *map(str, inputs.get(kind, [measured])), "--kind", kind, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        size = valid(out)
+        if size:
+            assert 300 < size[0] < 2000 and 300 < size[1] < 1200  # about 100 dpi, not a poster
+
+
+def test_plot_json_is_the_data_it_draws(measured, tmp_path):
+    out = tmp_path / "fig.json"
+    assert runner.invoke(app, ["plot", str(measured), "--kind", "speedup", "-o", str(out)]).exit_code == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "speedup" and data == plots.figure("speedup", [measured]).to_dict()
+
+
+def test_plot_errors_are_one_line_and_exit_2(measured, tmp_path):
+    for args, says in (
+        (["--kind", "pie", "-o", str(tmp_path / "f.png")], "unknown --kind 'pie'"),
+        (["--kind", "tradeoff", "-o", str(tmp_path / "f.jpg")], "'.jpg'"),
+        (["--kind", "overhead", "-o", str(tmp_path / "f.png")], "--kind overhead reads gtpcli complexity"),
+    ):
+        result = runner.invoke(app, ["plot", str(measured), *args])
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+    missing = runner.invoke(app, ["plot", str(tmp_path / "nope.json"), "-o", str(tmp_path / "f.png")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    (tmp_path / "list.json").write_text("[1, 2]")
+    odd = runner.invoke(app, ["plot", str(tmp_path / "list.json"), "-o", str(tmp_path / "f.png")])
+    assert odd.exit_code == 2 and "not a gtpcli result" in odd.output
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_complexity_plot_writes_the_figure_and_refuses_a_bad_suffix_first(tmp_path):
+    out = tmp_path / "fig9.png"
+    result = runner.invoke(app, ["complexity", "--N", "197..1025:64", "--C", "768", "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    valid(out)
+    data = tmp_path / "fig9.json"
+    assert runner.invoke(app, ["complexity", "--C", "192..1536:192", "--N", "197", "--plot", str(data)]).exit_code == 0
+    assert json.loads(data.read_text())["panels"][0]["xlabel"] == "C (channels)"
+    bad = runner.invoke(app, ["complexity", "--N", "197", "--C", "768", "--plot", str(tmp_path / "f.gif")])
+    assert bad.exit_code == 2 and "--plot" in bad.output
+
+
+def test_complexity_and_plot_data_import_neither_torch_nor_matplotlib(measured):
+    code = ("import sys; from typer.testing import CliRunner; from gtpcli.cli import app; "
+            "r = CliRunner().invoke(app, ['complexity', '--N', '785', '--C', '768']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['plot', '--help']); assert r.exit_code == 0, r.output; "
+            f"from gtpcli import plots; plots.figure('tradeoff', [{str(measured)!r}]); "
+            "assert not {'torch', 'timm', 'matplotlib'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
