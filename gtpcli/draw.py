@@ -76,6 +76,8 @@ def draw_panel(ax, panel: Panel, colours: dict[str, str]) -> None:
             _boxes(ax, series, colour, boxes.index(series), len(boxes))
         else:
             _line(ax, series, colour)
+    if boxes:
+        ax.plot([], [], " ", label="per image: box = quartiles, whiskers = min/max, diamond = mean")
     ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
@@ -122,5 +124,4 @@ def _boxes(ax, s: Series, colour: str, at: int, count: int) -> None:
            medianprops={"color": colour}, whiskerprops={"color": colour}, capprops={"color": colour},
            meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": colour, "markersize": 3},
            manage_ticks=False)
-    ax.plot([], [], color=colour, linewidth=6, alpha=0.45, label=f"{s.label} (per image: box = quartiles, "
-            "whiskers = min/max, diamond = mean)")
+    ax.plot([], [], color=colour, linewidth=6, alpha=0.45, label=s.label)

@@ -368,29 +368,30 @@ def setting_labels(rows: Sequence[dict]) -> list[str]:
 
 
 def box_stats(entry: dict, path: Path, row: dict, block: int) -> dict[str, float]:
-    """Box-plot statistics of one block: median, quartiles read off the histogram, min and max as the
-    whiskers, and the mean."""
+    """Box-plot statistics of one block: the median, quartiles read off the histogram (kept either side of
+    the median), min and max as the whiskers, and the mean."""
     try:
-        hist = entry["hist"]
+        hist, med = entry["hist"], entry["p50"]
         q1, q3 = (quantile(hist["edges"], hist["counts"], q) for q in (0.25, 0.75))
-        return {"med": entry["p50"], "q1": q1, "q3": q3, "whislo": entry["min"], "whishi": entry["max"],
+        return {"med": med, "q1": min(q1, med), "q3": max(q3, med), "whislo": entry["min"], "whishi": entry["max"],
                 "mean": entry["mean"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise GtpcliError(f"{path}: {row['method']} tokens_dist[{block}] lacks {exc} (needs mean, min, p50, max "
                           "and hist.edges/counts)") from None
 
 
-def quantile(edges: Sequence[float], counts: Sequence[float], q: float) -> float:
-    """The q-quantile of a histogram, linear within the bin it falls in."""
+def quantile(edges: Sequence[int], counts: Sequence[int], q: float) -> float:
+    """The q-quantile of a histogram of token counts (integers: bin [low, high) holds low .. high - 1), linear
+    within the bin it falls in; exact when the bins are one token wide."""
     if len(edges) != len(counts) + 1 or not sum(counts):
         raise ValueError("a histogram with len(edges) = len(counts) + 1 and some counts")
     target = q * sum(counts)
     seen = 0.0
     for low, high, count in zip(edges, edges[1:], counts):
         if count and seen + count >= target:
-            return low + (high - low) * (target - seen) / count
+            return low + (high - 1 - low) * max(target - seen, 0) / count
         seen += count
-    return edges[-1]
+    return edges[-1] - 1
 
 
 # --- stages -----------------------------------------------------------------------------------------------

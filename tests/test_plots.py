@@ -148,12 +148,16 @@ def test_overhead_needs_exactly_one_swept_axis(tmp_path):
         plots.figure("overhead", [one])
 
 
-def adaptive_row(delta, counts):
-    """An input-dependent row as /work/notes/ADAPTIVE.md describes it: two blocks, the second one spread."""
-    dist = [{"mean": 5.0, "std": 0.0, "min": 5, "p50": 5, "max": 5, "hist": {"edges": [4.5, 5.5], "counts": [8]}},
-            {"mean": 3.5, "std": 1.0, "min": 2, "p50": 3.5, "max": 5, "hist": {"edges": [0, 10, 20], "counts": counts}}]
+def adaptive_row(delta, counts, hist=None):
+    """An input-dependent row as /work/notes/ADAPTIVE.md describes it, built by hand: two blocks, all 5
+    tokens enter the first, `counts` (one per image) the second."""
+    from gtpcli.measure.adaptive import distribution
+
+    dist = [distribution([5] * len(counts)), distribution(counts)]
+    if hist is not None:
+        dist[1]["hist"] = hist
     return {"model": "m", "method": "tpc", "P": None, "adaptive": True, "hparams": {"delta": delta, "K": 2},
-            "tokens": [5.0, 3.5], "tokens_dist": dist, "gmacs": 1.0, "img_s": None}
+            "tokens": [5.0, sum(counts) / len(counts)], "tokens_dist": dist, "gmacs": 1.0, "img_s": None}
 
 
 def test_tokens_lines_for_fixed_schedules_and_boxes_from_the_distribution(measured, tmp_path):
@@ -162,17 +166,25 @@ def test_tokens_lines_for_fixed_schedules_and_boxes_from_the_distribution(measur
     found = by_label(panels[0])
     assert found["stock"].y == [5, 5, 5] and found["stock"].mark == "reference"
     assert found["P=2"].y == [5, 3, 1] and found["P=2"].x == [1, 2, 3]
-    mixed = profile_result(tmp_path / "tpc.json", [row("stock", 0, tokens=(5, 5)), adaptive_row(0.5, [1, 3]),
-                                                   adaptive_row(0.9, [3, 1])])
+    mixed = profile_result(tmp_path / "tpc.json", [row("stock", 0, tokens=(5, 5)), adaptive_row(0.5, [2, 3, 4, 5]),
+                                                   adaptive_row(0.9, [1, 1, 1, 5])])
     panel = plots.figure("tokens", [mixed]).panels[0]
     boxes = by_label(panel)
     assert set(boxes) == {"stock", "delta=0.5", "delta=0.9"}  # K is the same in both rows
-    first = boxes["delta=0.5"].boxes[1]
-    # 4 images, counts [1, 3] over [0, 10), [10, 20): the first quartile is image 1 of 4 (the end of bin 1),
-    # the third is 2 images into bin 2 of 3 (10 + 10 * 2/3)
-    assert first["q1"] == pytest.approx(10.0) and first["q3"] == pytest.approx(10 + 20 / 3)
-    assert (first["med"], first["whislo"], first["whishi"], first["mean"]) == (3.5, 2, 5, 3.5)
-    assert boxes["delta=0.9"].boxes[1]["q1"] == pytest.approx(10 / 3)  # 1 of 3 images into bin 1
+    assert boxes["delta=0.5"].boxes[0] == {"med": 5, "q1": 5, "q3": 5, "whislo": 5, "whishi": 5, "mean": 5}
+    # images 2, 3, 4, 5: one per one-token bin; the first quartile is image 1 of 4 (2), the third image 3 (4)
+    assert boxes["delta=0.5"].boxes[1] == {"med": 3.5, "q1": 2, "q3": 4, "whislo": 2, "whishi": 5, "mean": 3.5}
+    assert boxes["delta=0.9"].boxes[1] | {"med": None} == {"med": None, "q1": 1, "q3": 1, "whislo": 1, "whishi": 5, "mean": 2.0}
+    assert boxes["delta=0.5"].y == [5.0, 3.5]
+
+
+def test_quartiles_of_wide_bins_are_interpolated_and_kept_around_the_median(tmp_path):
+    # 4 images in bins [0, 10) (one) and [10, 20) (three): image 1 of 4 is the top of bin 1 (9), image 3 is
+    # 2 of the 3 into bin 2 (10 + 9 * 2/3)
+    assert plots.quantile([0, 10, 20], [1, 3], 0.25) == 9 and plots.quantile([0, 10, 20], [1, 3], 0.75) == 16
+    row = adaptive_row(0.5, [2, 3, 4, 5], hist={"edges": [0, 10, 20], "counts": [1, 3]})
+    box = plots.box_stats(row["tokens_dist"][1], tmp_path, row, 1)
+    assert (box["q1"], box["med"], box["q3"]) == (3.5, 3.5, 16)  # 9 is above the median: clipped to it
 
 
 def test_tokens_of_an_adaptive_row_without_its_distribution_is_an_error(tmp_path):
@@ -237,7 +249,7 @@ def valid(path):
 def test_every_kind_writes_png_svg_and_pdf(kind, measured, tmp_path):
     inputs = {"overhead": [complexity_file(tmp_path / "c.json", [197, 785], [384])[0]],
               "stages": [trace_file(tmp_path / "t.json", "gtp", {"attention": 0.6, "gtp.select": 0.1, "other": 0.3})],
-              "tokens": [measured, profile_result(tmp_path / "tpc.json", [adaptive_row(0.5, [1, 3]), adaptive_row(0.9, [3, 1])])]}
+              "tokens": [measured, profile_result(tmp_path / "tpc.json", [adaptive_row(0.5, [2, 3, 4, 5]), adaptive_row(0.9, [1, 1, 1, 5])])]}
     for suffix in ("png", "svg", "pdf"):
         out = tmp_path / f"fig.{suffix}"
         result = runner.invoke(app, ["plot", *map(str, inputs.get(kind, [measured])), "--kind", kind, "-o", str(out)])
