@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import GtpcliError
-from .methods import REGISTRY
+from .methods import REGISTRY, scheduled
 
 METHODS_TEXT = ", ".join(REGISTRY)  # every registered method, for help texts
 TITLES = ", ".join(m.title for m in REGISTRY.values())
@@ -121,7 +121,7 @@ def complexity(
     if rows > MAX_ROWS:
         raise GtpcliError(f"--N x --C x --P gives {rows:,} rows ({len(Ns):,} x {len(Cs):,} x {len(Ps):,}); "
                           f"at most {MAX_ROWS:,}: use a step, e.g. 197..1025:64")
-    chosen = methods(method) if method is not None else list(REGISTRY)
+    chosen = methods(method) if method is not None else list(scheduled())
     result = complexity_result(arch, Ns, Cs, Ps, name, layers=per_layer, methods=chosen, hparams=hparams(hp, chosen))
     if plot is not None:
         from . import plots

@@ -9,7 +9,8 @@ from itertools import product
 from typing import Any, Mapping, Sequence
 
 from . import analytic as A
-from .methods import REGISTRY
+from .errors import GtpcliError
+from .methods import REGISTRY, scheduled
 
 MAX_ROWS = 10_000  # a bigger grid is refused up front (it would take minutes and print megabytes)
 
@@ -19,7 +20,11 @@ def complexity_result(arch: A.Arch, Ns: list[int], Cs: list[int], Ps: list[int],
                       hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """`methods`: registered names (default: all); `hparams`: {method: {name: value}} for the analytic
     variants that depend on them (TC-ViT's K, newton_steps, ...)."""
-    methods = list(methods or REGISTRY)
+    methods = list(methods or scheduled())
+    for m in methods:
+        if REGISTRY[m].adaptive:
+            raise GtpcliError(f"{m}: token counts depend on the image, so there is no analytic schedule; "
+                              f"`gtpcli profile MODEL --method {m}` measures E[GMACs] over images")
     hparams = {m: REGISTRY[m].resolved((hparams or {}).get(m, {})) for m in methods}
     rows = []
     for N, C, P in product(Ns, Cs, Ps):
@@ -34,7 +39,7 @@ def complexity_result(arch: A.Arch, Ns: list[int], Cs: list[int], Ps: list[int],
 
 def complexity_row(arch: A.Arch, P: int, with_backbone: bool, layers: bool, methods: Sequence[str] | None = None,
                    hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    methods = list(methods or REGISTRY)
+    methods = list(methods or scheduled())
     hparams = hparams or {}
     A.token_schedule(arch.N, arch.L, P, arch.prefix)  # a P that empties a layer is an error, not a row
     row: dict[str, Any] = {"N": arch.N, "C": arch.C, "L": arch.L, "H": arch.heads, "P": P}
@@ -53,7 +58,7 @@ def layer_rows(arch: A.Arch, P: int, methods: Sequence[str] | None = None,
                hparams: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """N_l (all tokens), n_l (image tokens) and every cost term of layer l; layer 0 holds what is computed
     once per image (GTP's graph)."""
-    methods = list(methods or REGISTRY)
+    methods = list(methods or scheduled())
     hparams = hparams or {}
     once = {}
     for m in methods:

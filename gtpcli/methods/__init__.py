@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import GtpcliError
 from .base import Column, HParam, Method
 
-_MODULES = ("gtp", "tome", "tcvit", "evit", "evo")
+_MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "tpc")
 
 REGISTRY: dict[str, Method] = {}
 for _module in _MODULES:
@@ -32,6 +32,16 @@ def get(name: str) -> Method:
         return REGISTRY[name]
     except (KeyError, TypeError):
         raise GtpcliError(f"unknown method {name!r} (choose from {', '.join(REGISTRY)})") from None
+
+
+def scheduled() -> tuple[str, ...]:
+    """The methods with one token schedule per model (swept by P, with an analytic `complexity`)."""
+    return tuple(name for name, method in REGISTRY.items() if not method.adaptive)
+
+
+def adaptive() -> tuple[str, ...]:
+    """The methods whose token counts depend on the image (measured by E[GMACs], gtpcli/measure/adaptive.py)."""
+    return tuple(name for name, method in REGISTRY.items() if method.adaptive)
 
 
 def stages() -> tuple[str, ...]:
@@ -59,4 +69,5 @@ def choices_text(sep: str = ", ") -> str:
     return sep.join(REGISTRY)
 
 
-__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "stages", "implemented_overhead", "backbone_macs", "choices_text"]
+__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "scheduled", "adaptive", "stages",
+           "implemented_overhead", "backbone_macs", "choices_text"]

@@ -39,6 +39,11 @@ class HParam:
             if not isinstance(value, bool):
                 raise GtpcliError(f"{label} must be true or false, got {value!r}")
             return value
+        if self.kind is tuple:  # a fixed-length tuple of non-negative ints (TPC's gate_dims)
+            if (not isinstance(value, (list, tuple)) or len(value) != len(self.default)
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)):
+                raise GtpcliError(f"{label} must be {len(self.default)} non-negative integers, got {value!r}")
+            return tuple(value)
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise GtpcliError(f"{label} must be a number, got {value!r}")
@@ -102,6 +107,15 @@ class Method:
     # The backbone's MACs under this method's schedule, where they are not `analytic.backbone_macs` of the
     # removals (Evo-ViT: skipped tokens come back for the head, and a block's MLP sees what its attention saw).
     backbone_macs: Callable[[Arch, Sequence[int], Mapping[str, Any]], dict[str, int]] | None = None
+    # Input-dependent methods (token counts differ per image): `adaptive` rows carry E[GMACs] and
+    # distributions (gtpcli/measure/adaptive.py) instead of one schedule; `sweep_key` is their sweep axis
+    # in place of P (TPC: "delta"); `cost(arch, hparams)` gives their per-block MACs as an adaptive.Cost.
+    # `level` "model": `load()` returns a class whose `patch(model, **hp)` / `remove(model)` replace the
+    # model's forward (no per-block Reduction, no P); "block": the class is a Reduction.
+    adaptive: bool = False
+    sweep_key: str | None = None
+    cost: Callable[[Arch, Mapping[str, Any]], Any] | None = None
+    level: str = "block"
 
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hparams}

@@ -45,9 +45,15 @@ def patch(model: nn.Module, method: str = "gtp", **kwargs) -> nn.Module:
             kwargs[name] = kwargs.pop(alias)
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise ValueError(f"{type(model).__name__} is not a timm VisionTransformer-like model (no blocks/patch_embed)")
+    unpatch(model)
+    if card.level == "model":  # a method that replaces the model's forward (TPC-ViT), not its blocks
+        return card.load().patch(model, **kwargs)
     return patch_blocks(model, card.load()(model, **kwargs))
 
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo `patch`: the stock timm forward again."""
+    for card in registry.REGISTRY.values():
+        if card.level == "model" and card.name in getattr(model, "_modules", {}):
+            card.load().remove(model)
     return unpatch_blocks(model)
