@@ -200,6 +200,7 @@ def profile(
     variant: Optional[str] = typer.Option(None, help="paper (its equations) or authors (the released code, README) " + default("the profile's, or paper"), rich_help_panel=GTP),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
     hp: Optional[list[str]] = HpOpt,
+    bins: Optional[str] = typer.Option(None, "--bins", help="paper: every method at its published setting for each GMACs bin of GTP's Table 2 (deit_s) or 3 (deit_b), in that table's layout, the paper's figures beside"),
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
     pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache); a pretrained tag (NAME.TAG) or hf-hub:ORG/REPO picks them", rich_help_panel=RUN),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
@@ -227,7 +228,7 @@ def profile(
     run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
                                checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
                                not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp,
-                               pretrained=pretrained))
+                               pretrained=pretrained, bins=bins))
 
 
 @command()

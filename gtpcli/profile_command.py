@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import files, results
 from .errors import GtpcliError
 from .ranges import parse_values
-from .report import console, emit, render_profile
+from .report import console, emit, render_bins, render_profile
 
 
 @dataclass
@@ -41,6 +41,7 @@ class ProfileOptions:
     limit: int | None = None
     fidelity: bool = False
     hp: list[str] | None = None      # METHOD.NAME=VALUE, any registered method
+    bins: str | None = None          # "paper": every method at its setting for each GMACs bin of GTP's Tables 2/3
     pretrained: bool = False         # timm's published weights (hub), instead of random or a checkpoint
 
 
@@ -91,9 +92,28 @@ def sweep_config(opts: ProfileOptions):
     if opts.data is not None:
         from .measure.accuracy import check_folder
         check_folder(opts.data, opts.fidelity)
+    bins = paper_bins(opts, timm_name, methods if opts.method is not None else None)
+    if bins is not None:
+        methods = list(dict.fromkeys(method for method, *_ in bins))
     return sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, methods, Ps, timing,
                              hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed,
-                             opts.data, opts.limit, opts.fidelity, pretrained=opts.pretrained)
+                             opts.data, opts.limit, opts.fidelity, pretrained=opts.pretrained, bins=bins)
+
+
+def paper_bins(opts: ProfileOptions, timm_name: str, methods: list[str] | None):
+    """--bins paper: (method, P, setting, bin) for every GMACs bin of the backbone's table in GTP's paper,
+    for the chosen methods or every one gtpcli runs."""
+    if opts.bins is None:
+        return None
+    from . import paper_bins
+    from .methods import REGISTRY
+
+    if opts.bins != "paper":
+        raise GtpcliError(f"--bins must be 'paper' (GTP's Tables 2/3), got {opts.bins!r}")
+    if opts.P is not None:
+        raise GtpcliError("--bins paper runs each method at its published setting per bin: leave out --P")
+    chosen = methods or [m for m in paper_bins.runnable(timm_name) if m in REGISTRY]
+    return paper_bins.points(timm_name, chosen)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -189,6 +209,6 @@ def run_profile(opts: ProfileOptions) -> None:
                       highlight=False, soft_wrap=True)
             raise SystemExit(128 + signum)
     resumed = sum(any(row is old for old in saved) for row in rows)
-    emit({**header, "rows": rows}, opts.fmt, None, render_profile)
+    emit({**header, "rows": rows}, opts.fmt, None, render_bins if cfg.bins is not None else render_profile)
     note = "" if cfg.checkpoint or cfg.pretrained or cfg.data else " (random weights: accuracy not measured)"
     err.print(f"saved {store.summary(rows, resumed)} in {output}{note}", highlight=False, soft_wrap=True)

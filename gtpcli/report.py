@@ -223,6 +223,50 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
             console.print(f"[yellow]warning[/] {r['method']} P={r['P']}: {warning}", highlight=False)
 
 
+def render_bins(result: dict[str, Any], console: Console) -> None:
+    """GTP's Table 2/3 layout: per GMACs bin, each method at its published setting, measured GMACs next to
+    the bin's nominal value, img/s and the ratio to the slowest measured method of the bin, then the paper's
+    figures as labelled reference columns (and the published rows of methods gtpcli does not run)."""
+    from .paper_bins import NOTES, PAPER_ONLY, TITLES, reference_rows, table_for
+
+    measured = [r for r in result["rows"] if r.get("bin_gmacs") is not None]
+    paper_only = reference_rows(result["timm"], {r["method"] for r in measured})
+    with_acc = any(r.get("acc") is not None for r in measured)
+    columns = [("GMACs bin", "right"), ("method", "left"), ("setting", "left"), ("GMACs", "right"),
+               ("img/s", "right"), ("ratio", "right")] + ([("Acc (%)", "right")] if with_acc else []) + [
+        ("paper Acc, no FT", "right"), ("paper Acc, FT", "right"), ("paper img/s (A6000)", "right"),
+        ("paper ratio", "right")]
+    cells = []
+    for nominal in table_for(result["timm"])["bins"]:
+        for r in [r for r in measured if r["bin_gmacs"] == nominal] + [r for r in paper_only if r["bin_gmacs"] == nominal]:
+            run = r in measured
+            cell = [f"{nominal:g}", TITLES.get(r["method"], r["method"]) + ("" if run else " (paper only" + (
+                        ": needs training)" if r["method"] in PAPER_ONLY else ")")),
+                    _setting(r.get("bin_setting", r.get("setting", {})), r["method"]),
+                    _num(r.get("gmacs"), 2), _num(r.get("img_s"), 1), _times(r.get("bin_ratio"))]
+            if with_acc:
+                cell.append(_num(r.get("acc"), 1))
+            cell += [_num(r.get("paper_acc"), 1), _num(r.get("paper_acc_ft"), 1), _num(r.get("paper_img_s"), 1),
+                     _times(r.get("paper_ratio"))]
+            cells.append(cell)
+    env = result.get("env", {})
+    caption = [f"Measured: {result.get('weights', 'random weights')}, {env.get('device', '?')} {env.get('dtype', '')}, "
+               f"batch {env.get('batch_size', '?')}; ratio = img/s over the slowest measured method of the bin, as "
+               "the paper does.",
+               f"paper columns: {table_for(result['timm'])['table']} of GTP-ViT (A6000, batch 128); no FT = without "
+               "finetuning, FT = 30 epochs of finetuning (reference figures, not results).", *NOTES.get(result["timm"], [])]
+    console.print(table(f"{result['model']}: GTP's {table_for(result['timm'])['table']} bins", columns, cells,
+                        caption="\n".join(caption)))
+    for r in measured:
+        for warning in r.get("warnings", []):
+            console.print(f"[yellow]warning[/] {r['method']} {r['bin_gmacs']:g} GMACs bin: {warning}", highlight=False)
+
+
+def _setting(setting: dict[str, Any], method: str) -> str:
+    names = {"P": "r" if method == "tome" else "P", "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
+    return ", ".join(f"{names.get(k, k)}={v}" for k, v in setting.items()) or "-"
+
+
 def _num(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

@@ -53,6 +53,8 @@ def _malformed(data: Any) -> str | None:
         if not isinstance(row, dict):
             return f"rows[{at}] is a {type(row).__name__}, not a mapping"
         for key, kind in (("model", str), ("method", str), ("P", int)):
+            if key == "P" and row.get(key, 0) is None:  # a method at its own schedule (EViT's keep rate, ...)
+                continue
             if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
                 return f"rows[{at}].{key} is {row.get(key)!r}"
         if not isinstance(row.get("hparams", {}), dict):
@@ -93,7 +95,8 @@ def merge_rows(existing: list[dict], mine: list[dict]) -> list[dict]:
             merged.append(row)
     methods = list(dict.fromkeys(r["method"] for r in merged if r["method"] != STOCK))
     return sorted(merged, key=lambda r: (r["method"] != STOCK,
-                                         methods.index(r["method"]) if r["method"] != STOCK else -1, r["P"]))
+                                         methods.index(r["method"]) if r["method"] != STOCK else -1,
+                                         -1 if r["P"] is None else r["P"]))  # own schedules: in the order measured
 
 
 class ResultFile:

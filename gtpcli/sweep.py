@@ -44,13 +44,16 @@ class SweepConfig:
     limit: int | None = None
     fidelity: bool = False
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
+    bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
 
-    def points(self) -> list[tuple[str, int]]:
-        return [(STOCK, 0)] + [(method, P) for method in self.methods for P in self.Ps]
+    def points(self) -> list[tuple[str, int | None, dict[str, Any], float | None]]:
+        """(method, P, the point's own setting, its GMACs bin), the stock model first."""
+        swept = self.bins if self.bins is not None else [(m, P, {}, None) for m in self.methods for P in self.Ps]
+        return [(STOCK, 0, {}, None)] + list(swept)
 
-    def hparams_for(self, method: str, P: int) -> dict[str, Any]:
+    def hparams_for(self, method: str, P: int | None, setting: dict[str, Any] | None = None) -> dict[str, Any]:
         chosen = self.profile.hparams_for(method, P) if self.profile else {}
-        return {**chosen, **self.hparams.get(method, {})}
+        return {**chosen, **self.hparams.get(method, {}), **(setting or {})}
 
 
 def build(cfg: SweepConfig) -> torch.nn.Module:
@@ -60,8 +63,8 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
             raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
                              **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
-    for method, P in cfg.points()[1:]:
-        apply(model, method, P, cfg.hparams_for(method, P))
+    for method, P, setting, _ in cfg.points()[1:]:
+        apply(model, method, P, cfg.hparams_for(method, P, setting))
     unpatch(model)
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
 
@@ -74,10 +77,11 @@ def apply(model, method: str, P: int, hparams: dict[str, Any]) -> None:
         raise GtpcliError(f"{method} at P={P}: {exc}") from None
 
 
-def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[str], None],
-                  quality: Callable[[Any], dict] = lambda model: {}) -> dict[str, Any]:
+def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Callable[[str], None],
+                  quality: Callable[[Any], dict] = lambda model: {}, setting: dict[str, Any] | None = None,
+                  bin_gmacs: float | None = None) -> dict[str, Any]:
     """One row: token schedule, counted and analytic MACs, throughput, and accuracy when data is given."""
-    hparams = cfg.hparams_for(method, P) if method != STOCK else {}
+    hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
     unpatch(model)
     if method != STOCK:
         patch(model, method, P=P, **hparams)
@@ -90,6 +94,8 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int, warn: Callable[[
         "overhead_macs": A.implemented_overhead(arch, method, removals, hparams),
         "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
     }
+    if bin_gmacs is not None:  # --bins paper: the bin and the method's published setting for it
+        row["bin_gmacs"], row["bin_setting"] = bin_gmacs, {**({"P": P} if P is not None else {}), **(setting or {})}
     row["analytic_macs"] = sum(registry.backbone_macs(arch, method, removals, hparams).values()) + row["overhead_macs"]
     if method != STOCK and hasattr(model.reduction, "variant_label"):  # a baseline's own schedule or gtpcli's equal P
         row["setting"] = model.reduction.variant_label
@@ -187,12 +193,18 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
     model = build(cfg) if model is None else model
     quality = quality_meter(model, cfg) if cfg.data else (lambda model: {})
     rows: list[dict[str, Any]] = []
-    for method, P in cfg.points():
-        hparams = cfg.hparams_for(method, P) if method != STOCK else {}
-        done = next((r for r in saved if same_point(r, method, P, hparams, cfg)), None)
-        advance(f"{method} P={P}" + (" (resumed)" if done else ""))
-        rows.append(done or measure_point(model, cfg, method, P, warn, quality))
-        on_row(add_reference(add_ratios(rows), cfg.profile))
+    for method, P, setting, bin_gmacs in cfg.points():
+        hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
+        done = next((r for r in saved if same_point(r, method, P, hparams, cfg)
+                     and r.get("bin_gmacs") == bin_gmacs), None)
+        label = f"{method} P={P}" if bin_gmacs is None else f"{method} {bin_gmacs:g} GMACs bin"
+        advance(label + (" (resumed)" if done else ""))
+        rows.append(done or measure_point(model, cfg, method, P, warn, quality, setting, bin_gmacs))
+        if cfg.bins is None:
+            on_row(add_reference(add_ratios(rows), cfg.profile))
+        else:
+            from .paper_bins import add_bin_columns
+            on_row(add_bin_columns(add_ratios(rows), cfg.timm_name))
     return rows
 
 
