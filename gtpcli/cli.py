@@ -185,9 +185,31 @@ RUN = "Measurement"
 ACC = "Accuracy (your weights and images)"
 
 
+ConfigOpt = typer.Option(None, "--config", help="Options from a YAML file of option: value, or a result file "
+                         "(replays the run that wrote it); flags given here win " + default("none"))
+
+
+def given(ctx: typer.Context, apart: tuple[str, ...] = ()) -> dict:
+    """The options the user typed (not their defaults), so a --config file's values stand unless overridden;
+    `apart`: options of the command that are not run settings."""
+    def typed(name: str) -> bool:  # by name: typer may bundle its own copy of click's ParameterSource
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    return {name: value for name, value in ctx.params.items() if name not in ("config", *apart) and typed(name)}
+
+
+def run_config(ctx: typer.Context, config: Optional[Path], apart: tuple[str, ...] = ()):
+    """The RunConfig of this command: defaults, then the --config file, then the typed flags."""
+    from .config import RunConfig, load
+
+    return RunConfig().merged(load(config) if config is not None else {}).merged(given(ctx, apart))
+
+
 @command()
 @friendly
 def profile(
+    ctx: typer.Context,
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 " + default("the profile's, or 0..8")),
     method: Optional[str] = typer.Option(None, "--method", help=f"One or a comma list of {METHODS_TEXT} " + default("the profile's, or gtp")),
@@ -201,6 +223,7 @@ def profile(
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
     hp: Optional[list[str]] = HpOpt,
     bins: Optional[str] = typer.Option(None, "--bins", help="paper: every method at its published setting for each GMACs bin of GTP's Table 2 (deit_s) or 3 (deit_b), in that table's layout, the paper's figures beside"),
+    config: Optional[Path] = ConfigOpt,
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
     pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache); a pretrained tag (NAME.TAG) or hf-hub:ORG/REPO picks them", rich_help_panel=RUN),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
@@ -210,34 +233,32 @@ def profile(
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's"), rich_help_panel=RUN),
     runs: Optional[int] = typer.Option(None, help="Timed batches per point " + default("30 on CUDA; on CPU 3, and more until 6 s have passed"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per point " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
-    no_speed: bool = typer.Option(False, "--no-speed", help="Skip throughput", rich_help_panel=RUN),
-    no_flops: bool = typer.Option(False, "--no-flops", help="Skip MAC counting", rich_help_panel=RUN),
+    speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure throughput (--no-speed: skip it)", rich_help_panel=RUN),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count MACs (--no-flops: skip it)", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Reuse the points of this setting already in the output file instead of measuring them again", rich_help_panel=RUN),
     data: Optional[Path] = typer.Option(None, help="ImageFolder (class sub-folders) for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed random subset of N images (95% interval shown) " + default("every image"), rich_help_panel=ACC),
-    fidelity: bool = typer.Option(False, "--fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
+    fidelity: bool = typer.Option(False, "--fidelity/--no-fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), updated after every point; points of earlier runs are kept " + default("gtpcli-results/MODEL.json")),
 ):
     """Sweep P over a backbone: real GMACs (fvcore), real img/s, speed-ups, and the paper's row (Table-1 style)."""
-    from .profile_command import ProfileOptions, run_profile
+    from .profile_command import run_profile
 
-    check_format(fmt)
-    hparams = {"alpha": alpha, "sparsity": sparsity, "M": M, "selection": selection, "graph": graph,
-               "head_fusion": head_fusion, "variant": variant}
-    run_profile(ProfileOptions(model, P, method, {k: v for k, v in hparams.items() if v is not None}, prop_attn,
-                               checkpoint, strict, device, dtype, batch_size, img_size, runs, warmup,
-                               not no_speed, not no_flops, resume, fmt, output, data, limit, fidelity, hp,
-                               pretrained=pretrained, bins=bins))
+    cfg = run_config(ctx, config)
+    check_format(cfg.fmt)
+    run_profile(cfg)
 
 
 @command()
 @friendly
 def trace(
+    ctx: typer.Context,
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
-    P: int = typer.Option(8, "--P", help="Tokens removed per layer"),
-    method: str = typer.Option("gtp", "--method", help=f"One of {METHODS_TEXT}"),
+    P: Optional[int] = typer.Option(None, "--P", help="Tokens removed per layer " + default("8")),
+    method: Optional[str] = typer.Option(None, "--method", help=f"One of {METHODS_TEXT} " + default("gtp")),
     hp: Optional[list[str]] = HpOpt,
+    config: Optional[Path] = ConfigOpt,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass " + default("128 on CUDA, 16 on CPU")),
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's")),
@@ -247,25 +268,20 @@ def trace(
     fmt: str = FormatOpt,
 ):
     """Where the time goes: PyTorch profiler over labelled stages, TensorBoard and Chrome traces."""
-    from . import files, options
+    from . import files
     from .report import emit, render_trace
     from .trace_command import trace_result
 
-    check_format(fmt)
-    options.device(device)
-    method = options.methods(method, single=True)[0]
-    overrides = options.hparams(hp, [method]).get(method, {})
-    options.at_least(P, 0, "--P")
-    for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--img-size", img_size)):
-        options.positive(value, flag)
+    cfg = run_config(ctx, config, apart=("out",))
+    check_format(cfg.fmt)
     files.check_output_dir(out, "--out")
-    emit(trace_result(model, method, P, device, batch_size, out, img_size, checkpoint, steps, overrides), fmt, None,
-         render_trace)
+    emit(trace_result(cfg, out), cfg.fmt, None, render_trace)
 
 
 @command()
 @friendly
 def check(
+    ctx: typer.Context,
     spec: Path = typer.Argument(..., help="Check spec YAML (a 'check:' section, alone or in a profile)"),
     baseline: Optional[Path] = typer.Option(None, help="Baseline (.json or .yaml) to compare with: what --update-baseline or gtpcli profile --output wrote"),
     update_baseline: Optional[Path] = typer.Option(None, help="Measure and write this baseline (.json or .yaml) instead of comparing"),
@@ -277,8 +293,11 @@ def check(
     from . import files, options, regress
     from .report import console, emit, render_check, write
 
+    from .config import RunConfig
+
     check_format(fmt)
-    options.device(device, choices=("cpu", "cuda", "cuda:N", "auto"))
+    run = RunConfig(device="cpu").merged(given(ctx, apart=("spec", "baseline", "update_baseline", "junit")))
+    options.device(run.device, choices=("cpu", "cuda", "cuda:N", "auto"))
     if (baseline is None) == (update_baseline is None):
         raise GtpcliError("give exactly one of --baseline FILE or --update-baseline FILE")
     if update_baseline is not None:
@@ -289,9 +308,9 @@ def check(
     base = regress.load_baseline(baseline) if baseline else None
     status = console(stderr=True)
     with status.status("measuring") as progress:
-        rows, env = regress.measure(checks, device, lambda label: progress.update(f"measuring {label}"))
+        rows, env = regress.measure(checks, run, lambda label: progress.update(f"measuring {label}"))
     if update_baseline is not None:
-        write({"rows": rows, "env": env}, update_baseline, "--update-baseline")
+        write({"rows": rows, "env": env, "config": run.record()}, update_baseline, "--update-baseline")
         status.print(f"baseline written: {update_baseline} ({len(rows)} rows)", highlight=False)
         return
     result = regress.verdicts(checks, rows, env, base)

@@ -5,47 +5,20 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import files, results
+from .config import RunConfig
 from .errors import GtpcliError
 from .ranges import parse_values
 from .report import console, emit, render_bins, render_profile
 
 
-@dataclass
-class ProfileOptions:
-    model: str
-    P: str | None
-    method: str | None
-    gtp_hparams: dict[str, Any]
-    prop_attn: bool | None
-    checkpoint: Path | None
-    strict: bool
-    device: str
-    dtype: str
-    batch_size: int | None
-    img_size: int | None
-    runs: int | None
-    warmup: int | None
-    speed: bool
-    flops: bool
-    resume: bool
-    fmt: str
-    output: Path | None
-    data: Path | None = None
-    limit: int | None = None
-    fidelity: bool = False
-    hp: list[str] | None = None      # METHOD.NAME=VALUE, any registered method
-    bins: str | None = None          # "paper": every method at its setting for each GMACs bin of GTP's Tables 2/3
-    pretrained: bool = False         # timm's published weights (hub), instead of random or a checkpoint
-
-
-def sweep_config(opts: ProfileOptions):
+def sweep_config(opts: RunConfig):
     """Every option checked, and refused in one line, before a model is built or a point measured."""
     from . import backbones, options, sweep
     from .measure import speed
@@ -56,7 +29,6 @@ def sweep_config(opts: ProfileOptions):
                              ("--warmup", opts.warmup, 0), ("--img-size", opts.img_size, 1),
                              ("--limit", opts.limit, 1)):
         options.at_least(value, low, flag)
-    options.gtp_hparams(opts.gtp_hparams)
     profile, timm_name = backbones.resolve(opts.model)
     if opts.pretrained and opts.checkpoint is not None:
         raise GtpcliError("give --pretrained (timm's published weights) or --checkpoint FILE, not both")
@@ -76,15 +48,7 @@ def sweep_config(opts: ProfileOptions):
         Ps = parse_values(opts.P, "--P")
     else:
         Ps = parse_values(profile.P, f"{profile.path}: key 'P'") if profile else parse_values("0..8")
-    from .methods import REGISTRY
-
-    hparams = {name: {} for name in REGISTRY} | {"gtp": dict(opts.gtp_hparams)}
-    if opts.prop_attn is not None:  # the methods whose proportional attention is a switch of its own
-        for name, values in hparams.items():
-            if "prop_attn" in REGISTRY[name].defaults() and REGISTRY[name].defaults()["prop_attn"] is not None:
-                values["prop_attn"] = opts.prop_attn
-    for name, values in options.hparams(opts.hp, methods).items():
-        hparams[name].update(values)
+    hparams = hparam_overrides(opts, methods)
     if opts.fidelity and opts.data is None:
         raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
     if opts.limit is not None and opts.data is None:
@@ -95,12 +59,14 @@ def sweep_config(opts: ProfileOptions):
     bins = paper_bins(opts, timm_name, methods if opts.method is not None else None)
     if bins is not None:
         methods = list(dict.fromkeys(method for method, *_ in bins))
-    return sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, methods, Ps, timing,
-                             hparams, opts.checkpoint, opts.strict, opts.img_size, opts.flops, opts.speed,
-                             opts.data, opts.limit, opts.fidelity, pretrained=opts.pretrained, bins=bins)
+    return sweep.SweepConfig(model=profile.name if profile else timm_name, timm_name=timm_name, profile=profile,
+                             methods=methods, Ps=Ps, timing=timing, hparams=hparams, checkpoint=opts.checkpoint,
+                             strict=opts.strict, img_size=opts.img_size, flops=opts.flops, speed=opts.speed,
+                             data=opts.data, limit=opts.limit, fidelity=opts.fidelity, pretrained=opts.pretrained,
+                             bins=bins)
 
 
-def paper_bins(opts: ProfileOptions, timm_name: str, methods: list[str] | None):
+def paper_bins(opts: RunConfig, timm_name: str, methods: list[str] | None):
     """--bins paper: (method, P, setting, bin) for every GMACs bin of the backbone's table in GTP's paper,
     for the chosen methods or every one gtpcli runs."""
     if opts.bins is None:
@@ -114,6 +80,21 @@ def paper_bins(opts: ProfileOptions, timm_name: str, methods: list[str] | None):
         raise GtpcliError("--bins paper runs each method at its published setting per bin: leave out --P")
     chosen = methods or [m for m in paper_bins.runnable(timm_name) if m in REGISTRY]
     return paper_bins.points(timm_name, chosen)
+
+
+def hparam_overrides(run: RunConfig, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """{method: hyperparameters set by the run} (GTP's own flags, --prop-attn, --hp), over the profile's."""
+    from . import options
+    from .methods import REGISTRY
+
+    hparams = {name: {} for name in REGISTRY} | {"gtp": dict(options.gtp_hparams(run.gtp_hparams))}
+    if run.prop_attn is not None:  # the methods whose proportional attention is a switch of its own
+        for name, values in hparams.items():
+            if "prop_attn" in REGISTRY[name].defaults() and REGISTRY[name].defaults()["prop_attn"] is not None:
+                values["prop_attn"] = run.prop_attn
+    for name, values in options.hparams(run.hp, methods).items():
+        hparams[name].update(values)
+    return hparams
 
 
 class Interrupted(KeyboardInterrupt):
@@ -167,7 +148,7 @@ def check_output(output: Path) -> Path:
     return files.check_output(output, "--output", ("json", "yaml"))
 
 
-def run_profile(opts: ProfileOptions) -> None:
+def run_profile(opts: RunConfig) -> None:
     from . import sweep
     from .measure import speed
 
@@ -177,7 +158,8 @@ def run_profile(opts: ProfileOptions) -> None:
     weights = str(cfg.checkpoint) if cfg.checkpoint else f"pretrained: {cfg.timm_name}" if cfg.pretrained else "random weights"
     default_size = cfg.profile.model["img_size"] if cfg.profile else None
     header = {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
-              "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit, "env": env}
+              "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit, "env": env,
+              "config": opts.record()}
     model = sweep.build(cfg)  # a bad checkpoint is refused before the result file is even read
     store = results.ResultFile(output, header)
     existing = store.open()

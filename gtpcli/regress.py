@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from .config import RunConfig
 from .errors import GtpcliError
 from .files import atomic_write, load_data
 from .ranges import parse_values
@@ -87,19 +88,20 @@ def load_spec(path: Path) -> CheckSpec:
                      metrics, tolerances, spec.get("speed", {}))
 
 
-def measure(spec: CheckSpec, device: str, on_point) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows for every (model, method, P) of the spec, measured as `gtpcli profile` measures them."""
+def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows for every (model, method, P) of the spec, measured as `gtpcli profile` measures them, on the
+    device (and in the precision) the run configuration gives."""
     from . import backbones, sweep
     from .measure import speed
 
-    timing = replace(speed.Timing.default(speed.resolve_device(device)), **spec.speed)
+    timing = replace(speed.Timing.default(speed.resolve_device(run.device), run.dtype), **spec.speed)
     if "runs" in spec.speed:
         timing = replace(timing, min_seconds=0.0)  # `runs: N` times exactly N batches
     rows = []
     for name in spec.models:
         profile, timm_name = backbones.resolve(name)
-        cfg = sweep.SweepConfig(profile.name if profile else timm_name, timm_name, profile, spec.methods, spec.Ps,
-                                timing, flops="macs" in spec.metrics,
+        cfg = sweep.SweepConfig(model=profile.name if profile else timm_name, timm_name=timm_name, profile=profile,
+                                methods=spec.methods, Ps=spec.Ps, timing=timing, flops="macs" in spec.metrics,
                                 speed="speedup" in spec.metrics)
         rows += sweep.run(cfg, [], lambda _: None, on_point, lambda text: None)
     return rows, speed.fingerprint(timing)

@@ -7,31 +7,39 @@ from typing import Any
 
 from . import analytic as A
 from . import methods as registry
+from .config import RunConfig
 from .errors import GtpcliError
 
 
-def trace_result(model_name: str, method: str, P: int, device: str, batch_size: int | None, out: Path,
-                 img_size: int | None = None, checkpoint: Path | None = None, steps: int = 3,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
+    """Trace one (method, P) of `run` (P defaults to 8, the method to gtp), writing the traces under `out`."""
     import torch
 
-    from . import backbones, sweep
+    from . import backbones, options, sweep
+    from .profile_command import hparam_overrides
     from .measure import speed, trace
+    from .ranges import parse_values
 
-    profile, timm_name = backbones.resolve(model_name)
-    device = speed.resolve_device(device)
-    batch = batch_size if batch_size is not None else speed.Timing.default(device).batch_size
-    if batch < 1:
-        raise GtpcliError(f"--batch-size must be >= 1, got {batch}")
-    if checkpoint is not None and not checkpoint.is_file():
-        raise GtpcliError(f"checkpoint not found: {checkpoint}")
-    model = backbones.create(timm_name, checkpoint, **backbones.constructor_kwargs(profile, img_size))
-    hparams = {**(profile.hparams_for(method, P) if profile else {}), **(overrides or {})}
+    options.device(run.device)
+    method = options.methods(run.method if run.method is not None else "gtp", single=True)[0]
+    Ps = parse_values(run.P if run.P is not None else "8", "--P")
+    if len(Ps) != 1:
+        raise GtpcliError(f"--P: trace takes one value, got {run.P!r}")
+    P = options.at_least(Ps[0], 0, "--P")
+    for flag, value in (("--steps", run.steps), ("--batch-size", run.batch_size), ("--img-size", run.img_size)):
+        options.positive(value, flag)
+    profile, timm_name = backbones.resolve(run.model)
+    device = speed.resolve_device(run.device)
+    batch = run.batch_size if run.batch_size is not None else speed.Timing.default(device).batch_size
+    if run.checkpoint is not None and not run.checkpoint.is_file():
+        raise GtpcliError(f"checkpoint not found: {run.checkpoint}")
+    model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, run.img_size))
+    hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
     sweep.apply(model, method, P, hparams)
     model.to(device)
     x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
     try:
-        recorded = trace.record(model, x, out, active=steps)
+        recorded = trace.record(model, x, out, active=run.steps)
     except OSError as exc:
         raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
 
@@ -55,5 +63,5 @@ def trace_result(model_name: str, method: str, P: int, device: str, batch_size: 
         "method_macs": own, "total_macs": backbone + own,
         "top_ops": recorded.top_ops,
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
-        "rows": stages,
+        "rows": stages, "config": run.record(),
     }
