@@ -29,6 +29,15 @@ def stage(name: str):
 
 
 @dataclass
+class ClsAttention:
+    """The [CLS] (first) row of the softmax attention map and the values, for methods that score tokens by
+    what [CLS] reads from them (ATS), next to the fused kernel's output."""
+
+    first_row: torch.Tensor  # (B, H, N): A_0j
+    values: torch.Tensor     # (B, H, N, d)
+
+
+@dataclass
 class AttentionSummary:
     """What token selection reads from a (B, H, N, N) attention map, so the map itself need not be kept."""
 
@@ -50,7 +59,8 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
            sparsity: float = 1.0, variant: str = "paper"):
     """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, for token selection, what
     it needs of the (sparsified, see `sparsify` for `variant`) attention map: `need` is "fused" (nothing:
-    timm's fused kernel), "summary" (an AttentionSummary) or "map" (the whole map).
+    timm's fused kernel), "summary" (an AttentionSummary), "map" (the whole map) or "cls" (the fused kernel,
+    and a ClsAttention: the first row computed on its own, N C MACs, and the values).
     Returns (output, the map or its summary, or None when the fused kernel ran, keys)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
@@ -65,6 +75,10 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
         if sparsity < 1.0:
             weights = sparsify(weights, sparsity, variant)
         out, seen = attn.attn_drop(weights) @ v, weights
+    elif need == "cls":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)
+        seen = ClsAttention((logits if bias is None else logits + bias).softmax(dim=-1)[:, :, 0], v)
     elif need == "summary" or sparsity < 1.0 or not getattr(attn, "fused_attn", True):
         out, seen = _blocked_attention(attn, q, k, v, bias, sparsity, variant)
     else:
