@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import GtpcliError
 from .base import Column, HParam, Method
 
-_MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "tpc")
+_MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "ats", "tpc")
 
 REGISTRY: dict[str, Method] = {}
 for _module in _MODULES:
