@@ -95,7 +95,7 @@ def test_evit_p0_and_keep_rate_1_are_the_stock_model(small_vit, fresh, image):
             assert torch.equal(gtpcli.patch(fresh(small_vit), "evit", **kwargs)(x), stock)
 
 
-@pytest.mark.parametrize("method", ["evit", "evo"])
+@pytest.mark.parametrize("method", ["evit", "evo", "ats"])
 def test_models_without_cls_are_refused_in_one_line(method, small_gap_vit, fresh):
     with pytest.raises(GtpcliError, match=r"\[CLS\]"):
         gtpcli.patch(fresh(small_gap_vit), method)
@@ -305,3 +305,121 @@ def cli(*args):
     from gtpcli.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# --- ATS --------------------------------------------------------------------------------------------
+
+from gtpcli.measure import adaptive  # noqa: E402
+from gtpcli.methods import ats as S  # noqa: E402
+
+
+def test_ats_significance_by_hand():
+    """[CLS] rows (.2, .5, .3) and (.4, .4, .2) sum to (.6, .9, .5); value norms 2 and 1 at tokens 1, 2:
+    S = (1.8, .5) / 2.3."""
+    first_row = torch.tensor([[[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]]])
+    values = torch.zeros(1, 2, 3, 2)
+    values[0, 0, 1] = torch.tensor([1.2, 0.0])
+    values[0, 1, 1] = torch.tensor([0.0, 1.6])   # token 1: |(1.2, 0, 0, 1.6)| = 2
+    values[0, 1, 2] = torch.tensor([0.6, 0.8])   # token 2: 1
+    assert torch.allclose(S.significance(first_row, values, prefix=1), torch.tensor([[1.8, 0.5]]) / 2.3)
+
+
+@pytest.mark.parametrize("scores,reference,expected", [
+    # sorted t1 t4 t3 t0 t2, CDF (0, .0625, .21875, .4792, 1), points .0625 + i .234375: the least dropped
+    ([0.25, 0.04, 0.5, 0.15, 0.06], 5, [4, 3, 0, 2]),
+    # concentrated on t0: CDF (0, .0202, .0505, .0909, 1), points .0202 + i .24495 pick t2, t4, t4, t0, t0
+    ([0.9, 0.01, 0.02, 0.03, 0.04], 5, [2, 4, 0]),
+    # two tokens dropped earlier count as zeros: CDF (0, 0, .2, .5, 1), points .2 .4 .6 .8 1: all three stay
+    ([0.5, 0.3, 0.2], 5, [2, 1, 0]),
+])
+def test_ats_inverse_transform_sampling_by_hand(scores, reference, expected):
+    index, real, counts = S.inverse_transform_sample(torch.tensor([scores]), reference)
+    assert index[0][real[0]].tolist() == expected and counts.tolist() == [len(expected)]
+
+
+def test_ats_sampling_pads_a_batch_without_changing_any_image():
+    batch = torch.tensor([[0.25, 0.04, 0.5, 0.15, 0.06], [0.9, 0.01, 0.02, 0.03, 0.04]])
+    index, real, counts = S.inverse_transform_sample(batch, 5)
+    assert counts.tolist() == [4, 3] and real.tolist() == [[True] * 4, [True, True, True, False]]
+    assert index[1, :3].tolist() == [2, 4, 0]
+
+
+def hand_sample(scores: list[float], reference: int) -> list[int]:
+    """The official steps in plain Python: zeros for missing tokens, ascending sort, rescaled CDF, points from
+    the smallest positive CDF value to 1, nearest (first on ties), unique positions in ascending order."""
+    full = [0.0] * (reference - len(scores)) + list(scores)
+    order = sorted(range(reference), key=lambda j: full[j])
+    cdf, total = [], 0.0
+    for j in order:
+        total += full[j]
+        cdf.append(total)
+    low, high = min(cdf), max(cdf)
+    cdf = [(c - low) / (high - low) for c in cdf]
+    start = min(c for c in cdf if c > 0)
+    ys = [start + i * (1 - start) / (reference - 1) for i in range(reference)]
+    picks = sorted({min(range(reference), key=lambda j: (abs(y - cdf[j]), j)) for y in ys})
+    return [order[p] - (reference - len(scores)) for p in picks]
+
+
+def test_ats_every_block_against_the_official_steps_written_out(small_vit, fresh, image, record_blocks):
+    """float64, ATS blocks 1-3, two images: from each block's recorded input (valid tokens only), attention,
+    S = sum_h A[CLS] ||v|| over image tokens, the Python sampling above, [CLS] first, the MLP on the rest."""
+    model = gtpcli.patch(fresh(small_vit).double(), "ats", layers="1-3")
+    with torch.no_grad(), record_blocks(model) as rec:
+        model(image(small_vit, batch=2, seed=7).double())
+        counts = model.reduction.last.counts
+        assert counts[:, 0].tolist() == [65, 65] and (counts[:, 2:] < 65).all()
+        for layer, block in enumerate(model.blocks):
+            for b in range(2):
+                n = int(counts[b, layer])
+                x = rec["inputs"][layer][b, :n]
+                out, weights = hand_attention(block.attn, block.norm1(x))
+                x = x + block.ls1(out)
+                if layer >= 1:
+                    v = block.attn.qkv(block.norm1(rec["inputs"][layer][b, :n]))[:, 2 * x.shape[-1]:]
+                    scores = (weights[:, 0, 1:].sum(dim=0) * v[1:].norm(dim=-1)).tolist()
+                    keep = hand_sample([s / sum(scores) for s in scores], 64)
+                    assert model.reduction.last.sampled[layer][b, :len(keep)].tolist() == keep
+                    x = torch.cat([x[:1], x[1:][keep]])
+                x = x + block.ls2(block.mlp(block.norm2(x)))
+                assert int(counts[b, layer + 1]) == x.shape[0]
+                assert (rec["outputs"][layer][b, :x.shape[0]] - x).abs().max().item() <= 1e-9
+
+
+def test_ats_images_do_not_depend_on_their_batch_and_batch_1_is_fvcore_exact(small_vit, fresh, image):
+    model = gtpcli.patch(fresh(small_vit), "ats", layers="0-3")
+    x = image(small_vit, batch=3, seed=2)
+    with torch.no_grad():
+        together = model(x)
+        counts = model.reduction.last.counts.clone()
+    assert len({tuple(c) for c in counts.tolist()}) > 1  # the counts differ between images
+    cost = S.cost(backbones.arch_of(model), {"layers": "0-3"})
+    for b in range(3):
+        with torch.no_grad():
+            alone = model(x[b:b + 1])
+        assert model.reduction.last.counts[0].tolist() == counts[b].tolist()
+        assert (alone - together[b:b + 1]).abs().max().item() <= 1e-5
+        count = count_macs(model, x[b:b + 1])
+        assert count.uncounted == [] and count.flop_counter_macs == count.matmul_macs
+        with torch.no_grad():
+            model(x[b:b + 1])
+        assert count.macs == adaptive.image_macs(cost, model.reduction.last.counts[0].tolist())
+
+
+def test_ats_cost_by_hand():
+    """One block of C = 4 (hidden 16, 10 classes, 2 x 2 patches of 1 channel in 4 tokens + [CLS]), ATS: 5
+    tokens in, 3 out. Entry 0: attention 4*5*16 + 5*5*4 (norm) + 5*4 ([CLS] row) + 2*25*4; entry 1: MLP
+    2*3*4*16 + 3*5*4, final norm 3*5*4."""
+    arch = A.Arch(N=5, C=4, L=1, H=1, patch_size=2, in_chans=1, num_classes=10)
+    cost = S.cost(arch, {"layers": "0"})
+    embed, head = 4 * 4 * 1 * 4, 4 * 10
+    expected = embed + head + (320 + 100 + 20 + 200) + (384 + 60 + 60)
+    assert adaptive.image_macs(cost, [5, 3]) == expected
+
+
+def test_ats_has_no_p_and_needs_its_layers_in_the_model(small_vit, fresh):
+    with pytest.raises(GtpcliError, match="no per-P schedule"):
+        gtpcli.patch(fresh(small_vit), "ats", P=8)
+    with pytest.raises(GtpcliError, match="this model has 4"):
+        gtpcli.patch(fresh(small_vit), "ats")  # the official 3-11 needs 12 blocks
+    assert S.ats_blocks("7-11", 12) == (7, 8, 9, 10, 11) and S.ats_blocks("1,3-4", 12) == (1, 3, 4)

@@ -38,7 +38,7 @@ def test_gtp_choices_are_the_implementations():
 
 def test_the_registry_names_every_method_once_and_imports_no_torch():
     code = ("import sys, gtpcli.methods as m; "
-            "assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit', 'evit', 'evo', 'tpc']; "
+            "assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit', 'evit', 'evo', 'ats', 'tpc']; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
