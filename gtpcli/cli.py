@@ -255,7 +255,7 @@ def profile(
 def trace(
     ctx: typer.Context,
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
-    P: Optional[int] = typer.Option(None, "--P", help="Tokens removed per layer " + default("8")),
+    P: Optional[int] = typer.Option(None, "--P", help="Tokens removed per layer " + default("8; EViT, Evo-ViT and ATS: their own schedule")),
     method: Optional[str] = typer.Option(None, "--method", help=f"One of {METHODS_TEXT} " + default("gtp")),
     hp: Optional[list[str]] = HpOpt,
     config: Optional[Path] = ConfigOpt,

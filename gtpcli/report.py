@@ -288,7 +288,8 @@ def _delta(value, reference) -> str:
 
 
 def render_trace(result: dict[str, Any], console: Console) -> None:
-    title = (f"{result['model']} + {result['method']} P={result['P']}: {result['forward_ms']:.1f} ms per forward "
+    where = f"P={result['P']}" if result.get("P") is not None else f"({result.get('setting')})"
+    title = (f"{result['model']} + {result['method']} {where}: {result['forward_ms']:.1f} ms per forward "
              f"({result['device']}, batch {result['batch_size']})")
     cells = [[s["stage"], f"{s['ms']:.2f}", f"{s['share']:.1%}" if s["share"] is not None else "-"]
              for s in result["stages"]]

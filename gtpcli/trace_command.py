@@ -22,10 +22,14 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
 
     options.device(run.device)
     method = options.methods(run.method if run.method is not None else "gtp", single=True)[0]
-    Ps = parse_values(run.P if run.P is not None else "8", "--P")
-    if len(Ps) != 1:
-        raise GtpcliError(f"--P: trace takes one value, got {run.P!r}")
-    P = options.at_least(Ps[0], 0, "--P")
+    card = registry.get(method)
+    if run.P is None and card.schedule is not None:  # EViT, Evo-ViT, ATS: their own schedule, not a P
+        P = None
+    else:
+        Ps = parse_values(run.P if run.P is not None else "8", "--P")
+        if len(Ps) != 1:
+            raise GtpcliError(f"--P: trace takes one value, got {run.P!r}")
+        P = options.at_least(Ps[0], 0, "--P")
     for flag, value in (("--steps", run.steps), ("--batch-size", run.batch_size), ("--img-size", run.img_size)):
         options.positive(value, flag)
     profile, timm_name = backbones.resolve(run.model)
@@ -44,9 +48,16 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
 
     arch = backbones.arch_of(model)
-    removals = model.reduction.removals
-    backbone = sum(registry.backbone_macs(arch, method, removals, hparams).values())
-    own = A.implemented_overhead(arch, method, removals, hparams)
+    if card.adaptive:  # the traced images' own counts: their mean per-image MACs, all of it the backbone's
+        from .measure import adaptive
+
+        cost = card.cost(arch, hparams)
+        counts = model.reduction.last.counts.tolist()
+        backbone, own = round(sum(adaptive.image_macs(cost, c) for c in counts) / len(counts)), 0
+    else:
+        removals = model.reduction.removals
+        backbone = sum(registry.backbone_macs(arch, method, removals, hparams).values())
+        own = A.implemented_overhead(arch, method, removals, hparams)
     forward = recorded.stage_ms.get(trace.FORWARD, 0.0)
     stages = [{"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None}
               for name, ms in recorded.stage_ms.items() if name != trace.FORWARD]
@@ -54,7 +65,8 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     stages.append({"stage": "other", "ms": round(other, 3), "share": round(other / forward, 4) if forward else None})
     method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     return {
-        "model": profile.name if profile else timm_name, "method": method, "P": P, "device": device,
+        "model": profile.name if profile else timm_name, "method": method, "P": P,
+        "setting": getattr(model.reduction, "variant_label", None), "device": device,
         "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
         "method_time_share": round(method_time / forward, 4) if forward else None,
         "method_macs_share": round(own / (backbone + own), 4),

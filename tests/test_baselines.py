@@ -423,3 +423,24 @@ def test_ats_has_no_p_and_needs_its_layers_in_the_model(small_vit, fresh):
     with pytest.raises(GtpcliError, match="this model has 4"):
         gtpcli.patch(fresh(small_vit), "ats")  # the official 3-11 needs 12 blocks
     assert S.ats_blocks("7-11", 12) == (7, 8, 9, 10, 11) and S.ats_blocks("1,3-4", 12) == (1, 3, 4)
+
+
+@pytest.mark.parametrize("method,kwargs,labels", [
+    ("evit", {"keep_rate": 0.5, "drop_loc": "1,2"}, {"evit.rank", "evit.fuse"}),
+    ("evo", {"keep_ratio": 0.5, "stages": "2"}, {"evo.rank", "evo.reattach"}),
+    ("ats", {"layers": "1-3"}, {"ats.score", "ats.sample", "ats.gather"})])
+def test_trace_labels_each_methods_own_stages(method, kwargs, labels, small_vit, fresh, image):
+    from gtpcli.measure import trace
+
+    assert labels <= set(trace.STAGES)
+    model = gtpcli.patch(fresh(small_vit), method, **kwargs)
+    assert labels <= set(trace.stage_times(model, image(small_vit, batch=2), steps=1))
+
+
+def test_trace_runs_a_methods_own_schedule_when_no_p_is_given(tmp_path):
+    result = cli("trace", "deit_tiny_patch16_224", "--method", "evit", "--batch-size", "1", "--steps", "1",
+                 "--out", tmp_path, "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["P"] is None and found["setting"].startswith("paper: keep_rate 0.7")
+    assert {"evit.rank", "evit.fuse"} <= {s["stage"] for s in found["stages"]}

@@ -26,7 +26,7 @@ EXPECTED = {
                 "--prop-attn", "--no-prop-attn", "--strict", "--no-strict", "--no-speed", "--no-flops", "--resume",
                 "--fidelity"],
     "trace": ["Images per forward pass [default: 128 on CUDA, 16 on CPU]", "Input resolution [default: the model's]",
-              "[default: 8]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]"],
+              "[default: 8; EViT, Evo-ViT and ATS: their own schedule]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]"],
     "check": ["[default: cpu]", "--update-baseline", "--junit", "--baseline"],
     "plot": ["[default: tradeoff]", "--kind", "--output", "[required]", "speedup"],
 }

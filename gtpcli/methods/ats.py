@@ -226,6 +226,7 @@ def __getattr__(name: str):
 
 METHOD = Method(
     name=NAME,
+    schedule="sampling in the ATS blocks given by layers",
     title="ATS",
     summary="adaptive token sampling: inverse-transform sampling of tokens by [CLS] attention x value norm "
             "(input-dependent counts)",

@@ -112,6 +112,8 @@ class Method:
     # in place of P (TPC: "delta"); `cost(arch, hparams)` gives their per-block MACs as an adaptive.Cost.
     # `level` "model": `load()` returns a class whose `patch(model, **hp)` / `remove(model)` replace the
     # model's forward (no per-block Reduction, no P); "block": the class is a Reduction.
+    # The method's own token schedule when no P is given (EViT: "keep_rate at drop_loc"); None: P is required.
+    schedule: str | None = None
     adaptive: bool = False
     sweep_key: str | None = None
     cost: Callable[[Arch, Mapping[str, Any]], Any] | None = None

@@ -76,10 +76,14 @@ def dropped(removal: int, fuse_token: bool) -> int:
 
 
 def implemented_overhead(arch: Arch, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
-    """The fused token a^T X_drop, a (1 x m) by (m x C) product per dropping block. Ranking (a mean over
-    heads, top-k) is not a MAC."""
+    """Per dropping block: the [CLS] row of the attention map computed beside the fused kernel (q_0 K^T over
+    the N_l tokens, N_l C) and the fused token a^T X_drop ((1 x m) by (m x C)). Ranking (a mean over heads,
+    top-k) is not a MAC."""
+    from ..analytic import token_schedule
+
     fuse = (hparams or {}).get("fuse_token", True)
-    return sum(dropped(r, True) * arch.C for r in removals if r > 0) if fuse else 0
+    tokens = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
+    return sum((n + (dropped(r, True) if fuse else 0)) * arch.C for n, r in zip(tokens, removals) if r > 0)
 
 
 def complexity_row(arch: Arch, P: int, hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,8 +92,11 @@ def complexity_row(arch: Arch, P: int, hparams: Mapping[str, Any]) -> dict[str, 
 
 
 def complexity_layers(arch: Arch, P: int, hparams: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from ..analytic import token_schedule
+
     fuse = hparams.get("fuse_token", True)
-    return [{"evit_fuse": dropped(P, True) * arch.C if fuse and P > 0 else 0} for _ in range(arch.L)]
+    return [{"evit_cls_row": n * arch.C if P else 0, "evit_fuse": dropped(P, True) * arch.C if fuse and P else 0}
+            for n in token_schedule(arch.N, arch.L, P, arch.prefix)]
 
 
 def complexity_notes(rows) -> list[str]:
@@ -163,7 +170,8 @@ def reduction_class() -> type:
             self.kept = {}
 
         def attention_need(self, layer: int) -> str:
-            return "summary" if self.removals[layer] > 0 else "fused"
+            """Only the [CLS] row of the map, beside the fused kernel, where tokens are dropped."""
+            return "cls" if self.removals[layer] > 0 else "fused"
 
         def reduce(self, layer, x, attention, keys):
             n = x.shape[1] - self.prefix
@@ -185,6 +193,7 @@ def __getattr__(name: str):
 
 METHOD = Method(
     name=NAME,
+    schedule="keep_rate at drop_loc (with P: gtpcli's equal-P variant)",
     title="EViT",
     summary="keep the tokens the [CLS] token attends to most, fuse the rest into one (keep_rate at drop_loc)",
     hparams=HPARAMS,
@@ -193,7 +202,7 @@ METHOD = Method(
     implemented_overhead=implemented_overhead,
     complexity_row=complexity_row,
     complexity_layers=complexity_layers,
-    columns=(Column("evit_macs", "EViT equal-P fuse", "P + 1 fused tokens"),),
+    columns=(Column("evit_macs", "EViT equal-P", "N_l incl. prefix ([CLS] row); P + 1 fused tokens"),),
     complexity_notes=complexity_notes,
     complexity_hparams=("fuse_token",),
     needs_cls="every setting: tokens are ranked by the [CLS] token's attention",

@@ -218,6 +218,7 @@ def __getattr__(name: str):
 
 METHOD = Method(
     name=NAME,
+    schedule="keep_ratio from each stage start (with P: gtpcli's equal-P variant)",
     title="Evo-ViT",
     summary="slow-fast token evolution: only the top tokens by global class attention are computed, the rest "
             "wait unchanged",
