@@ -99,6 +99,9 @@ def _line(ax, s: Series, colour: str) -> None:
     marker = MARKERS[s.style % len(MARKERS)]
     if s.mark == "line":
         ax.plot(s.x, s.y, color=colour, linestyle=style, marker=marker, markersize=4, label=s.label)
+        if s.xbounds or s.ybounds:
+            ax.errorbar(s.x, s.y, xerr=_spans(s.x, s.xbounds), yerr=_spans(s.y, s.ybounds), fmt="none",
+                        ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7)
     elif s.mark == "paper":
         ax.plot(s.x, s.y, color=colour, linestyle="none", marker=marker, markersize=7, markerfacecolor="none",
                 markeredgewidth=1.2, label=s.label)
@@ -113,6 +116,13 @@ def _line(ax, s: Series, colour: str) -> None:
     for x, y, text in zip(s.x, s.y, s.point_labels):
         if s.mark == "line" or (s.mark == "paper" and text in (s.point_labels[0], s.point_labels[-1])):
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+
+
+def _spans(values, bounds):
+    """matplotlib's asymmetric error bars (distances below and above) from [low, high] bounds."""
+    if not bounds:
+        return None
+    return [[v - low for v, (low, _) in zip(values, bounds)], [high - v for v, (_, high) in zip(values, bounds)]]
 
 
 def _boxes(ax, s: Series, colour: str, at: int, count: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from .errors import GtpcliError
 
 STOCK = "stock"
+IQR_NOTE = "; bars: interquartile range of the timed batches"
 LOG_SPREAD = 20  # an axis whose values span more than this factor is drawn on a log scale
 
 
@@ -32,6 +33,8 @@ class Series:
     style: int = 0                   # line style / marker: which result file it came from
     point_labels: list[str] = field(default_factory=list)
     boxes: list[dict[str, float]] = field(default_factory=list)  # mark == "box": med, q1, q3, whislo, whishi, mean
+    xbounds: list[list[float]] = field(default_factory=list)      # per point [low, high]: the timing's IQR
+    ybounds: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +157,13 @@ def _need(source: Source, key: str, what: str, how: str) -> None:
         raise GtpcliError(f"{source.path}: no {what} in any row; {how}")
 
 
+def iqr(rows: Sequence[dict]) -> list[list[float]]:
+    """[q1, q3] of each row's timed batches (img/s), where every row has them."""
+    if not all(r.get("img_s_q1") is not None and r.get("img_s_q3") is not None for r in rows):
+        return []
+    return [[r["img_s_q1"], r["img_s_q3"]] for r in rows]
+
+
 def _suffix(sources: Sequence[Source], at: int) -> str:
     return f", {sources[at].name}" if len(sources) > 1 else ""
 
@@ -180,8 +190,9 @@ def tradeoff(sources: Sequence[Source]) -> Figure:
     panels = [_tradeoff_panel(sources, quality, key, label) for key, label in axes]
     missing = [label for key, label in (("img_s", "img/s"), ("gmacs", "GMACs")) if key not in dict(axes)]
     note = f"; {missing[0]} not measured (--no-speed/--no-flops)" if missing else ""
+    bars = IQR_NOTE if any(s.xbounds for p in panels for s in p.series) else ""
     return Figure("tradeoff", f"{QUALITY[quality].split(' (')[0].capitalize()} against cost",
-                  panels, caption(sources) + note)
+                  panels, caption(sources) + note + bars)
 
 
 def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: str) -> Panel:
@@ -195,7 +206,8 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
             if block:
                 series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
                                      [r[key] for r in block], [r[quality] for r in block], "line", method, at,
-                                     [f"P={r['P']}" for r in block]))
+                                     [f"P={r['P']}" for r in block],
+                                     xbounds=iqr(block) if key == "img_s" else []))
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
             source_text = paper[0].get("paper_source", "") if paper else ""
@@ -236,7 +248,8 @@ def speedup(sources: Sequence[Source]) -> Figure:
             counted = [r for r in block if r.get("gmacs")]
             series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
                                  [r["P"] for r in timed], [round(r["img_s"] / stock["img_s"], 4) for r in timed],
-                                 "line", method, at))
+                                 "line", method, at,
+                                 ybounds=[[round(v / stock["img_s"], 4) for v in b] for b in iqr(timed)]))
             series.append(Series(f"{title_of(method)} ideal (GMACs ratio)", [r["P"] for r in counted],
                                  [round(stock["gmacs"] / r["gmacs"], 4) for r in counted], "ideal", method, at))
             paper = [r for r in block if r.get("paper_img_s") is not None]
@@ -248,7 +261,7 @@ def speedup(sources: Sequence[Source]) -> Figure:
     Ps = sorted({x for found in series for x in found.x})
     series.append(Series("stock", Ps, [1.0] * len(Ps), "reference", STOCK))
     panel = Panel("Speed-up over the stock model", "P (tokens removed per block)", "speed-up over stock (x)", series)
-    return Figure("speedup", "Measured against ideal speed-up", [panel], caption(sources))
+    return Figure("speedup", "Measured against ideal speed-up", [panel], caption(sources) + IQR_NOTE)
 
 
 # --- overhead ---------------------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ ENV = {"device": "cpu", "device_name": "Test CPU", "dtype": "float32", "batch_si
 
 
 def row(method, P, img_s=None, gmacs=None, acc=None, tokens=(5, 5, 5), **extra):
+    """A profile row; a timed one has an interquartile range of 2 img/s below and 3 above its median."""
+    timed = {"img_s_q1": img_s - 2, "img_s_q3": img_s + 3} if img_s is not None else {}
     return {"model": "m", "method": method, "P": P, "hparams": {}, "tokens": list(tokens), "img_s": img_s,
-            "gmacs": gmacs, **({"acc": acc} if acc is not None else {}), **extra}
+            "gmacs": gmacs, **timed, **({"acc": acc} if acc is not None else {}), **extra}
 
 
 def profile_result(path, rows, **header):
@@ -59,6 +61,8 @@ def test_tradeoff_draws_each_method_the_stock_star_and_the_papers_points(measure
     found = by_label(speed)
     gtp = found["GTP measured (Test CPU)"]
     assert (gtp.x, gtp.y, gtp.point_labels, gtp.mark) == ([98.0, 110.0, 125.0], [80.0, 79.0, 77.5], ["P=0", "P=1", "P=2"], "line")
+    assert gtp.xbounds == [[96.0, 101.0], [108.0, 113.0], [123.0, 128.0]] and not gtp.ybounds
+    assert not by_label(cost)["GTP measured (Test CPU)"].xbounds  # GMACs are counted, not timed
     assert found["ToMe measured (Test CPU)"].x == [115.0]
     paper = found["GTP paper (A6000)"]
     assert (paper.x, paper.y, paper.mark, paper.group) == ([1000.0, 1500.0], [79.8, 79.5], "paper", "gtp")
@@ -105,6 +109,7 @@ def test_speedup_is_measured_over_stock_against_the_gmacs_ratio(measured):
     found = by_label(panel)
     gtp = found["GTP measured (Test CPU)"]
     assert gtp.x == [0, 1, 2] and gtp.y == [0.98, 1.1, 1.25]
+    assert gtp.ybounds == [[0.96, 1.01], [1.08, 1.13], [1.23, 1.28]]  # the IQR over the stock median
     ideal = found["GTP ideal (GMACs ratio)"]
     assert ideal.mark == "ideal" and ideal.y == [1.0, 1.25, 1.6]  # 4.0 / 4.0, 4.0 / 3.2, 4.0 / 2.5
     assert found["GTP paper (A6000)"].y == [1.0, 1.5]  # 1500 / 1000: the paper's own P = 0 as its base
