@@ -9,11 +9,13 @@ import textwrap
 from pathlib import Path
 
 from .errors import GtpcliError
-from .plots import STOCK, Figure, Panel, Series
+from .plots import NEUTRAL, STOCK, Figure, Panel, Series
 
 FORMATS = ("png", "svg", "pdf")
 # Okabe & Ito (2008), distinguishable with every common colour-vision deficiency; black is kept for stock
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#999999")
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+GREYS = ("#4D4D4D", "#8C8C8C", "#BFBFBF", "#E6E6E6")  # the backbone's stages, by lightness alone
+HATCHES = ("", "//", "..", "xx")  # a second round of the palette is told apart by hatching
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 100
@@ -31,9 +33,9 @@ def save(figure: Figure, path: Path) -> None:
     columns = min(len(figure.panels), 3)
     rows = -(-len(figure.panels) // columns)
     fig = Canvas(figsize=(5.6 * columns, 4.2 * rows + 0.5), dpi=DPI, layout="constrained")
-    colours = colour_map(figure)
+    colours, hatches = colour_map(figure), hatch_map(figure)
     for panel, ax in zip(figure.panels, fig.subplots(rows, columns, squeeze=False).flat):
-        draw_panel(ax, panel, colours)
+        draw_panel(ax, panel, colours, hatches)
     for ax in fig.axes[len(figure.panels):]:
         ax.set_visible(False)
     fig.suptitle(figure.title, fontsize=12)
@@ -54,23 +56,32 @@ def colour_map(figure: Figure) -> dict[str, str]:
 
         ramp = colormaps["viridis"]
         colours |= {g: _hex(ramp(at / max(len(sequential) - 1, 1) * 0.9)) for at, g in enumerate(sequential)}
+    colours |= {g: GREYS[at % len(GREYS)] for at, g in enumerate(g for g in NEUTRAL if g in groups)}
     others = [g for g in groups if g not in colours]
     colours |= {g: PALETTE[at % len(PALETTE)] for at, g in enumerate(others)}
     return colours
+
+
+def hatch_map(figure: Figure) -> dict[str, str]:
+    """Groups past the palette's length get a hatch on top of the repeated colour."""
+    groups = [g for g in dict.fromkeys(s.group for p in figure.panels for s in p.series)
+              if g not in NEUTRAL and g != STOCK and not g.startswith("P=")]
+    return {g: HATCHES[(at // len(PALETTE)) % len(HATCHES)] for at, g in enumerate(groups)}
 
 
 def _hex(rgba) -> str:
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
 
 
-def draw_panel(ax, panel: Panel, colours: dict[str, str]) -> None:
+def draw_panel(ax, panel: Panel, colours: dict[str, str], hatches: dict[str, str]) -> None:
     bottoms: list[float] = []
     boxes = [s for s in panel.series if s.mark == "box"]
     for series in panel.series:
         colour = colours.get(series.group, "#000000")
         if series.mark == "bar":
             bottoms = bottoms or [0.0] * len(series.x)
-            ax.bar(series.x, series.y, bottom=bottoms, color=colour, label=series.label, width=0.6)
+            ax.bar(series.x, series.y, bottom=bottoms, color=colour, label=series.label, width=0.6,
+                   hatch=hatches.get(series.group, ""), edgecolor="white", linewidth=0.5)
             bottoms = [b + y for b, y in zip(bottoms, series.y)]
         elif series.mark == "box":
             _boxes(ax, series, colour, boxes.index(series), len(boxes))
@@ -90,7 +101,9 @@ def draw_panel(ax, panel: Panel, colours: dict[str, str]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
+    if handles and panel.xticks is not None:  # stacked bars fill the panel: the legend goes beside it
+        ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif handles:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 

@@ -410,11 +410,13 @@ def quantile(edges: Sequence[int], counts: Sequence[int], q: float) -> float:
 # --- stages -----------------------------------------------------------------------------------------------
 
 BACKBONE_STAGES = ("patch_embed", "attention", "mlp")
+NEUTRAL = BACKBONE_STAGES + ("other",)  # drawn in greys, so the methods' own stages stand out in colour
 
 
 def stages(sources: Sequence[Source]) -> Figure:
-    """Each trace as one bar of stage shares of the forward time, stacked; backbone stages first, then the
-    methods' own, then what no label covers."""
+    """Each trace as one bar of stage shares of the forward time, stacked: backbone stages first, then the
+    methods' own, then what no label covers; a second panel holds the methods' own stages alone, whose few
+    per cent would be slivers beside attention and the MLP."""
     expect(sources, "trace", "stages")
     names = list(BACKBONE_STAGES)
     for s in sources:
@@ -422,7 +424,7 @@ def stages(sources: Sequence[Source]) -> Figure:
             if stage.get("share") is None:
                 raise GtpcliError(f"{s.path}: stage {stage.get('stage')!r} has no share (the forward took no "
                                   "time?); trace it again with more --steps")
-            if stage["stage"] not in names and stage["stage"] != "other":
+            if stage["stage"] not in names and stage["stage"] not in NEUTRAL:
                 names.append(stage["stage"])
     names.append("other")
     bars = [f"{s.data['method']} P={s.data['P']}\n{s.data['forward_ms']:.0f} ms" for s in sources]
@@ -432,9 +434,13 @@ def stages(sources: Sequence[Source]) -> Figure:
                   for s in sources]
         if any(shares):
             series.append(Series(name, list(range(len(sources))), shares, "bar", name))
-    panel = Panel("Where the forward time goes", "", "share of the forward time (%)", series, xticks=bars)
+    ylabel = "share of the forward time (%)"
+    panels = [Panel("Where the forward time goes", "", ylabel, series, xticks=bars)]
+    own = [s for s in series if s.label not in NEUTRAL]
+    if own:
+        panels.append(Panel("The methods' own stages", "", ylabel, own, xticks=bars))
     parts = dict.fromkeys(f"{s.data['model']}, {s.data['device']}, batch {s.data['batch_size']}" for s in sources)
-    return Figure("stages", "Stage shares (PyTorch profiler)", [panel], " | ".join(parts))
+    return Figure("stages", "Stage shares (PyTorch profiler)", panels, " | ".join(parts))
 
 
 KINDS: dict[str, Callable[[Sequence[Source]], Figure]] = {

@@ -216,8 +216,9 @@ def test_stages_stack_each_trace_backbone_first_then_each_methods_own(tmp_path):
     gtp = trace_file(tmp_path / "gtp.json", "gtp", {"attention": 0.5, "gtp.select": 0.1, "mlp": 0.3, "other": 0.1})
     tome = trace_file(tmp_path / "tome.json", "tome", {"attention": 0.4, "tome.match": 0.2, "mlp": 0.3, "other": 0.1},
                       forward_ms=80.0)
-    panel = plots.figure("stages", [gtp, tome]).panels[0]
+    panel, own = plots.figure("stages", [gtp, tome]).panels
     assert [s.label for s in panel.series] == ["attention", "mlp", "gtp.select", "tome.match", "other"]
+    assert [s.label for s in own.series] == ["gtp.select", "tome.match"]  # alone, on a scale of their own
     found = by_label(panel)
     assert found["gtp.select"].y == [10.0, 0.0] and found["tome.match"].y == [0.0, 20.0]
     assert all(s.mark == "bar" for s in panel.series)
