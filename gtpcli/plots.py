@@ -211,9 +211,10 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
             source_text = paper[0].get("paper_source", "") if paper else ""
-            if paper and quality == "acc" and (method, source_text) not in papers:
-                papers.add((method, source_text))
-                series.append(Series(f"{title_of(method)} paper ({hardware(source_text)})",
+            if paper and quality == "acc" and (s.data.get("model"), method, source_text) not in papers:
+                papers.add((s.data.get("model"), method, source_text))
+                model = f", {s.data.get('model')}" if len({x.data.get("model") for x in sources}) > 1 else ""
+                series.append(Series(f"{title_of(method)} paper ({hardware(source_text)}{model})",
                                      [r[f"paper_{key}"] for r in paper], [r["paper_acc"] for r in paper], "paper",
                                      method, at, [f"P={r['P']}" for r in paper]))
         stock = next((r for r in rows if r["method"] == STOCK and r.get(key) is not None

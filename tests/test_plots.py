@@ -84,6 +84,11 @@ def test_tradeoff_overlays_files_with_one_style_each_and_the_paper_once(measured
     assert found["GTP measured (Test CPU, run)"].style == 0 and found["GTP measured (H100, gpu)"].style == 1
     assert sum(s.mark == "paper" for s in panel.series) == 1
     assert panel.xscale == "log"  # 98 img/s next to 3000
+    base = json.loads(measured.read_text())
+    bigger = profile_result(tmp_path / "b.json", [{**r, "model": "b", "paper_acc": r.get("paper_acc") and r["paper_acc"] + 2}
+                                                  for r in base["rows"]], model="b")
+    papers = [s for s in plots.figure("tradeoff", [measured, bigger]).panels[0].series if s.mark == "paper"]
+    assert [(s.label, s.y) for s in papers] == [("GTP paper (A6000, m)", [79.8, 79.5]), ("GTP paper (A6000, b)", [81.8, 81.5])]
 
 
 def test_tradeoff_uses_fidelity_without_labels_and_says_what_is_missing(tmp_path):
