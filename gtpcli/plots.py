@@ -157,6 +157,13 @@ def _need(source: Source, key: str, what: str, how: str) -> None:
         raise GtpcliError(f"{source.path}: no {what} in any row; {how}")
 
 
+def point_label(row: dict) -> str:
+    """P=8, or for a method at its own schedule (P null) the setting it records."""
+    if row.get("P") is not None:
+        return f"P={row['P']}"
+    return str(row.get("setting") or ", ".join(f"{k}={v}" for k, v in (row.get("hparams") or {}).items()) or row["method"])
+
+
 def iqr(rows: Sequence[dict]) -> list[list[float]]:
     """[q1, q3] of each row's timed batches (img/s), where every row has them."""
     if not all(r.get("img_s_q1") is not None and r.get("img_s_q3") is not None for r in rows):
@@ -206,7 +213,7 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
             if block:
                 series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
                                      [r[key] for r in block], [r[quality] for r in block], "line", method, at,
-                                     [f"P={r['P']}" for r in block],
+                                     [point_label(r) for r in block],
                                      xbounds=iqr(block) if key == "img_s" else []))
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
@@ -216,7 +223,7 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
                 model = f", {s.data.get('model')}" if len({x.data.get("model") for x in sources}) > 1 else ""
                 series.append(Series(f"{title_of(method)} paper ({hardware(source_text)}{model})",
                                      [r[f"paper_{key}"] for r in paper], [r["paper_acc"] for r in paper], "paper",
-                                     method, at, [f"P={r['P']}" for r in paper]))
+                                     method, at, [point_label(r) for r in paper]))
         stock = next((r for r in rows if r["method"] == STOCK and r.get(key) is not None
                       and r.get(quality) is not None), None)
         if stock:
@@ -244,7 +251,9 @@ def speedup(sources: Sequence[Source]) -> Figure:
                               "again into this file (every sweep measures the stock model first)")
         device = device_of(s.data)
         for method in _methods(rows):
-            block = sorted((r for r in rows if r["method"] == method), key=lambda r: r["P"])
+            block = sorted((r for r in rows if r["method"] == method and r.get("P") is not None), key=lambda r: r["P"])
+            if not block:
+                continue
             timed = [r for r in block if r.get("img_s") is not None]
             counted = [r for r in block if r.get("gmacs")]
             series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
@@ -259,10 +268,15 @@ def speedup(sources: Sequence[Source]) -> Figure:
                 series.append(Series(f"{title_of(method)} paper ({hardware(paper[0].get('paper_source', ''))})",
                                      [r["P"] for r in paper], [round(r["paper_img_s"] / base, 4) for r in paper],
                                      "paper", method, at))
+    own = sorted({title_of(r["method"]) for s in sources for r in s.data["rows"] if r.get("P") is None})
+    if not series:
+        raise GtpcliError(f"{sources[0].path}: no row has a P to draw the speed-up against; --kind tradeoff draws "
+                          "methods at their own schedules")
     Ps = sorted({x for found in series for x in found.x})
     series.append(Series("stock", Ps, [1.0] * len(Ps), "reference", STOCK))
     panel = Panel("Speed-up over the stock model", "P (tokens removed per block)", "speed-up over stock (x)", series)
-    return Figure("speedup", "Measured against ideal speed-up", [panel], caption(sources) + IQR_NOTE)
+    skipped = f"; not on the P axis (own schedules): {', '.join(own)}" if own else ""
+    return Figure("speedup", "Measured against ideal speed-up", [panel], caption(sources) + IQR_NOTE + skipped)
 
 
 # --- overhead ---------------------------------------------------------------------------------------------
@@ -347,7 +361,7 @@ def tokens(sources: Sequence[Source]) -> Figure:
             block = [r for r in rows if r["method"] == method]
             adaptive = [r for r in block if r.get("adaptive")]
             series = [Series("stock", _blocks(stock["tokens"]), stock["tokens"], "reference", STOCK)] if stock else []
-            series += [Series(f"P={r['P']}", _blocks(r["tokens"]), r["tokens"], "line", f"P={r['P']}", at)
+            series += [Series(point_label(r), _blocks(r["tokens"]), r["tokens"], "line", point_label(r), at)
                        for r in block if not r.get("adaptive")]
             labels = setting_labels(adaptive)
             series += [Series(label, _blocks(r["tokens"]), r["tokens"], "box", label, at,

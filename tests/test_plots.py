@@ -121,6 +121,19 @@ def test_speedup_is_measured_over_stock_against_the_gmacs_ratio(measured):
     assert found["stock"].y == [1.0, 1.0, 1.0]
 
 
+def test_a_method_at_its_own_schedule_is_labelled_by_its_setting_and_kept_off_the_P_axis(measured, tmp_path):
+    base = json.loads(measured.read_text())["rows"]
+    own = row("evit", None, img_s=150.0, gmacs=3.0, acc=78.5, tokens=(5, 4, 2), setting="keep 0.7")
+    path = profile_result(tmp_path / "own.json", base + [own])
+    evit = by_label(plots.figure("tradeoff", [path]).panels[0])[f"{plots.title_of('evit')} measured (Test CPU)"]
+    assert evit.point_labels == ["keep 0.7"] and evit.x == [150.0]
+    fig = plots.figure("speedup", [path])
+    assert {s.group for s in fig.panels[0].series} == {"gtp", "tome", "stock"}
+    assert f"not on the P axis (own schedules): {plots.title_of('evit')}" in fig.caption
+    tokens = plots.figure("tokens", [path]).panels[-1]
+    assert by_label(tokens)["keep 0.7"].y == [5, 4, 2]
+
+
 def test_speedup_needs_throughput_and_a_stock_row(tmp_path):
     slow = profile_result(tmp_path / "s.json", [row("stock", 0, gmacs=4.0), row("gtp", 8, gmacs=3.0)])
     with pytest.raises(GtpcliError, match="no throughput.*without --no-speed"):
