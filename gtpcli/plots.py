@@ -442,7 +442,7 @@ def stages(sources: Sequence[Source]) -> Figure:
             if stage["stage"] not in names and stage["stage"] not in NEUTRAL:
                 names.append(stage["stage"])
     names.append("other")
-    bars = [f"{s.data['method']} P={s.data['P']}\n{s.data['forward_ms']:.0f} ms" for s in sources]
+    bars = [f"{s.data['method']} {point_label(s.data)}\n{s.data['forward_ms']:.0f} ms" for s in sources]
     series = []
     for name in names:
         shares = [next((round(st["share"] * 100, 2) for st in s.data["stages"] if st["stage"] == name), 0.0)

@@ -242,6 +242,9 @@ def test_stages_stack_each_trace_backbone_first_then_each_methods_own(tmp_path):
     assert all(s.mark == "bar" for s in panel.series)
     assert [sum(s.y[at] for s in panel.series) for at in (0, 1)] == [pytest.approx(100.0)] * 2
     assert panel.xticks == ["gtp P=8\n100 ms", "tome P=8\n80 ms"]
+    own = json.loads(tome.read_text()) | {"method": "evit", "P": None, "setting": "keep 0.7"}
+    tome.write_text(json.dumps(own))
+    assert plots.figure("stages", [gtp, tome]).panels[0].xticks[1] == "evit keep 0.7\n80 ms"
 
 
 def test_a_kind_refuses_the_results_of_another_command(measured, tmp_path):
