@@ -288,7 +288,7 @@ def overhead(sources: Sequence[Source]) -> Figure:
     """Each method's analytic overhead (exact sums solid, printed closed forms and variants in other line
     styles) against the one axis each complexity result sweeps: one panel per file (GTP's Figure 9)."""
     expect(sources, "complexity", "overhead")
-    panels = []
+    panels, zero = [], []
     for s in sources:
         rows = s.data["rows"]
         axis = varying(s)
@@ -301,9 +301,14 @@ def overhead(sources: Sequence[Source]) -> Figure:
                                  method, at))
         if not series:
             raise GtpcliError(f"{s.path}: no method columns in its rows")
+        yscale = scale([y for x in series for y in x.y])
+        if yscale == "log":  # a method without MACs (Evo-ViT sorts) has no place on a log axis: said, not drawn
+            zero += [x.label for x in series if not any(x.y)]
+            series = [x for x in series if any(x.y)]
         panels.append(Panel(f"Overhead against {axis} ({fixed})", AXES[axis], "extra MMACs of the method",
-                            series, yscale=scale([y for x in series for y in x.y])))
-    return Figure("overhead", "Analytic overhead of each reduction method", panels, complexity_caption(sources))
+                            series, yscale=yscale))
+    note = f"; 0 MACs, not drawn on the log axis: {', '.join(dict.fromkeys(zero))}" if zero else ""
+    return Figure("overhead", "Analytic overhead of each reduction method", panels, complexity_caption(sources) + note)
 
 
 def varying(source: Source) -> str:

@@ -162,6 +162,15 @@ def test_overhead_draws_every_column_against_the_swept_axis(tmp_path):
     assert panel.yscale == "log"
 
 
+def test_overhead_says_which_zero_columns_a_log_axis_cannot_draw(tmp_path):
+    result = complexity_result(Arch(N=1, C=1), [197, 785, 3137], [768], [8], None, methods=["gtp", "evo"])
+    assert all(r["evo_macs"] == 0 for r in result["rows"])  # Evo-ViT sorts: no MACs
+    (tmp_path / "z.json").write_text(json.dumps(result))
+    fig = plots.figure("overhead", [tmp_path / "z.json"])
+    assert [s.label for s in fig.panels[0].series] == ["GTP sum", "GTP Eq.15"]
+    assert fig.caption.endswith("0 MACs, not drawn on the log axis: Evo-ViT")
+
+
 def test_overhead_needs_exactly_one_swept_axis(tmp_path):
     both, _ = complexity_file(tmp_path / "b.json", [197, 785], [384, 768])
     with pytest.raises(GtpcliError, match="sweeps N and C"):
