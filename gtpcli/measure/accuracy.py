@@ -29,10 +29,12 @@ def check_folder(folder: Path, fidelity: bool) -> None:
                           "accuracy; add --fidelity to measure agreement with the unreduced model on them")
 
 
-def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int]):
+def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int],
+                skip: int = 0):
     """A DataLoader over `folder` with timm's eval transform for this model; `limit` takes a fixed
-    random subset (seed 0), so repeated runs and every sweep point see the same images. An image that
-    cannot be read stops the run, naming the file (see `predict`)."""
+    random subset (seed 0), so repeated runs and every sweep point see the same images; `skip` passes over
+    the first `skip` images of that same order (a held-out subset, disjoint from the first `skip`). An
+    image that cannot be read stops the run, naming the file (see `predict`)."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -49,8 +51,9 @@ def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | No
     else:
         images = UnlabeledImages(folder, transform)
         dataset = Checked(images, images.files, image_size)
-    if limit is not None and limit < len(dataset):
-        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+    if skip or (limit is not None and limit < len(dataset)):
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+        chosen = order[skip:] if limit is None else order[skip:skip + limit]
         dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
     workers = min(4, os.cpu_count() or 1)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)

@@ -1,0 +1,262 @@
+"""Best over settings, the way Tables 1, 4 and 5 of the GTP paper report accuracy: a grid of hyperparameter
+settings run per P on one fixed subset of the user's images, the best setting per P kept with how many were
+tried and by how much it beat the runner-up.
+
+The objective is top-1 accuracy with labels, or agreement with the unreduced model (fidelity) without; a tie
+goes to the setting closer to the unreduced model (lower KL), then to the earlier one in the grid. The subset
+is the first `limit` images of the seed-0 order `profile --limit` uses, so a plain sweep with the written
+profile sees the same images; `holdout` measures each winner (and the unreduced model) again on the next
+`holdout` images of that order, disjoint from the first, which says how much picking the best of many
+flatters the winner. Every setting is one row of the profile result format (same keys, so files merge and
+resume as sweeps do); the unreduced model is evaluated once per subset, and one model is patched in turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from . import files
+from .errors import GtpcliError
+from .measure import accuracy
+from .sweep import STOCK, SweepConfig, add_reference, apply, measure_point
+
+GUARD = 100_000  # image evaluations above which a grid runs only with --yes
+HOLDOUT = "holdout_"  # prefix of the fields measured on the held-out images
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One method's hyperparameters, each with the values to try (in the order given)."""
+
+    method: str
+    axes: dict[str, list]
+
+    def settings(self) -> list[dict[str, Any]]:
+        names = list(self.axes)
+        return [dict(zip(names, values)) for values in itertools.product(*self.axes.values())]
+
+
+@dataclass
+class Search:
+    """What a search runs: the sweep's model, P values, data and subset, and the grid over them."""
+
+    sweep: SweepConfig          # speed and MAC counting are off: a grid measures quality only
+    grid: Grid
+    holdout: int | None = None
+
+    @property
+    def objective(self) -> str:
+        return "fidelity_top1" if self.sweep.fidelity else "acc"
+
+    def points(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(P, setting) for P in self.sweep.Ps for setting in self.grid.settings()]
+
+    def config_for(self, setting: dict[str, Any]) -> SweepConfig:
+        method = self.grid.method
+        hparams = {**self.sweep.hparams, method: {**self.sweep.hparams.get(method, {}), **setting}}
+        return replace(self.sweep, hparams=hparams, speed=False, flops=False)
+
+    def cost(self, search_images: int) -> dict[str, int]:
+        """Evaluations and image forwards, counted before anything runs (the cost guard prints it)."""
+        evaluations = len(self.points()) + 1  # + the unreduced model, once
+        held = (len(self.sweep.Ps) + 1) * (self.holdout or 0)
+        return {"settings": len(self.grid.settings()), "Ps": len(self.sweep.Ps), "evaluations": evaluations,
+                "images": search_images, "image_evaluations": evaluations * search_images + held}
+
+
+def check(search: Search) -> None:
+    """Refuse, in one line and before a model is built, a search that cannot be honest."""
+    cfg = search.sweep
+    if cfg.data is None:
+        raise GtpcliError("--search needs --data DIR: the best setting is chosen on your images")
+    if cfg.methods != [search.grid.method]:
+        raise GtpcliError(f"--search runs one method's grid; got --method {','.join(cfg.methods)}")
+    if search.holdout is not None:
+        if search.holdout < 1:
+            raise GtpcliError(f"--holdout must be >= 1, got {search.holdout}")
+        if cfg.limit is None:
+            raise GtpcliError("--holdout N needs --limit M: the best is chosen on M images and reported on the "
+                              "next N, which must not overlap")
+
+
+def subsets(model, search: Search) -> dict[str, Any]:
+    """Data loaders of the search subset and, with a holdout, the disjoint held-out subset."""
+    from . import backbones
+
+    cfg = search.sweep
+    size = backbones.image_size(model)
+    loaders = {"search": accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit, size)}
+    if search.holdout:
+        held = accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, search.holdout, size, skip=cfg.limit)
+        available = len(held.dataset)
+        if available < search.holdout:
+            total = len(loaders["search"].dataset) + available
+            raise GtpcliError(f"--limit {cfg.limit} + --holdout {search.holdout} needs "
+                              f"{cfg.limit + search.holdout} images; {cfg.data} has {total}")
+        loaders["holdout"] = held
+    return loaders
+
+
+def guard(cost: dict[str, int], yes: bool, limit: int = GUARD) -> None:
+    if cost["image_evaluations"] > limit and not yes:
+        raise GtpcliError(f"this grid is {cost['image_evaluations']:,} image evaluations (more than "
+                          f"{limit:,}); add --yes to run it, or narrow the grid or --limit")
+
+
+def run(search: Search, model, loaders: dict[str, Any], saved: list[dict], on_rows: Callable[[list[dict]], None],
+        advance: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Measure every setting at every P that `saved` does not already hold (nothing is measured twice),
+    then each P's winner on the held-out images; `on_rows` gets all rows after every measurement."""
+    cfg = search.config_for({})
+    method = search.grid.method
+    for P, setting in search.points():  # every setting must patch before anything is measured
+        apply(model, method, P, search.config_for(setting).hparams_for(method, P))
+    from .reduce import unpatch
+    unpatch(model)
+    meter = Meter(model, loaders, cfg)
+    rows: list[dict[str, Any]] = []
+
+    def keep(row: dict[str, Any]) -> None:
+        rows.append(row)
+        on_rows(add_reference(rows, cfg.profile))
+
+    def measured(point_method: str, P: int, hparams: dict) -> dict | None:
+        return next((r for r in saved if r.get("model") == cfg.model and r.get("method") == point_method
+                     and r.get("P") == P and r.get("hparams") == hparams and search.objective in r), None)
+
+    def measure(point: SweepConfig, point_method: str, P: int) -> dict[str, Any]:
+        meter.unreduced("search")  # once, before the first point measured
+        return measure_point(model, point, point_method, P, warn, meter.quality)
+
+    advance(f"{STOCK} (unreduced)")
+    keep(measured(STOCK, 0, {}) or measure(cfg, STOCK, 0))
+    for P in cfg.Ps:
+        at_P = []
+        for setting in search.grid.settings():
+            point = search.config_for(setting)
+            hparams = point.hparams_for(method, P)
+            done = measured(method, P, hparams)
+            advance(f"P={P} {_label(setting)}" + (" (resumed)" if done else ""))
+            row = done or {**measure(point, method, P), "grid": setting}
+            at_P.append(row)
+            keep(row)
+        if search.holdout:
+            winner = ranked(at_P, search.objective)[0]
+            for row in (rows[0], winner):
+                if row.get(HOLDOUT + "n") != search.holdout:
+                    advance(f"P={row['P']} {_label(row.get('grid', {})) or STOCK}: held-out images")
+                    row |= meter.held_out(row, method)
+                    on_rows(add_reference(rows, cfg.profile))
+    return rows
+
+
+class Meter:
+    """Predictions on each subset; the unreduced model's are computed once per subset, when first needed."""
+
+    def __init__(self, model, loaders: dict[str, Any], cfg: SweepConfig):
+        from .measure import speed
+
+        self.model, self.loaders, self.device = model, loaders, cfg.timing.device
+        self.dtype = speed.dtype_of(cfg.timing.dtype)
+        self.full: dict[str, accuracy.Predictions] = {}
+
+    def predict(self, model, subset: str) -> accuracy.Predictions:
+        return accuracy.predict(model, self.loaders[subset], self.device, self.dtype)
+
+    def unreduced(self, subset: str) -> accuracy.Predictions:
+        """The unreduced model's predictions (this unpatches the model the first time, to compute them)."""
+        if subset not in self.full:
+            from .reduce import unpatch
+
+            unpatch(self.model)
+            self.full[subset] = self.predict(self.model, subset)
+        return self.full[subset]
+
+    def quality(self, current, subset: str = "search") -> dict[str, Any]:
+        """Accuracy (with labels) and agreement with the unreduced model, of the model as it is patched now."""
+        full = self.full[subset]
+        found = full if getattr(current, "reduction", None) is None else self.predict(current, subset)
+        return accuracy.accuracy(found) | accuracy.fidelity(found, full)
+
+    def held_out(self, row: dict[str, Any], method: str) -> dict[str, Any]:
+        """The same measurement of `row`'s setting on the held-out images, as `holdout_*` fields."""
+        self.unreduced("holdout")
+        if row["method"] != STOCK:
+            apply(self.model, method, row["P"], row["hparams"])
+        found = self.quality(self.model, "holdout")
+        renamed = {HOLDOUT + key: value for key, value in found.items() if key != "acc_n"}
+        return renamed | {HOLDOUT + "n": len(self.loaders["holdout"].dataset)}
+
+
+def ranked(rows: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """Best first: the higher objective, then the lower KL to the unreduced model, then grid order."""
+    order = {id(row): at for at, row in enumerate(rows)}
+    return sorted(rows, key=lambda r: (-r[objective], r.get("fidelity_kl", 0.0), order[id(r)]))
+
+
+def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[dict[str, Any]]:
+    """Per P: the winning setting, its objective with the 95% interval, how many settings were tried, the
+    runner-up's margin (points, and images), and with a holdout the winner and the unreduced model there."""
+    objective = search.objective
+    stock = next((r for r in rows if r["method"] == STOCK), None)
+    found = []
+    for P in search.sweep.Ps:
+        at_P = ranked([r for r in rows if r["method"] == search.grid.method and r["P"] == P], objective)
+        if not at_P:
+            continue
+        best = at_P[0]
+        margin = round(best[objective] - at_P[1][objective], 2) if len(at_P) > 1 else None
+        entry = {
+            "P": P, "objective": objective, "settings": len(at_P), "best": best.get("grid", {}),
+            "value": best[objective], "ci95": best.get("acc_ci95") if objective == "acc" else None,
+            "runner_up": at_P[1].get("grid", {}) if len(at_P) > 1 else None, "margin": margin,
+            "margin_images": round(margin * images / 100) if margin is not None else None,
+            "tied": sum(r[objective] == best[objective] for r in at_P), "images": images,
+            "stock": stock.get(objective) if stock else None, "gmacs_analytic": round(best["analytic_macs"] / 1e9, 4),
+            "hparams": best["hparams"],
+        }
+        if search.holdout:
+            entry |= {"holdout": best.get(HOLDOUT + objective), "holdout_ci95": best.get(HOLDOUT + "acc_ci95"),
+                      "holdout_stock": stock.get(HOLDOUT + objective) if stock else None,
+                      "holdout_images": best.get(HOLDOUT + "n")}
+            entry["optimism"] = _optimism(entry)
+        if best.get("paper_acc") is not None:
+            entry |= {"paper_acc": best["paper_acc"], "paper_source": best.get("paper_source")}
+        found.append(entry)
+    return found
+
+
+def _optimism(entry: dict[str, Any]) -> float | None:
+    """How much better the winner looks on the images it was chosen on than on fresh ones, each measured
+    against the unreduced model on the same images (so an easier or harder subset cancels out)."""
+    values = (entry["value"], entry["stock"], entry.get("holdout"), entry.get("holdout_stock"))
+    if any(v is None for v in values):
+        return None
+    return round((values[0] - values[1]) - (values[2] - values[3]), 2)
+
+
+def _label(setting: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items())
+
+
+def profile_with(source: Path, winners: list[dict[str, Any]], note: str) -> str:
+    """The source profile's YAML with the winners as its `per_P` block (entries for other P kept), headed by
+    a comment saying where the values came from; loadable by `profiles.load_profile`."""
+    import yaml
+
+    data = files.load_yaml(files.read_text(source, "profile"), str(source))
+    per_P = {P: dict(values) for P, values in (data.get("per_P") or {}).items()}
+    for entry in winners:
+        per_P[entry["P"]] = {**per_P.get(entry["P"], {}), **entry["best"]}
+    data["per_P"] = dict(sorted(per_P.items()))
+    searched = ", ".join(str(e["P"]) for e in winners)
+    kept = sorted(set(per_P) - {e["P"] for e in winners})
+    header = [f"# Written by gtpcli profile --search from {source}.",
+              f"# per_P for P = {searched}: {note}"]
+    if kept:
+        header.append(f"# per_P for P = {', '.join(map(str, kept))}: as in {source}.")
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+    return "\n".join(header) + "\n" + body
