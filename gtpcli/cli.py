@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from .config import SEARCH_GUARD
 from .errors import GtpcliError
 from .methods import REGISTRY, scheduled
 
@@ -183,6 +184,7 @@ def list_profiles(fmt: str = FormatOpt):
 GTP = "GTP hyperparameters"
 RUN = "Measurement"
 ACC = "Accuracy (your weights and images)"
+SEARCH = "Best over settings (Table 1/4/5 style)"
 
 
 ConfigOpt = typer.Option(None, "--config", help="Options from a YAML file of option: value, or a result file "
@@ -213,11 +215,11 @@ def profile(
     model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 " + default("the profile's, or 0..8")),
     method: Optional[str] = typer.Option(None, "--method", help=f"One or a comma list of {METHODS_TEXT} " + default("the profile's, or gtp")),
-    alpha: Optional[float] = typer.Option(None, help="Propagation strength alpha, >= 0 " + default("the profile's, or 0.1"), rich_help_panel=GTP),
-    sparsity: Optional[float] = typer.Option(None, help="Attention sparsity theta in (0, 1], 1 = off " + default("the profile's, or 1"), rich_help_panel=GTP),
-    M: Optional[int] = typer.Option(None, "--M", help="Semantic neighbours per token " + default("the profile's, or 8"), rich_help_panel=GTP),
-    selection: Optional[str] = typer.Option(None, help="mixed, diag, broad, cls, cossim, random " + default("the profile's, or mixed"), rich_help_panel=GTP),
-    graph: Optional[str] = typer.Option(None, help="mixed, spatial, semantic, none " + default("the profile's, or mixed"), rich_help_panel=GTP),
+    alpha: Optional[str] = typer.Option(None, help="Propagation strength alpha, >= 0; a list or range (0.1,0.3 or 0..0.4:0.1) is a grid for --search " + default("the profile's, or 0.1"), rich_help_panel=GTP),
+    sparsity: Optional[str] = typer.Option(None, help="Attention sparsity theta in (0, 1], 1 = off; or a list/range, e.g. 0.5..1.0:0.1 " + default("the profile's, or 1"), rich_help_panel=GTP),
+    M: Optional[str] = typer.Option(None, "--M", help="Semantic neighbours per token; or a list/range, e.g. 4,8,16 " + default("the profile's, or 8"), rich_help_panel=GTP),
+    selection: Optional[str] = typer.Option(None, help="mixed, diag, broad, cls, cossim, random, or a comma list " + default("the profile's, or mixed"), rich_help_panel=GTP),
+    graph: Optional[str] = typer.Option(None, help="mixed, spatial, semantic, none, or a comma list " + default("the profile's, or mixed"), rich_help_panel=GTP),
     head_fusion: Optional[str] = typer.Option(None, help="max or mean " + default("the profile's, or max"), rich_help_panel=GTP),
     variant: Optional[str] = typer.Option(None, help="paper (its equations) or authors (the released code, README) " + default("the profile's, or paper"), rich_help_panel=GTP),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
@@ -239,6 +241,10 @@ def profile(
     data: Optional[Path] = typer.Option(None, help="ImageFolder (class sub-folders) for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed random subset of N images (95% interval shown) " + default("every image"), rich_help_panel=ACC),
     fidelity: bool = typer.Option(False, "--fidelity/--no-fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
+    search: bool = typer.Option(False, "--search", help="Run every setting of the GTP hyperparameters given as lists at each P on --data (accuracy, or with --fidelity agreement with the unreduced model): every row kept, the best per P shown with the settings tried and the runner-up margin", rich_help_panel=SEARCH),
+    holdout: Optional[int] = typer.Option(None, "--holdout", help="Also measure each P's winner on N further images, disjoint from the --limit ones chosen on", rich_help_panel=SEARCH),
+    write_profile: Optional[Path] = typer.Option(None, "--write-profile", help="Write the profile with the winners as its per_P block (.yaml), for later sweeps", rich_help_panel=SEARCH),
+    yes: bool = typer.Option(False, "--yes", help=f"Run a grid above {SEARCH_GUARD:,} image evaluations (settings x images, printed first)", rich_help_panel=SEARCH),
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), updated after every point; points of earlier runs are kept " + default("gtpcli-results/MODEL.json")),
 ):

@@ -23,7 +23,8 @@ from .errors import GtpcliError
 GTP_HPARAMS = ("alpha", "sparsity", "M", "selection", "graph", "head_fusion", "variant")
 # Per-invocation choices: how this run reads and writes files, not what it measures. Not recorded, so a
 # replay writes (by default) where the replaying user says, not over the file it was read from.
-INVOCATION = ("resume", "fmt", "output", "config")
+SEARCH_GUARD = 100_000  # image evaluations above which `profile --search` runs only with --yes
+INVOCATION = ("resume", "fmt", "output", "config", "write_profile", "yes")
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class RunConfig:
     model: str = "deit_s"                  # profile name, profile YAML path or timm model name
     P: Optional[str] = None                # tokens removed per layer: "8", "4,8,12", "0..14" (the profile's, or 0..8)
     method: Optional[str] = None           # one or a comma list of registered methods
-    # GTP's own hyperparameters (None: the profile's value, or the method's default)
-    alpha: Optional[float] = None
-    sparsity: Optional[float] = None
-    M: Optional[int] = None
+    # GTP's own hyperparameters (None: the profile's value, or the method's default); a list or range
+    # ("0..0.4:0.1", "mixed,spatial") is a grid, for --search
+    alpha: Optional[Union[float, str]] = None
+    sparsity: Optional[Union[float, str]] = None
+    M: Optional[Union[int, str]] = None
     selection: Optional[str] = None
     graph: Optional[str] = None
     head_fusion: Optional[str] = None
@@ -60,6 +62,11 @@ class RunConfig:
     data: Optional[Path] = None
     limit: Optional[int] = None
     fidelity: bool = False
+    # best over settings (gtpcli/search.py)
+    search: bool = False                   # run the grid of the GTP hyperparameters given as lists, best per P
+    holdout: Optional[int] = None          # report each winner on this many further images, disjoint from --limit's
+    write_profile: Optional[Path] = None   # write the winners as a profile's per_P block
+    yes: bool = False                      # run a grid larger than search.GUARD image evaluations
     # trace
     steps: int = 3                         # profiled forward passes
     # per invocation (see INVOCATION)

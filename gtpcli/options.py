@@ -51,16 +51,6 @@ def methods(text: str, flag: str = "--method", single: bool = False) -> list[str
     return names
 
 
-def gtp_hparams(values: dict) -> dict:
-    """GTP's numeric hyperparameters from the command line, within the ranges the paper defines."""
-    if values.get("alpha") is not None and values["alpha"] < 0:
-        raise GtpcliError(f"--alpha (propagation strength) must be >= 0, got {values['alpha']}")
-    if values.get("sparsity") is not None and not 0 < values["sparsity"] <= 1:
-        raise GtpcliError(f"--sparsity (theta) must be in (0, 1], got {values['sparsity']}")
-    positive(values.get("M"), "--M")
-    return values
-
-
 def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--hp") -> dict[str, dict]:
     """`METHOD.NAME=VALUE` (or `NAME=VALUE` when exactly one of the chosen methods has NAME) to
     {method: {name: value}}, each checked by the method's own module. VALUE is read as YAML (8, 0.5, true,

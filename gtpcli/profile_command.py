@@ -87,7 +87,8 @@ def hparam_overrides(run: RunConfig, methods: list[str]) -> dict[str, dict[str, 
     from . import options
     from .methods import REGISTRY
 
-    hparams = {name: {} for name in REGISTRY} | {"gtp": dict(options.gtp_hparams(run.gtp_hparams))}
+    fixed = {name: values[0] for name, values in gtp_values(run).items() if len(values) == 1}
+    hparams = {name: {} for name in REGISTRY} | {"gtp": fixed}
     if run.prop_attn is not None:  # the methods whose proportional attention is a switch of its own
         for name, values in hparams.items():
             if "prop_attn" in REGISTRY[name].defaults() and REGISTRY[name].defaults()["prop_attn"] is not None:
@@ -95,6 +96,22 @@ def hparam_overrides(run: RunConfig, methods: list[str]) -> dict[str, dict[str, 
     for name, values in options.hparams(run.hp, methods).items():
         hparams[name].update(values)
     return hparams
+
+
+def gtp_values(run: RunConfig) -> dict[str, list]:
+    """Every GTP hyperparameter the run gives, as the list of values it names (`0..0.4:0.1`, `mixed,none`);
+    more than one value is a grid, which only --search runs."""
+    from .methods import REGISTRY
+    from .ranges import hparam_values
+
+    known = {h.name: h for h in REGISTRY["gtp"].hparams}
+    found = {name: hparam_values(known[name], text, "--" + name.replace("_", "-"))
+             for name, text in run.gtp_hparams.items()}
+    listed = [name for name, values in found.items() if len(values) > 1]
+    if listed and not run.search:
+        raise GtpcliError(f"--{listed[0].replace('_', '-')} {run.gtp_hparams[listed[0]]} names "
+                          f"{len(found[listed[0]])} values: add --search to run them as a grid, or give one value")
+    return found
 
 
 class Interrupted(KeyboardInterrupt):
@@ -148,18 +165,29 @@ def check_output(output: Path) -> Path:
     return files.check_output(output, "--output", ("json", "yaml"))
 
 
-def run_profile(opts: RunConfig) -> None:
-    from . import sweep
+def result_header(cfg, opts: RunConfig) -> dict[str, Any]:
+    """What every row of a result file shares: model, weights, images, environment, the run's configuration."""
     from .measure import speed
 
-    cfg = sweep_config(opts)
-    output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
-    env = speed.fingerprint(cfg.timing)
     weights = str(cfg.checkpoint) if cfg.checkpoint else f"pretrained: {cfg.timm_name}" if cfg.pretrained else "random weights"
     default_size = cfg.profile.model["img_size"] if cfg.profile else None
-    header = {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
-              "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit, "env": env,
-              "config": opts.record()}
+    return {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
+            "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit,
+            "env": speed.fingerprint(cfg.timing), "config": opts.record()}
+
+
+def run_profile(opts: RunConfig) -> None:
+    from . import sweep
+
+    if opts.search:
+        from .search_command import run_search
+        return run_search(opts)
+    for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile)):
+        if given is not None:
+            raise GtpcliError(f"{flag} belongs to --search")
+    cfg = sweep_config(opts)
+    output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
+    header = result_header(cfg, opts)
     model = sweep.build(cfg)  # a bad checkpoint is refused before the result file is even read
     store = results.ResultFile(output, header)
     existing = store.open()

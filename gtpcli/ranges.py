@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .errors import GtpcliError
 
 MAX_VALUES = 10_000  # one option never expands to more values than this
@@ -115,7 +117,8 @@ def hparam_values(hparam, text: str | int | float | bool | list, flag: str) -> l
         items = [item.strip() for item in str(text).split(",")]
         if not all(items):
             raise GtpcliError(f"{flag}: empty item in {text!r} (expected e.g. {','.join(map(str, hparam.choices or ('a', 'b')))})")
-    values = [hparam.check(item, flag.rstrip(":") + ":") for item in items]
+    named = replace(hparam, name=flag)  # errors name the flag: "--M must be >= 1, got 0"
+    values = [named.check(item, "") for item in items]
     repeated = next((v for at, v in enumerate(values) if v in values[:at]), None)
     if repeated is not None:
         raise GtpcliError(f"{flag}: {repeated!r} is given twice in {text!r}")

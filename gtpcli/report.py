@@ -328,3 +328,70 @@ def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else thousands(value)
+
+
+def render_search(result: dict[str, Any], console: Console) -> None:
+    """`profile --search`: the best setting per P (a best-over-settings row, labelled so next to the paper's),
+    then every setting's value at every P when the grid is small enough to read."""
+    best, meta = result["best"], result["search"]
+    fidelity = meta["objective"] != "acc"
+    value = "agrees with stock (%)" if fidelity else "Acc (%)"
+    held = meta.get("holdout")
+    columns = [("P", "right"), ("settings", "right"), ("best setting", "left"), (f"{value}, best", "right"),
+               ("95% interval", "right"), ("margin to runner-up", "right"), ("tied", "right")]
+    if held:
+        columns += [(f"held-out {value}", "right"), ("held-out stock", "right"), ("optimism", "right")]
+    columns.append(("GMACs (analytic)", "right"))
+    with_paper = any(b.get("paper_acc") is not None for b in best) and not fidelity
+    if with_paper:
+        columns.append(("paper Acc (%), best over settings", "right"))
+    cells = []
+    for b in best:
+        margin = "-" if b["margin"] is None else f"{b['margin']:+.2f} ({b['margin_images']} img)"
+        row = [b["P"], b["settings"], _setting(b["best"]), _num(b["value"], 2), _interval(b.get("ci95")), margin, b["tied"]]
+        if held:
+            row += [_num(b.get("holdout"), 2), _num(b.get("holdout_stock"), 2), _num(b.get("optimism"), 2)]
+        row.append(_num(b["gmacs_analytic"], 3))
+        if with_paper:
+            row.append(_num(b.get("paper_acc"), 1))
+        cells.append(row)
+    stock = next((r for r in result["rows"] if r["method"] == "stock"), {})
+    images = best[0]["images"] if best else 0
+    caption = (f"{result.get('weights')}; best over the grid {_grid(meta['grid'])} per P, chosen on {images} images "
+               f"(seed-0 subset of {result.get('data')}); unreduced model: {_num(stock.get(meta['objective']), 2)}")
+    if held:
+        caption += (f"; held-out: the winner and the unreduced model on {held} further images; optimism = "
+                    "(best - stock) chosen on minus (best - stock) held out")
+    source = next((b.get("paper_source") for b in best if b.get("paper_source")), None)
+    if with_paper and source:
+        caption += f"; paper: {source}"
+    console.print(table(f"{result['model']} + {meta['method']}: best over settings per P", columns, cells, caption=caption,
+                        paper=[]))
+    for b in best:
+        for name in b.get("at_edge", []):
+            console.print(f"[yellow]note[/] P={b['P']}: the best {name} ({b['best'][name]:g}) is at the edge of the "
+                          "grid; a wider range may do better", highlight=False)
+    settings = list(dict.fromkeys(json.dumps(r["grid"], sort_keys=True) for r in result["rows"] if "grid" in r))
+    if 1 < len(settings) <= 48:
+        Ps = [b["P"] for b in best]
+        winners = {(b["P"], json.dumps(b["best"], sort_keys=True)) for b in best}
+        found = {(r["P"], json.dumps(r["grid"], sort_keys=True)): r for r in result["rows"] if "grid" in r}
+        grid_rows = []
+        for key in settings:
+            line = [_setting(json.loads(key))]
+            for P in Ps:
+                r = found.get((P, key))
+                text = _num(r.get(meta["objective"]) if r else None, 2)
+                line.append(f"[bold]{text}[/]" if (P, key) in winners else text)
+            grid_rows.append(line)
+        console.print(table(f"Every setting: {value} (bold: the best per P)", [("setting", "left")] +
+                            [(f"P={P}", "right") for P in Ps], grid_rows))
+
+
+def _setting(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) or "-"
+
+
+def _grid(axes: dict[str, list]) -> str:
+    return " x ".join(f"{k} {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}"
+                      for k, values in axes.items())

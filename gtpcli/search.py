@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import files
+from .config import SEARCH_GUARD as GUARD  # image evaluations above which a grid runs only with --yes
 from .errors import GtpcliError
 from .measure import accuracy
 from .sweep import STOCK, SweepConfig, add_reference, apply, measure_point
 
-GUARD = 100_000  # image evaluations above which a grid runs only with --yes
+CACHE_BYTES = 1 << 30  # a subset whose decoded images fit in this is decoded once, not once per setting
 HOLDOUT = "holdout_"  # prefix of the fields measured on the held-out images
 
 
@@ -159,12 +160,20 @@ class Meter:
     def __init__(self, model, loaders: dict[str, Any], cfg: SweepConfig):
         from .measure import speed
 
-        self.model, self.loaders, self.device = model, loaders, cfg.timing.device
+        self.model, self.loaders, self.device = model, dict(loaders), cfg.timing.device
         self.dtype = speed.dtype_of(cfg.timing.dtype)
         self.full: dict[str, accuracy.Predictions] = {}
+        self.sizes = {subset: len(loader.dataset) for subset, loader in loaders.items()}
 
     def predict(self, model, subset: str) -> accuracy.Predictions:
-        return accuracy.predict(model, self.loaders[subset], self.device, self.dtype)
+        """Every setting sees the same images: a subset that fits in CACHE_BYTES is decoded once and kept."""
+        loader = self.loaders[subset]
+        if isinstance(loader, list) or not _fits(loader):
+            return accuracy.predict(model, loader, self.device, self.dtype)
+        batches: list = []
+        found = accuracy.predict(model, _kept(loader, batches), self.device, self.dtype)
+        self.loaders[subset] = batches
+        return found
 
     def unreduced(self, subset: str) -> accuracy.Predictions:
         """The unreduced model's predictions (this unpatches the model the first time, to compute them)."""
@@ -188,7 +197,18 @@ class Meter:
             apply(self.model, method, row["P"], row["hparams"])
         found = self.quality(self.model, "holdout")
         renamed = {HOLDOUT + key: value for key, value in found.items() if key != "acc_n"}
-        return renamed | {HOLDOUT + "n": len(self.loaders["holdout"].dataset)}
+        return renamed | {HOLDOUT + "n": self.sizes["holdout"]}
+
+
+def _fits(loader) -> bool:
+    image = loader.dataset[0][0] if len(loader.dataset) else None
+    return image is not None and len(loader.dataset) * image.numel() * image.element_size() <= CACHE_BYTES
+
+
+def _kept(loader, batches: list):
+    for batch in loader:
+        batches.append(batch)
+        yield batch
 
 
 def ranked(rows: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
@@ -218,6 +238,9 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
             "stock": stock.get(objective) if stock else None, "gmacs_analytic": round(best["analytic_macs"] / 1e9, 4),
             "hparams": best["hparams"],
         }
+        entry["at_edge"] = [name for name, values in search.grid.axes.items()
+                            if len(values) > 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                            and best["grid"].get(name) in (min(values), max(values))]
         if search.holdout:
             entry |= {"holdout": best.get(HOLDOUT + objective), "holdout_ci95": best.get(HOLDOUT + "acc_ci95"),
                       "holdout_stock": stock.get(HOLDOUT + objective) if stock else None,
@@ -242,20 +265,21 @@ def _label(setting: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in setting.items())
 
 
-def profile_with(source: Path, winners: list[dict[str, Any]], note: str) -> str:
-    """The source profile's YAML with the winners as its `per_P` block (entries for other P kept), headed by
-    a comment saying where the values came from; loadable by `profiles.load_profile`."""
+def profile_with(source: Path, winners: list[dict[str, Any]], chosen: set[str], note: str) -> str:
+    """The source profile's YAML with each winner's `chosen` hyperparameters (the grid's and those fixed on the
+    command line) as its `per_P` block (entries for other P kept), headed by a comment saying where the
+    values came from; loadable by `profiles.load_profile`."""
     import yaml
 
     data = files.load_yaml(files.read_text(source, "profile"), str(source))
     per_P = {P: dict(values) for P, values in (data.get("per_P") or {}).items()}
     for entry in winners:
-        per_P[entry["P"]] = {**per_P.get(entry["P"], {}), **entry["best"]}
+        per_P[entry["P"]] = {**per_P.get(entry["P"], {}),
+                             **{k: v for k, v in entry["hparams"].items() if k in chosen}}
     data["per_P"] = dict(sorted(per_P.items()))
     searched = ", ".join(str(e["P"]) for e in winners)
     kept = sorted(set(per_P) - {e["P"] for e in winners})
-    header = [f"# Written by gtpcli profile --search from {source}.",
-              f"# per_P for P = {searched}: {note}"]
+    header = [f"# Written by gtpcli profile --search from {source}.", f"# per_P for P = {searched}: {note}."]
     if kept:
         header.append(f"# per_P for P = {', '.join(map(str, kept))}: as in {source}.")
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)

@@ -32,7 +32,7 @@ class HParam:
 
     def check(self, value: Any, where: str) -> Any:
         """The value, coerced to its kind (an int where a float is expected), or a one-line error."""
-        label = f"{where} {self.name}"
+        label = f"{where} {self.name}" if where else self.name
         if value is None and self.default is None:  # "not set": the method decides (see its help)
             return None
         if self.kind is bool:

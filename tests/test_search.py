@@ -1,0 +1,208 @@
+"""`profile --search`: hyperparameter lists and ranges, the best setting per P on a case whose answer is known,
+resuming without measuring anything twice, disjoint held-out images, and the written per_P block."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gtpcli import search
+from gtpcli.cli import app
+from gtpcli.errors import GtpcliError
+from gtpcli.methods import REGISTRY
+from gtpcli.ranges import hparam_values, parse_numbers
+from test_accuracy import trained  # noqa: F401  (the digits ViT and its folders, cached)
+from test_bad_input import TINY
+
+runner = CliRunner()
+GTP = {h.name: h for h in REGISTRY["gtp"].hparams}
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("alpha", "0..0.4:0.1", [0.0, 0.1, 0.2, 0.3, 0.4]),          # decimal steps: no 0.30000000000000004
+    ("alpha", "0.05,0.15", [0.05, 0.15]),
+    ("alpha", "0..1", [0.0, 1.0]),                               # integer bounds step by 1, as --P does
+    ("sparsity", "0.5..1.0:0.1", [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+    ("sparsity", "0.7..1:0.2", [0.7, 0.9]),                      # the stop is a bound, not a value to hit
+    ("M", "4,8,16", [4, 8, 16]),
+    ("M", "1..16:5", [1, 6, 11, 16]),
+    ("selection", "mixed,diag,broad", ["mixed", "diag", "broad"]),
+    ("graph", "mixed, spatial", ["mixed", "spatial"]),
+    ("head_fusion", "max,mean", ["max", "mean"]),
+    ("variant", "paper,authors", ["paper", "authors"]),
+    ("prop_attn", "on,off", [True, False]),
+    ("prop_attn", "true", [True]),
+    ("alpha", 0.3, [0.3]),                                       # a YAML number from --config
+    ("M", 8, [8]),
+])
+def test_every_hyperparameter_takes_a_list_or_range(name, text, expected):
+    assert hparam_values(GTP[name], text, f"--{name}") == expected
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("alpha", "0.1..0.4", "needs a step"),
+    ("alpha", "0.4..0.1:0.1", "runs backwards"),
+    ("alpha", "0..1:0", "step must be positive"),
+    ("alpha", "0..1:-0.1", "step must be positive"),
+    ("alpha", "0.1,,0.2", "empty item"),
+    ("alpha", "x", "cannot read 'x'"),
+    ("alpha", "nan", "cannot read 'nan'"),
+    ("alpha", "-0.1,0.2", "--alpha must be >= 0"),
+    ("alpha", "0.1,0.1", "given twice"),
+    ("alpha", "0..1000:0.0001", "at most 10,000"),
+    ("sparsity", "0..1:0.5", "--sparsity must be > 0"),
+    ("sparsity", "0.5..1.5:0.5", "--sparsity must be <= 1"),
+    ("M", "1.5", "cannot read '1.5'"),
+    ("M", "0..4", "--M must be >= 1"),
+    ("graph", "mixed,grid", "--graph must be one of mixed, spatial, semantic, none"),
+    ("selection", "mixed,", "empty item"),
+    ("prop_attn", "on,maybe", "cannot read 'maybe'"),
+])
+def test_bad_lists_are_one_line_errors(name, text, message):
+    with pytest.raises(GtpcliError, match=message) as caught:
+        hparam_values(GTP[name], text, f"--{name}")
+    assert "\n" not in str(caught.value)
+
+
+def test_float_ranges_are_exact_decimals():
+    assert parse_numbers("0.1..0.3:0.1") == [0.1, 0.2, 0.3]
+    assert parse_numbers("0..0.9:0.3") == [0.0, 0.3, 0.6, 0.9]
+    assert len(parse_numbers("0..1:0.01")) == 101
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A small random-weight ViT profile and an ImageFolder of 2 classes x 6 generated images."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), (40 * i, 200 if label == "a" else 20, 90)).save(tmp_path / "data" / label / f"{i}.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--alpha", "0.1,0.3"], "add --search"),
+    (["--graph", "mixed,none", "--no-speed"], "add --search"),
+    (["--search"], "--search needs a GTP hyperparameter with several values"),
+    (["--search", "--alpha", "0.1,0.3", "--no-data"], "--search needs --data"),
+    (["--search", "--alpha", "0.1,0.3", "--holdout", "4"], "--holdout N needs --limit M"),
+    (["--search", "--alpha", "0.1,0.3", "--limit", "8", "--holdout", "8"], "needs 16 images; "),
+    (["--search", "--alpha", "0.1,0.3", "--holdout", "0", "--limit", "4"], "--holdout must be >= 1"),
+    (["--search", "--alpha", "0.1,0.3", "--method", "tome"], "one method's grid"),
+    (["--holdout", "4", "--limit", "4"], "--holdout belongs to --search"),
+    (["--search", "--alpha", "0..1:0.001", "--M", "1..8"], "add --yes to run it"),  # 8008 settings x 2 P x 12 images
+])
+def test_search_bad_input(tiny, args, message):
+    data = [] if "--no-data" in args else ["--data", str(tiny / "data")]
+    args = [a for a in args if a != "--no-data"]
+    result = runner.invoke(app, ["profile", str(tiny / "tiny.yaml"), "--P", "0,2", *data, *args,
+                                 "--output", str(tiny / "out.json")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_write_profile_needs_a_profile(tiny):
+    result = runner.invoke(app, ["profile", "vit_tiny_patch16_224", "--P", "2", "--alpha", "0.1,0.3", "--search",
+                                 "--data", str(tiny / "data"), "--write-profile", str(tiny / "w.yaml")])
+    assert result.exit_code == 2 and "extends a profile" in result.output, result.output
+
+
+def invoke(root, *args):
+    result = runner.invoke(app, ["profile", str(root / "digits.yaml"), "--checkpoint", str(root / "vit.pth"),
+                                 "--data", str(root / "val"), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_search_picks_propagation_over_pruning_and_the_written_profile_reproduces_it(trained, tmp_path):
+    """Known answer (tests/test_accuracy.py): on the digits ViT at P = 14 and alpha = 0.5, propagating the
+    removed tokens beats dropping them. The search must pick the mixed graph, and its rows must be what plain
+    fixed-setting sweeps measure on the same images: the winner through the written profile's per_P."""
+    grid = ["--P", "14", "--alpha", "0.5", "--graph", "none,mixed", "--limit", "200", "--holdout", "160"]
+    found = json.loads(invoke(trained, *grid, "--search", "--write-profile", str(tmp_path / "w.yaml"),
+                              "-o", str(tmp_path / "s.json"), "-f", "json").stdout)
+    best = found["best"][0]
+    assert best["best"] == {"graph": "mixed"} and best["settings"] == 2 and best["runner_up"] == {"graph": "none"}
+    rows = {r["hparams"].get("graph"): r for r in found["rows"]}
+    assert best["value"] == rows["mixed"]["acc"] > rows["none"]["acc"]
+    assert best["margin"] == round(rows["mixed"]["acc"] - rows["none"]["acc"], 2)
+    assert best["holdout_images"] == 160 and best["holdout"] is not None and rows[None]["holdout_n"] == 160
+
+    written = tmp_path / "w.yaml"
+    from gtpcli.profiles import load_profile
+    assert load_profile(str(written)).per_P[14] == {"alpha": 0.5, "graph": "mixed"}
+    again = json.loads(runner.invoke(app, ["profile", str(written), "--checkpoint", str(trained / "vit.pth"),
+                                           "--data", str(trained / "val"), "--limit", "200", "--P", "14",
+                                           "--no-speed", "--no-flops", "-o", str(tmp_path / "p.json"),
+                                           "-f", "json"]).stdout)["rows"]
+    assert again[-1]["acc"] == rows["mixed"]["acc"] and again[0]["acc"] == rows[None]["acc"]
+    pruned = json.loads(invoke(trained, "--P", "14", "--alpha", "0.5", "--graph", "none", "--limit", "200",
+                               "--no-speed", "--no-flops", "-o", str(tmp_path / "q.json"), "-f", "json").stdout)
+    assert pruned["rows"][-1]["acc"] == rows["none"]["acc"]
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_measures_nothing_twice(trained, tmp_path, monkeypatch):
+    grid = ["--P", "14", "--alpha", "0.3,0.5", "--graph", "mixed,none", "--limit", "60", "--search",
+            "-o", str(tmp_path / "s.json")]
+    measured, predicted = [], []
+    real_measure, real_predict = search.measure_point, search.accuracy.predict
+
+    def measure(model, cfg, method, P, *rest):
+        if len(measured) == 3 and not cfg_resumed[0]:
+            raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the grid
+        measured.append((method, P, json.dumps(cfg.hparams_for(method, P), sort_keys=True)))
+        return real_measure(model, cfg, method, P, *rest)
+
+    def predict(*args, **kwargs):
+        predicted.append(1)
+        return real_predict(*args, **kwargs)
+
+    cfg_resumed = [False]
+    monkeypatch.setattr(search, "measure_point", measure)
+    monkeypatch.setattr(search.accuracy, "predict", predict)
+    interrupted = runner.invoke(app, ["profile", str(trained / "digits.yaml"), "--checkpoint", str(trained / "vit.pth"),
+                                      "--data", str(trained / "val"), *grid])
+    assert interrupted.exit_code == 130 and "--resume" in interrupted.output, interrupted.output
+    assert len(json.loads((tmp_path / "s.json").read_text())["rows"]) == 3  # the stock row and two settings
+    first = list(measured)
+
+    cfg_resumed[0] = True
+    measured.clear()
+    invoke(trained, *grid, "--resume")
+    assert len(measured) == 2 and not set(measured) & set(first)  # only the two settings left
+    full = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert len(full) == 5 and all("acc" in r for r in full)
+
+    measured.clear()
+    predicted.clear()
+    again = json.loads(invoke(trained, *grid, "--resume", "-f", "json").stdout)
+    assert measured == [] and predicted == []  # not even the unreduced model is evaluated again
+    assert [r["acc"] for r in again["rows"]] == [r["acc"] for r in full]
+
+
+@pytest.mark.slow
+def test_holdout_images_are_disjoint_and_the_search_subset_is_the_limit_subset(trained):
+    from gtpcli import backbones, sweep
+    from gtpcli.measure import accuracy, speed
+
+    profile, timm_name = backbones.resolve(str(trained / "digits.yaml"))
+    cfg = sweep.SweepConfig(profile.name, timm_name, profile, ["gtp"], [14], speed.Timing.default("cpu", "float32"),
+                            {"gtp": {}}, trained / "vit.pth", data=trained / "val", limit=200)
+    plan = search.Search(cfg, search.Grid("gtp", {"alpha": [0.1, 0.5]}), holdout=150)
+    model = sweep.build(cfg)
+    loaders = search.subsets(model, plan)
+
+    def files(loader):
+        subset = loader.dataset
+        return {subset.dataset.files[i] for i in subset.indices}
+
+    chosen, held = files(loaders["search"]), files(loaders["holdout"])
+    assert len(chosen) == 200 and len(held) == 150 and not chosen & held
+    plain = accuracy.data_loader(model, trained / "val", 16, 200, (32, 32))  # what profile --limit 200 evaluates
+    assert files(plain) == chosen
