@@ -157,6 +157,21 @@ def _need(source: Source, key: str, what: str, how: str) -> None:
         raise GtpcliError(f"{source.path}: no {what} in any row; {how}")
 
 
+def paper_label(seen: set[tuple], sources: Sequence[Source], source: Source, method: str,
+                paper: Sequence[dict]) -> str | None:
+    """The legend of a method's published points: once per model, method and paper, however many files
+    repeat them; None when there are none or they are drawn already."""
+    if not paper:
+        return None
+    text = paper[0].get("paper_source", "")
+    key = (source.data.get("model"), method, text)
+    if key in seen:
+        return None
+    seen.add(key)
+    model = f", {source.data.get('model')}" if len({s.data.get("model") for s in sources}) > 1 else ""
+    return f"{title_of(method)} paper ({hardware(text)}{model})"
+
+
 def point_label(row: dict) -> str:
     """P=8, or for a method at its own schedule (P null) the setting it records."""
     if row.get("P") is not None:
@@ -204,7 +219,7 @@ def tradeoff(sources: Sequence[Source]) -> Figure:
 
 def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: str) -> Panel:
     series: list[Series] = []
-    papers: set[tuple[str, str]] = set()
+    papers: set[tuple] = set()
     for at, s in enumerate(sources):
         rows = s.data["rows"]
         device = device_of(s.data)
@@ -217,13 +232,10 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
                                      xbounds=iqr(block) if key == "img_s" else []))
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
-            source_text = paper[0].get("paper_source", "") if paper else ""
-            if paper and quality == "acc" and (s.data.get("model"), method, source_text) not in papers:
-                papers.add((s.data.get("model"), method, source_text))
-                model = f", {s.data.get('model')}" if len({x.data.get("model") for x in sources}) > 1 else ""
-                series.append(Series(f"{title_of(method)} paper ({hardware(source_text)}{model})",
-                                     [r[f"paper_{key}"] for r in paper], [r["paper_acc"] for r in paper], "paper",
-                                     method, at, [point_label(r) for r in paper]))
+            label = paper_label(papers, sources, s, method, paper) if quality == "acc" else None
+            if label:
+                series.append(Series(label, [r[f"paper_{key}"] for r in paper], [r["paper_acc"] for r in paper],
+                                     "paper", method, at, [point_label(r) for r in paper]))
         stock = next((r for r in rows if r["method"] == STOCK and r.get(key) is not None
                       and r.get(quality) is not None), None)
         if stock:
@@ -241,6 +253,7 @@ def speedup(sources: Sequence[Source]) -> Figure:
     the gap between them is what the method's own cost and the hardware leave."""
     expect(sources, "profile", "speedup")
     series: list[Series] = []
+    papers: set[tuple] = set()
     for at, s in enumerate(sources):
         _need(s, "img_s", "throughput", "run gtpcli profile without --no-speed")
         _need(s, "gmacs", "GMACs", "run gtpcli profile without --no-flops")
@@ -264,9 +277,9 @@ def speedup(sources: Sequence[Source]) -> Figure:
                                  [round(stock["gmacs"] / r["gmacs"], 4) for r in counted], "ideal", method, at))
             paper = [r for r in block if r.get("paper_img_s") is not None]
             base = next((r["paper_img_s"] for r in paper if r["P"] == 0), None)
-            if paper and base and at == 0:
-                series.append(Series(f"{title_of(method)} paper ({hardware(paper[0].get('paper_source', ''))})",
-                                     [r["P"] for r in paper], [round(r["paper_img_s"] / base, 4) for r in paper],
+            label = paper_label(papers, sources, s, method, paper) if base else None
+            if label:
+                series.append(Series(label, [r["P"] for r in paper], [round(r["paper_img_s"] / base, 4) for r in paper],
                                      "paper", method, at))
     own = sorted({title_of(r["method"]) for s in sources for r in s.data["rows"] if r.get("P") is None})
     if not series:

@@ -89,6 +89,8 @@ def test_tradeoff_overlays_files_with_one_style_each_and_the_paper_once(measured
                                                   for r in base["rows"]], model="b")
     papers = [s for s in plots.figure("tradeoff", [measured, bigger]).panels[0].series if s.mark == "paper"]
     assert [(s.label, s.y) for s in papers] == [("GTP paper (A6000, m)", [79.8, 79.5]), ("GTP paper (A6000, b)", [81.8, 81.5])]
+    speed = [s.label for s in plots.figure("speedup", [measured, bigger, measured]).panels[0].series if s.mark == "paper"]
+    assert speed == ["GTP paper (A6000, m)", "GTP paper (A6000, b)"]  # each model's once, the repeated file adds none
 
 
 def test_tradeoff_uses_fidelity_without_labels_and_says_what_is_missing(tmp_path):
