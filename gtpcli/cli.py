@@ -271,15 +271,23 @@ def trace(
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights; random otherwise"),
     steps: int = typer.Option(3, help="Profiled forward passes (after 1 skipped and 1 warm-up)"),
     out: Path = typer.Option(Path("gtpcli-results/trace"), "--out", help="Directory for the TensorBoard profile and trace.json (created if missing)"),
+    token_similarity: bool = typer.Option(False, "--token-similarity", help="Instead of timing: over-smoothing as in GTP's Fig. 6, the average cosine similarity between image tokens after each block, stock and reduced"),
+    data: Optional[Path] = typer.Option(None, help="--token-similarity: images to measure on (any folder; random images otherwise)"),
+    limit: Optional[int] = typer.Option(None, help="--token-similarity: a fixed random subset of N images of --data"),
     fmt: str = FormatOpt,
 ):
     """Where the time goes: PyTorch profiler over labelled stages, TensorBoard and Chrome traces."""
     from . import files
-    from .report import emit, render_trace
-    from .trace_command import trace_result
+    from .report import emit, render_similarity, render_trace
+    from .trace_command import similarity_result, trace_result
 
-    cfg = run_config(ctx, config, apart=("out",))
+    cfg = run_config(ctx, config, apart=("out", "token_similarity"))
     check_format(cfg.fmt)
+    if token_similarity:
+        emit(similarity_result(cfg), cfg.fmt, None, render_similarity)
+        return
+    if cfg.data is not None or cfg.limit is not None:
+        raise GtpcliError("--data and --limit belong to --token-similarity (a trace times random images)")
     files.check_output_dir(out, "--out")
     emit(trace_result(cfg, out), cfg.fmt, None, render_trace)
 

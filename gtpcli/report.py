@@ -306,6 +306,19 @@ def render_trace(result: dict[str, Any], console: Console) -> None:
                   highlight=False, soft_wrap=True)
 
 
+def render_similarity(result: dict[str, Any], console: Console) -> None:
+    """Per block: stock and reduced average cosine similarity between image tokens (Fig. 6's curves)."""
+    method = result["method"]
+    cells = [[r["block"], _num(r["stock"], 4), _num(r[method], 4), f"{r['difference']:+.4f}"] for r in result["rows"]]
+    cells.append(["mean", _num(result["mean_stock"], 4), _num(result[f"mean_{method}"], 4),
+                  f"{result[f'mean_{method}'] - result['mean_stock']:+.4f}"])
+    where = f"P={result['P']}" if result.get("P") is not None else "its own schedule"
+    console.print(table(f"{result['model']}: average cosine similarity between image tokens after each block",
+                        [("block", "right"), ("stock", "right"), (f"{method} {where}", "right"), ("difference", "right")],
+                        cells, caption=f"{result['images']} images, {result['images_source']}; higher = more over-smoothed "
+                                       "(GTP Fig. 6 plots this for finetuned DeiT-S)"))
+
+
 def render_check(result: dict[str, Any], console: Console) -> None:
     columns = [(h, "left" if h in ("model", "method", "metric", "verdict") else "right")
                for h in ("model", "method", "P", "metric", "baseline", "now", "delta", "tolerance", "verdict")]

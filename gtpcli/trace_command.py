@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,24 @@ from .config import RunConfig
 from .errors import GtpcliError
 
 
-def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
-    """Trace one (method, P) of `run` (P defaults to 8, the method to gtp), writing the traces under `out`."""
-    import torch
+@dataclass
+class Patched:
+    """The model of a trace run, patched with its one (method, P)."""
 
+    model: Any
+    method: str
+    P: int | None
+    hparams: dict[str, Any]
+    name: str        # the profile's name, or the timm name
+    device: str
+    batch: int
+
+
+def patched_model(run: RunConfig) -> Patched:
+    """`run`'s model patched with its method at its one P (8 and gtp unless given), every option checked."""
     from . import backbones, options, sweep
+    from .measure import speed
     from .profile_command import hparam_overrides
-    from .measure import speed, trace
     from .ranges import parse_values
 
     options.device(run.device)
@@ -40,7 +52,20 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, run.img_size))
     hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
     sweep.apply(model, method, P, hparams)
-    model.to(device)
+    return Patched(model.to(device), method, P, hparams, profile.name if profile else timm_name, device, batch)
+
+
+def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
+    """Trace one (method, P) of `run` (P defaults to 8, the method to gtp), writing the traces under `out`."""
+    import torch
+
+    from . import backbones
+    from .measure import trace
+
+    patched = patched_model(run)
+    model, method, P, hparams, device, batch = (patched.model, patched.method, patched.P, patched.hparams,
+                                                patched.device, patched.batch)
+    card = registry.get(method)
     x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
     try:
         recorded = trace.record(model, x, out, active=run.steps)
@@ -65,7 +90,7 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     stages.append({"stage": "other", "ms": round(other, 3), "share": round(other / forward, 4) if forward else None})
     method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     return {
-        "model": profile.name if profile else timm_name, "method": method, "P": P,
+        "model": patched.name, "method": method, "P": P,
         "setting": getattr(model.reduction, "variant_label", None), "device": device,
         "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
         "method_time_share": round(method_time / forward, 4) if forward else None,
@@ -77,3 +102,44 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
         "rows": stages, "config": run.record(),
     }
+
+
+def similarity_result(run: RunConfig) -> dict[str, Any]:
+    """Fig. 6's over-smoothing as data: per block, the average cosine similarity between the image tokens of
+    the stock model and of the reduced one, on `run.data` (the seed-0 `--limit` subset) or random images."""
+    import torch
+
+    from . import backbones
+    from .measure import accuracy, similarity
+    from .reduce import unpatch
+
+    if run.limit is not None and run.data is None:
+        raise GtpcliError("--limit N needs --data DIR")
+    patched = patched_model(run)
+    model = patched.model
+    size = backbones.image_size(model)
+    if run.data is not None:
+        accuracy.check_folder(run.data, fidelity=True)
+        loader = accuracy.data_loader(model, run.data, patched.batch, run.limit, size)
+        batches = []
+        for images, _, problems in loader:
+            broken = [problem for problem in problems if problem]
+            if broken:
+                raise GtpcliError(f"--data: cannot read image {broken[0]}; fix or remove it")
+            batches.append(images.to(patched.device))
+        source = f"data: {run.data}" + (f" (seed-0 subset of {run.limit})" if run.limit else "")
+    else:
+        generator = torch.Generator().manual_seed(0)
+        batches = [torch.randn(patched.batch, 3, *size, generator=generator).to(patched.device)]
+        source = "random images (means little for trained weights: give --data)"
+    prefix = backbones.arch_of(model).prefix
+    reduced = similarity.per_block(model, batches, prefix)
+    tokens = getattr(model.reduction, "removals", None)
+    unpatch(model)
+    stock = similarity.per_block(model, batches, prefix)
+    rows = [{"block": at + 1, "stock": s, patched.method: r, "difference": round(r - s, 6)}
+            for at, (s, r) in enumerate(zip(stock, reduced))]
+    return {"model": patched.name, "method": patched.method, "P": patched.P, "hparams": patched.hparams,
+            "images": sum(b.shape[0] for b in batches), "images_source": source, "removals": tokens,
+            "mean_stock": round(sum(stock) / len(stock), 6), f"mean_{patched.method}": round(sum(reduced) / len(reduced), 6),
+            "rows": rows, "config": run.record()}
