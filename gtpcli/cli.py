@@ -224,6 +224,7 @@ def profile(
     variant: Optional[str] = typer.Option(None, help="paper (its equations) or authors (the released code, README) " + default("the profile's, or paper"), rich_help_panel=GTP),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (GTP and ToMe; TC-ViT: --hp tcvit.track_sizes=true) " + default("the profile's, or on")),
     hp: Optional[list[str]] = HpOpt,
+    delta: Optional[str] = typer.Option(None, "--delta", help="TPC's halting threshold, the sweep axis of the input-dependent method (no retraining): 0.01, 0.01,0.05, 0.01..0.1:0.01, or 0.001..0.2 (6 log-spaced values) " + default("the checkpoint's, or 0.01")),
     bins: Optional[str] = typer.Option(None, "--bins", help="paper: every method at its published setting for each GMACs bin of GTP's Table 2 (deit_s) or 3 (deit_b), in that table's layout, the paper's figures beside"),
     config: Optional[Path] = ConfigOpt,
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
@@ -335,7 +336,8 @@ def check(
         status.print(f"[yellow]note:[/] the baseline was measured with another {gap}", highlight=False, soft_wrap=True)
     failed = [r for r in result["rows"] if r["verdict"] != "pass"]
     for r in failed:
-        status.print(f"regression: {r['model']} {r['method']} P={r['P']} {r['metric']}: baseline {r['baseline']}, "
+        at = r["P"] if isinstance(r["P"], str) else f"P={r['P']}"   # an adaptive method's point: "delta=0.01"
+        status.print(f"regression: {r['model']} {r['method']} {at} {r['metric']}: baseline {r['baseline']}, "
                      f"now {r['now']} (tolerance {r['tolerance']})", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)

@@ -45,6 +45,7 @@ class RunConfig:
     variant: Optional[str] = None
     prop_attn: Optional[bool] = None       # proportional attention of GTP and ToMe
     hp: list[str] = field(default_factory=list)  # METHOD.NAME=VALUE, any registered method
+    delta: Optional[str] = None            # TPC's halting thresholds, the adaptive sweep axis: "0.01", "0.001..0.2"
     bins: Optional[str] = None             # "paper": every method at its setting for each GMACs bin of GTP's Tables 2/3
     # the model and how it runs
     checkpoint: Optional[Path] = None

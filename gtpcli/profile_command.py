@@ -63,7 +63,20 @@ def sweep_config(opts: RunConfig):
                              methods=methods, Ps=Ps, timing=timing, hparams=hparams, checkpoint=opts.checkpoint,
                              strict=opts.strict, img_size=opts.img_size, flops=opts.flops, speed=opts.speed,
                              data=opts.data, limit=opts.limit, fidelity=opts.fidelity, pretrained=opts.pretrained,
-                             bins=bins)
+                             bins=bins, sweeps=adaptive_sweeps(opts.delta, methods))
+
+
+def adaptive_sweeps(delta: str | None, methods: list[str]) -> dict[str, list[float]]:
+    """`--delta` for the chosen input-dependent method whose axis it is; refused where none is chosen."""
+    from .methods import REGISTRY
+    from .ranges import threshold_values
+
+    if delta is None:
+        return {}
+    owner = next((REGISTRY[m] for m in methods if REGISTRY[m].sweep_key == "delta"), None)
+    if owner is None:
+        raise GtpcliError("--delta is the halting threshold of tpc: add tpc to --method (e.g. --method gtp,tpc)")
+    return {"delta": threshold_values(next(h for h in owner.hparams if h.name == "delta"), delta, "--delta")}
 
 
 def paper_bins(opts: RunConfig, timm_name: str, methods: list[str] | None):

@@ -131,3 +131,32 @@ def _switch(item: str, flag: str, text) -> bool:
     if item.lower() in FALSE:
         return False
     raise GtpcliError(f"{flag}: cannot read {item!r} in {text!r} (expected true,false or on,off)")
+
+
+LOG_STEPS = 6  # a threshold range without a step: this many values, evenly spaced on a log scale
+
+
+def threshold_values(hparam, text: str | float | list, flag: str) -> list[float]:
+    """`hparam_values` for a threshold swept by orders of magnitude (TPC's delta): also `0.001..0.2` without
+    a step, which gives LOG_STEPS log-spaced values (0.001, 0.00289, ..., 0.2)."""
+    if isinstance(text, str):
+        items = []
+        for item in text.replace(" ", "").split(","):
+            if ".." in item and ":" not in item:
+                items += [f"{v:.3g}" for v in _log_spaced(item, flag, text)]
+            else:
+                items.append(item)
+        text = ",".join(items)
+    return hparam_values(hparam, text, flag)
+
+
+def _log_spaced(item: str, flag: str, text: str) -> list[float]:
+    start, _, stop = item.partition("..")
+    try:
+        low, high = float(start), float(stop)
+    except ValueError:
+        raise GtpcliError(f"{flag}: cannot read {item!r} in {text!r} (expected e.g. 0.01, 0.01,0.05, "
+                          "0.01..0.1:0.01 or 0.001..0.2)") from None
+    if not 0 < low <= high:
+        raise GtpcliError(f"{flag}: a range without a step is log-spaced: it needs 0 < start <= stop, got {item!r}")
+    return [low * (high / low) ** (at / (LOG_STEPS - 1)) for at in range(LOG_STEPS)]

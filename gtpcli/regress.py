@@ -15,13 +15,13 @@ from xml.sax.saxutils import quoteattr
 from .config import RunConfig
 from .errors import GtpcliError
 from .files import atomic_write, load_data
-from .ranges import parse_values
+from .ranges import parse_values, threshold_values
 
 DETERMINISTIC = {"macs": 0.0, "params": 0.0, "tokens": 0.0, "overhead_macs": 0.0}
 HIGHER_IS_BETTER = {"speedup": 0.15}
 METRICS = {**DETERMINISTIC, **HIGHER_IS_BETTER}
 SPEC_KEYS = {"models": list, "methods": list, "P": (str, int, list), "metrics": list, "tolerances": dict,
-             "speed": dict}
+             "speed": dict, "delta": (str, int, float, list), "data": str}
 SPEED_KEYS = {"batch_size": 1, "runs": 1, "warmup": 0}  # key: smallest value
 BASELINE_FORMATS = ("json", "yaml")
 STOCK = "stock"
@@ -47,6 +47,8 @@ class CheckSpec:
     metrics: list[str]
     tolerances: dict[str, float]
     speed: dict[str, int] = field(default_factory=dict)
+    sweeps: dict[str, list[float]] = field(default_factory=dict)   # adaptive methods' points (TPC: delta)
+    data: Path | None = None         # images behind an adaptive method's counts (seeded random ones otherwise)
 
 
 def load_spec(path: Path) -> CheckSpec:
@@ -84,8 +86,17 @@ def load_spec(path: Path) -> CheckSpec:
     tolerances = {**METRICS, **spec.get("tolerances", {})}
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in tolerances.values()):
         raise GtpcliError(f"{path}: key 'check.tolerances' must map metrics to numbers >= 0")
+    sweeps = {}
+    if "delta" in spec:  # TPC's halting thresholds, as --delta reads them
+        from .methods import get
+
+        delta = next(h for h in get("tpc").hparams if h.name == "delta")
+        sweeps["delta"] = threshold_values(delta, spec["delta"], f"{path}: key 'check.delta'")
+    data = Path(spec["data"]) if "data" in spec else None
+    if data is not None and not data.is_dir():
+        raise GtpcliError(f"{path}: key 'check.data': not a directory: {data}")
     return CheckSpec(models, methods, parse_values(spec.get("P", "0,8"), f"{path}: key 'check.P'"),
-                     metrics, tolerances, spec.get("speed", {}))
+                     metrics, tolerances, spec.get("speed", {}), sweeps, data)
 
 
 def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -97,12 +108,15 @@ def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, A
     timing = replace(speed.Timing.default(speed.resolve_device(run.device), run.dtype), **spec.speed)
     if "runs" in spec.speed:
         timing = replace(timing, min_seconds=0.0)  # `runs: N` times exactly N batches
+    import torch
+
     rows = []
     for name in spec.models:
         profile, timm_name = backbones.resolve(name)
+        torch.manual_seed(0)  # random weights are the same every run: an adaptive method's counts depend on them
         cfg = sweep.SweepConfig(model=profile.name if profile else timm_name, timm_name=timm_name, profile=profile,
                                 methods=spec.methods, Ps=spec.Ps, timing=timing, flops="macs" in spec.metrics,
-                                speed="speedup" in spec.metrics)
+                                speed="speedup" in spec.metrics, data=spec.data, sweeps=spec.sweeps)
         rows += sweep.run(cfg, [], lambda _: None, on_point, lambda text: None)
     return rows, speed.fingerprint(timing)
 
@@ -119,10 +133,10 @@ def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dic
     itself is 1 by definition, so speed is not compared there."""
     index: dict[tuple, list[dict]] = {}
     for r in baseline:
-        index.setdefault((r["model"], r["method"], r["P"]), []).append(r)
+        index.setdefault((r["model"], r["method"], point(r)), []).append(r)
     verdicts = []
     for row in rows:
-        key = (row["model"], row["method"], row["P"])
+        key = (row["model"], row["method"], point(row))
         base = _baseline_row(index.get(key, []), row)
         for metric in spec.metrics:
             if row["method"] == STOCK and metric in HIGHER_IS_BETTER:
@@ -131,12 +145,17 @@ def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dic
     return verdicts
 
 
+def point(row: dict) -> int | str:
+    """P, or an adaptive method's own setting ("delta=0.01"): E[MACs] and mean counts are gated there."""
+    return row["setting"] if row.get("adaptive") else row["P"]
+
+
 def _baseline_row(candidates: list[dict], row: dict) -> dict:
     """The baseline row of this point: the one with the same hyperparameters, or the only one."""
     same = [r for r in candidates if r.get("hparams", {}) == row.get("hparams", {})]
     if same or len(candidates) == 1:
         return (same or candidates)[-1]
-    where = f"{row['model']} {row['method']} P={row['P']}"
+    where = f"{row['model']} {row['method']} {row['setting'] if row.get('adaptive') else 'P=' + str(row['P'])}"
     if not candidates:
         raise GtpcliError(f"the baseline has no row for {where} (re-create it with --update-baseline)")
     raise GtpcliError(f"the baseline has {len(candidates)} rows for {where} and none with the spec's "
@@ -200,6 +219,8 @@ def _row_problem(row: Any) -> str | None:
     for key, kind in (("model", str), ("method", str), ("P", int)):
         if key not in row:
             return f"has no {key!r}"
+        if key == "P" and row.get("adaptive") and isinstance(row.get("setting"), str):
+            continue  # an input-dependent method's point is its setting, P is null
         if not isinstance(row[key], kind) or isinstance(row[key], bool):
             return f"has {key} {row[key]!r} (expected {kind.__name__})"
     if not isinstance(row.get("hparams", {}), dict):
@@ -208,9 +229,10 @@ def _row_problem(row: Any) -> str | None:
         value = row.get(metric)
         if value is None:
             continue
-        if metric == "tokens":
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return f"has tokens {value!r} (expected a list of integers)"
+        if metric == "tokens":  # integers, or an adaptive method's mean counts
+            if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in value):
+                return f"has tokens {value!r} (expected a list of numbers)"
         elif not isinstance(value, (int, float)) or isinstance(value, bool):
             return f"has {metric} {value!r} (expected a number)"
     return None
@@ -223,7 +245,8 @@ def write_junit(result: dict[str, Any], path: Path) -> None:
 def junit_xml(result: dict[str, Any]) -> str:
     cases = []
     for v in result["rows"]:
-        name = quoteattr(f"{v['model']} {v['method']} P={v['P']} {v['metric']}")
+        at = v["P"] if isinstance(v["P"], str) else f"P={v['P']}"
+        name = quoteattr(f"{v['model']} {v['method']} {at} {v['metric']}")
         message = quoteattr(f"baseline {v['baseline']!r}, now {v['now']!r}, tolerance {v['tolerance']}")
         body = "" if v["verdict"] == "pass" else f"<failure message={message}/>"
         cases.append(f'  <testcase classname="gtpcli.check" name={name}>{body}</testcase>')

@@ -178,6 +178,16 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
     setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} {env.get('dtype', '')}, batch {env.get('batch_size', '?')}"
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
         block = [r for r in rows if r["method"] == method]
+        if block[0].get("adaptive"):  # input-dependent counts: E[GMACs] and distributions (adaptive_report.py)
+            from . import adaptive_report
+
+            title = f"{result['model']} + {method} (token counts depend on the image)"
+            columns = [("", "left")] + [(r["setting"], "right") for r in block]
+            found = adaptive_report.lines(block, stock)
+            console.print(table(title, columns, [[label, *cells] for label, cells in found],
+                                caption=f"{setting}; {adaptive_report.caption(block, stock)}"))
+            adaptive_report.render_distributions(result["model"], method, block, console)
+            continue
         lines = [
             ("GMACs", [_num(r["gmacs"], 2) for r in block]),
             ("img/s", [_num(r["img_s"], 1) for r in block]),
@@ -220,7 +230,8 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
                             paper=[at for at, (label, _) in enumerate(lines) if label.startswith("paper ")]))
     for r in rows:
         for warning in r.get("warnings", []):
-            console.print(f"[yellow]warning[/] {r['method']} P={r['P']}: {warning}", highlight=False)
+            point = r["setting"] if r.get("adaptive") else f"P={r['P']}"
+            console.print(f"[yellow]warning[/] {r['method']} {point}: {warning}", highlight=False)
 
 
 def render_bins(result: dict[str, Any], console: Console) -> None:

@@ -45,15 +45,33 @@ class SweepConfig:
     fidelity: bool = False
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
     bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
+    sweeps: dict[str, list] = field(default_factory=dict)  # adaptive methods' own axes: {"delta": [0.01, ...]}
 
     def points(self) -> list[tuple[str, int | None, dict[str, Any], float | None]]:
-        """(method, P, the point's own setting, its GMACs bin), the stock model first."""
-        swept = self.bins if self.bins is not None else [(m, P, {}, None) for m in self.methods for P in self.Ps]
-        return [(STOCK, 0, {}, None)] + list(swept)
+        """(method, P, the point's own setting, its GMACs bin), the stock model first. An input-dependent
+        method has no P: its points are the values of its own axis (TPC: delta), its default without one."""
+        if self.bins is not None:
+            return [(STOCK, 0, {}, None)] + list(self.bins)
+        swept = []
+        for m in self.methods:
+            card = registry.get(m)
+            if card.adaptive:
+                values = self.sweeps.get(card.sweep_key) or [card.defaults()[card.sweep_key]]
+                swept += [(m, None, {card.sweep_key: value}, None) for value in values]
+            else:
+                swept += [(m, P, {}, None) for P in self.Ps]
+        return [(STOCK, 0, {}, None)] + swept
 
     def hparams_for(self, method: str, P: int | None, setting: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The profile's values, then (an adaptive method's) those saved in the checkpoint file, then the
+        command line, then the point's own setting."""
         chosen = self.profile.hparams_for(method, P) if self.profile else {}
-        return {**chosen, **self.hparams.get(method, {}), **(setting or {})}
+        saved = {}
+        if method in registry.REGISTRY and registry.get(method).adaptive:
+            from .adaptive_sweep import checkpoint_hparams
+            saved = checkpoint_hparams(method, self.checkpoint) or {}
+        found = {**chosen, **saved, **self.hparams.get(method, {}), **(setting or {})}
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in found.items()}  # as JSON gives it back
 
 
 def build(cfg: SweepConfig) -> torch.nn.Module:
@@ -69,12 +87,14 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
 
 
-def apply(model, method: str, P: int, hparams: dict[str, Any]) -> None:
-    """Patch the model; an impossible P or a bad hyperparameter is the user's error, said in one line."""
+def apply(model, method: str, P: int | None, hparams: dict[str, Any]) -> None:
+    """Patch the model; an impossible P or a bad hyperparameter is the user's error, said in one line.
+    An input-dependent method takes no P (its point is in `hparams`)."""
+    adaptive = registry.get(method).adaptive
     try:
-        patch(model, method, P=P, **hparams)
+        patch(model, method, **hparams) if adaptive else patch(model, method, P=P, **hparams)
     except (ValueError, TypeError) as exc:
-        raise GtpcliError(f"{method} at P={P}: {exc}") from None
+        raise GtpcliError(f"{method}: {exc}" if adaptive else f"{method} at P={P}: {exc}") from None
 
 
 def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Callable[[str], None],
@@ -193,19 +213,35 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
     model = build(cfg) if model is None else model
     quality = quality_meter(model, cfg) if cfg.data else (lambda model: {})
     rows: list[dict[str, Any]] = []
+    warned: set[str] = set()
     for method, P, setting, bin_gmacs in cfg.points():
         hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
         done = next((r for r in saved if same_point(r, method, P, hparams, cfg)
                      and r.get("bin_gmacs") == bin_gmacs), None)
-        label = f"{method} P={P}" if bin_gmacs is None else f"{method} {bin_gmacs:g} GMACs bin"
+        adaptive = method != STOCK and registry.get(method).adaptive
+        label = (f"{method} P={P}" if not adaptive else f"{method} {point_label(setting)}") if bin_gmacs is None \
+            else f"{method} {bin_gmacs:g} GMACs bin"
         advance(label + (" (resumed)" if done else ""))
-        rows.append(done or measure_point(model, cfg, method, P, warn, quality, setting, bin_gmacs))
+        if adaptive:
+            from . import adaptive_sweep
+            untrained = adaptive_sweep.untrained(method, cfg.checkpoint)
+            if untrained and method not in warned:  # one line per method, not one per point
+                warned.add(method)
+                warn(untrained)
+            rows.append(done or adaptive_sweep.measure_point(model, cfg, method, setting, hparams, bool(untrained)))
+        else:
+            rows.append(done or measure_point(model, cfg, method, P, warn, quality, setting, bin_gmacs))
         if cfg.bins is None:
             on_row(add_reference(add_ratios(rows), cfg.profile))
         else:
             from .paper_bins import add_bin_columns
             on_row(add_bin_columns(add_ratios(rows), cfg.timm_name))
     return rows
+
+
+def point_label(setting: dict[str, Any]) -> str:
+    """"delta=0.01": an input-dependent method's point."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
 
 
 def quality_meter(model, cfg: SweepConfig) -> Callable[[Any], dict]:

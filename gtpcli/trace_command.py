@@ -51,6 +51,9 @@ def patched_model(run: RunConfig) -> Patched:
         raise GtpcliError(f"checkpoint not found: {run.checkpoint}")
     model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, run.img_size))
     hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
+    if card.adaptive:  # the checkpoint's own hyperparameters (TPC's `tpc` mapping), the command line over them
+        from .adaptive_sweep import checkpoint_hparams
+        hparams = {**(checkpoint_hparams(method, run.checkpoint) or {}), **hparams}
     sweep.apply(model, method, P, hparams)
     return Patched(model.to(device), method, P, hparams, profile.name if profile else timm_name, device, batch)
 
@@ -74,10 +77,11 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
 
     arch = backbones.arch_of(model)
     if card.adaptive:  # the traced images' own counts: their mean per-image MACs, all of it the backbone's
+        from .adaptive_sweep import last_trace
         from .measure import adaptive
 
         cost = card.cost(arch, hparams)
-        counts = model.reduction.last.counts.tolist()
+        counts = last_trace(model).counts.tolist()
         backbone, own = round(sum(adaptive.image_macs(cost, c) for c in counts) / len(counts)), 0
     else:
         removals = model.reduction.removals
@@ -90,8 +94,9 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     stages.append({"stage": "other", "ms": round(other, 3), "share": round(other / forward, 4) if forward else None})
     method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     return {
-        "model": patched.name, "method": method, "P": P,
-        "setting": getattr(model.reduction, "variant_label", None), "device": device,
+        "model": patched.name, "method": method, "P": None if card.adaptive else P,
+        "setting": adaptive_setting(card, hparams) if card.adaptive else getattr(model.reduction, "variant_label", None),
+        "device": device,
         "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
         "method_time_share": round(method_time / forward, 4) if forward else None,
         "method_macs_share": round(own / (backbone + own), 4),
@@ -143,3 +148,10 @@ def similarity_result(run: RunConfig) -> dict[str, Any]:
             "images": sum(b.shape[0] for b in batches), "images_source": source, "removals": tokens,
             "mean_stock": round(sum(stock) / len(stock), 6), f"mean_{patched.method}": round(sum(reduced) / len(reduced), 6),
             "rows": rows, "config": run.record()}
+
+
+def adaptive_setting(card, hparams: dict[str, Any]) -> str:
+    """"delta=0.01": the point of an input-dependent method that was traced."""
+    from .sweep import point_label
+
+    return point_label({card.sweep_key: card.resolved(hparams)[card.sweep_key]})

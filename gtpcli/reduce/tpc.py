@@ -259,8 +259,10 @@ def _mix(attn: nn.Module, q, k, v, alive: torch.Tensor | None, ctl: TPC) -> torc
     nearest = ctl.stabilizer and ctl.kappa < n
     if alive is None and not nearest:
         drop = attn.attn_drop.p if attn.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)
+        with stage("attention"):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
+    with stage("attention"):
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
     allowed = None if alive is None else alive[:, None, None, :]
     if nearest:
         with stage("tpc.stabilizer"), torch.no_grad():
@@ -271,8 +273,9 @@ def _mix(attn: nn.Module, q, k, v, alive: torch.Tensor | None, ctl: TPC) -> torc
             chosen = distance.topk(ctl.kappa, dim=-1, largest=False).indices
             knn = torch.zeros_like(distance).scatter(-1, chosen, torch.ones_like(chosen, dtype=distance.dtype)) > 0
             allowed = knn if allowed is None else knn & allowed
-    logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-    return attn.attn_drop(logits.softmax(dim=-1)) @ v
+    with stage("attention"):
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        return attn.attn_drop(logits.softmax(dim=-1)) @ v
 
 
 def _attention_out(attn: nn.Module, mixed: torch.Tensor) -> torch.Tensor:
@@ -288,12 +291,16 @@ def _padded_block(blk: nn.Module, x: torch.Tensor, alive: torch.Tensor | None, c
     attended; as_written zeroes them around both norms, nonmonotone still computes them as queries."""
     zero = alive is not None and ctl.mode == "as_written"
     m = alive.unsqueeze(-1).to(x.dtype) if zero else None
-    h = blk.norm1(x * m) * m if zero else blk.norm1(x)
-    y = x + blk.drop_path1(blk.ls1(_attention_out(blk.attn, _mix(blk.attn, *_heads(blk.attn, blk.attn.qkv(h)),
-                                                                  alive, ctl))))
-    h = blk.norm2(y * m) * m if zero else blk.norm2(y)
-    y = y + blk.drop_path2(blk.ls2(blk.mlp(h)))
-    return y * m if zero else y
+    with stage("attention"):   # _mix labels its own parts: the stabiliser runs between them
+        h = blk.norm1(x * m) * m if zero else blk.norm1(x)
+        q, k, v = _heads(blk.attn, blk.attn.qkv(h))
+    mixed = _mix(blk.attn, q, k, v, alive, ctl)
+    with stage("attention"):
+        y = x + blk.drop_path1(blk.ls1(_attention_out(blk.attn, mixed)))
+    with stage("mlp"):
+        h = blk.norm2(y * m) * m if zero else blk.norm2(y)
+        y = y + blk.drop_path2(blk.ls2(blk.mlp(h)))
+        return y * m if zero else y
 
 
 def _packed_block(blk: nn.Module, x: torch.Tensor, img: torch.Tensor, B: int, ctl: TPC) -> torch.Tensor:
@@ -306,13 +313,17 @@ def _packed_block(blk: nn.Module, x: torch.Tensor, img: torch.Tensor, B: int, ct
         position = torch.arange(len(img), device=x.device) - starts[img]
         alive = torch.arange(widest, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
     attn = blk.attn
-    qkv = attn.qkv(blk.norm1(x))
-    padded = qkv.new_zeros(B, widest, qkv.shape[-1]).index_put((img, position), qkv)
-    mixed = _mix(attn, *_heads(attn, padded), None if bool(alive.all()) else alive, ctl)
-    mixed = mixed.transpose(1, 2).reshape(B, widest, -1)[img, position]
-    mixed = attn.norm(mixed) if hasattr(attn, "norm") else mixed
-    y = x + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(mixed))))
-    return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+    with stage("attention"):
+        qkv = attn.qkv(blk.norm1(x))
+        padded = qkv.new_zeros(B, widest, qkv.shape[-1]).index_put((img, position), qkv)
+        q, k, v = _heads(attn, padded)
+    mixed = _mix(attn, q, k, v, None if bool(alive.all()) else alive, ctl)
+    with stage("attention"):
+        mixed = mixed.transpose(1, 2).reshape(B, widest, -1)[img, position]
+        mixed = attn.norm(mixed) if hasattr(attn, "norm") else mixed
+        y = x + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(mixed))))
+    with stage("mlp"):
+        return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
 
 
 def _compact(alive: torch.Tensor, *state: torch.Tensor):
