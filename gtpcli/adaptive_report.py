@@ -30,10 +30,12 @@ def lines(block: list[dict[str, Any]], stock: dict[str, Any] | None) -> list[tup
         ("GMACs p5 / p50 / p95", [" / ".join(_g(r[k], d) for k in ("gmacs_p5", "gmacs_p50", "gmacs_p95"))
                                   for r in block]),
         ("GMACs at mean tokens", [_g(r["gmacs_at_mean_tokens"], d) for r in block]),
-        ("Jensen gap (E - at mean)", [_g(r["jensen_gap_gmacs"], d) for r in block]),
-        ("useful GMACs (to [CLS] halt)", [_g(r.get("useful_gmacs"), d) for r in block]),
+        ("Jensen gap (E - at mean)", [f"{_g(r['jensen_gap_gmacs'], d)} ({r['jensen_gap_gmacs'] / r['gmacs_at_mean_tokens']:+.2%})"
+                                      for r in block]),
         ("mean tokens per block", [" ".join(f"{n:.0f}" for n in r["tokens"]) for r in block]),
     ]
+    if any(r.get("useful_gmacs") != r["gmacs"] for r in block):   # TPC: [CLS] halts before the last block
+        found.insert(4, ("useful GMACs (to [CLS] halt)", [_g(r.get("useful_gmacs"), d) for r in block]))
     if stock and stock.get("gmacs"):
         found.append(("E[GMACs] / stock", [f"{r['gmacs'] / stock['gmacs']:.2f}x" for r in block]))
     for mode in MODES:

@@ -153,9 +153,10 @@ def measure_point(model, cfg, method: str, setting: dict[str, Any], hparams: dic
     dtype = speed.dtype_of(cfg.timing.dtype)
     source, where = batches(model, cfg)
     seen = run_images(model, source, cfg.timing.device, dtype)
+    value = card.resolved(hparams)[card.sweep_key]   # the point's own value, or what the hyperparameters gave
     row: dict[str, Any] = {
-        "model": cfg.model, "method": method, "P": None, **setting, "sweep_key": card.sweep_key,
-        "hparams": hparams, "setting": point_label(setting),
+        "model": cfg.model, "method": method, "P": None, card.sweep_key: value, "sweep_key": card.sweep_key,
+        "hparams": hparams, "setting": point_label({card.sweep_key: value}),
         "params": sum(p.numel() for p in model.parameters()), "overhead_macs": 0,
         **adaptive.summarize(cost, seen["counts"], seen["useful"]),
         "counts_source": where, "untrained_controller": untrained_controller,

@@ -56,8 +56,8 @@ class SweepConfig:
         for m in self.methods:
             card = registry.get(m)
             if card.adaptive:
-                values = self.sweeps.get(card.sweep_key) or [card.defaults()[card.sweep_key]]
-                swept += [(m, None, {card.sweep_key: value}, None) for value in values]
+                values = self.sweeps.get(card.sweep_key)  # none given: the profile's, checkpoint's or --hp value
+                swept += [(m, None, {card.sweep_key: value}, None) for value in values] if values else [(m, None, {}, None)]
             else:
                 swept += [(m, P, {}, None) for P in self.Ps]
         return [(STOCK, 0, {}, None)] + swept
@@ -219,7 +219,8 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
         done = next((r for r in saved if same_point(r, method, P, hparams, cfg)
                      and r.get("bin_gmacs") == bin_gmacs), None)
         adaptive = method != STOCK and registry.get(method).adaptive
-        label = (f"{method} P={P}" if not adaptive else f"{method} {point_label(setting)}") if bin_gmacs is None \
+        label = (f"{method} P={P}" if not adaptive else f"{method} {point_label(setting) or 'default'}") \
+            if bin_gmacs is None \
             else f"{method} {bin_gmacs:g} GMACs bin"
         advance(label + (" (resumed)" if done else ""))
         if adaptive:
