@@ -109,7 +109,7 @@ def test_trace_labels_tpc_stages(swept, tmp_path):
     (["--method", "gtp", "--delta", "0.1"], "--delta is the halting threshold of tpc"),
     (["--method", "tpc", "--delta", "0"], "--delta must be > 0"),
     (["--method", "tpc", "--delta", "0.001..0"], "0 < start <= stop"),
-    (["--method", "tpc", "--delta", "0.2..0.1"], "runs backwards"),
+    (["--method", "tpc", "--delta", "0.2..0.1:0.01"], "runs backwards"),
     (["--method", "tpc", "--hp", "tpc.kappa=0"], "kappa must be >= 1"),
 ])
 def test_bad_adaptive_options_exit_2(swept, args, message):
