@@ -206,3 +206,19 @@ def test_holdout_images_are_disjoint_and_the_search_subset_is_the_limit_subset(t
     assert len(chosen) == 200 and len(held) == 150 and not chosen & held
     plain = accuracy.data_loader(model, trained / "val", 16, 200, (32, 32))  # what profile --limit 200 evaluates
     assert files(plain) == chosen
+
+
+def test_fixed_setting_rows_never_claim_to_match_a_best_over_settings_table(tiny):
+    reference = 'reference: {source: "Table 1 (no finetuning, best over settings)", P: [0, 2], acc: [50.0, 49.0], gmacs: [0.1, 0.09]}\n'
+    (tiny / "ref.yaml").write_text(TINY + reference)
+    common = ["profile", str(tiny / "ref.yaml"), "--P", "2", "--data", str(tiny / "data"), "--no-speed", "--no-flops"]
+    fixed = runner.invoke(app, [*common, "--output", str(tiny / "fixed.json")])
+    assert fixed.exit_code == 0, fixed.output
+    text = " ".join(fixed.stdout.split())
+    assert "Acc (%), one setting" in text and "paper Acc (%), best over settings" in text
+    assert "ours one fixed setting" in text
+    best = runner.invoke(app, [*common, "--search", "--alpha", "0.1,0.5", "--output", str(tiny / "best.json")])
+    assert best.exit_code == 0, best.output
+    text = " ".join(best.stdout.split())
+    assert "best over settings per P" in text and "one setting" not in text
+    assert "paper Acc (%), best over" in text and "49.0" in text
