@@ -238,9 +238,7 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
             "stock": stock.get(objective) if stock else None, "gmacs_analytic": round(best["analytic_macs"] / 1e9, 4),
             "hparams": best["hparams"],
         }
-        entry["at_edge"] = [name for name, values in search.grid.axes.items()
-                            if len(values) > 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-                            and best["grid"].get(name) in (min(values), max(values))]
+        entry["at_edge"] = at_edge(search.grid, best.get("grid", {}))
         if search.holdout:
             entry |= {"holdout": best.get(HOLDOUT + objective), "holdout_ci95": best.get(HOLDOUT + "acc_ci95"),
                       "holdout_stock": stock.get(HOLDOUT + objective) if stock else None,
@@ -249,6 +247,21 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
         if best.get("paper_acc") is not None:
             entry |= {"paper_acc": best["paper_acc"], "paper_source": best.get("paper_source")}
         found.append(entry)
+    return found
+
+
+def at_edge(grid: Grid, best: dict[str, Any]) -> list[str]:
+    """The numeric hyperparameters (of 3+ values) whose best value is the smallest or largest tried, unless
+    that is as far as the hyperparameter goes (sparsity 1): a wider range might do better."""
+    from .methods import REGISTRY
+
+    bounds = {h.name: (None if h.low_open else h.low, h.high) for h in REGISTRY[grid.method].hparams}
+    found = []
+    for name, values in grid.axes.items():
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        value = best.get(name)
+        if numeric and len(values) > 2 and value in (min(values), max(values)) and value not in bounds.get(name, ()):
+            found.append(name)
     return found
 
 

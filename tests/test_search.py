@@ -222,3 +222,10 @@ def test_fixed_setting_rows_never_claim_to_match_a_best_over_settings_table(tiny
     text = " ".join(best.stdout.split())
     assert "best over settings per P" in text and "one setting" not in text
     assert "paper Acc (%), best over" in text and "49.0" in text
+
+
+def test_a_winner_at_the_edge_of_the_grid_is_noted_unless_the_range_ends_there():
+    grid = search.Grid("gtp", {"alpha": [0.0, 0.25, 0.5], "sparsity": [0.5, 0.75, 1.0], "M": [4, 8]})
+    assert search.at_edge(grid, {"alpha": 0.5, "sparsity": 0.75, "M": 8}) == ["alpha"]
+    assert search.at_edge(grid, {"alpha": 0.25, "sparsity": 1.0, "M": 4}) == []   # theta cannot exceed 1; M has 2 values
+    assert search.at_edge(grid, {"alpha": 0.0, "sparsity": 0.5, "M": 4}) == ["sparsity"]  # alpha >= 0 is its bound
