@@ -66,10 +66,13 @@ def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, 
 HUB_PREFIXES = ("hf-hub:", "local-dir:")  # timm names whose architecture comes with the weights
 
 
-def note(text: str | None) -> None:
-    """A remark on stderr (which checkpoint entry was loaded, what was resampled), never on stdout."""
-    if text:
-        sys.stderr.write(f"note: {text}\n")
+def note(text: str | None, kind: str = "note") -> None:
+    """A remark on stderr (which checkpoint entry was loaded, what was resampled), never on stdout; of
+    several processes (torchrun), rank 0's alone."""
+    from .distributed import is_main
+
+    if text and is_main():
+        sys.stderr.write(f"{kind}: {text}\n")
 
 
 def arch_for(timm_name: str) -> Arch:
@@ -136,9 +139,9 @@ def load_checkpoint(model: nn.Module, path: Path, strict: bool = True) -> str:
                           f"{MIN_LOADED:.0%} even with --no-strict: it is not a checkpoint of this model; {problems}")
     model.load_state_dict(fitting, strict=False)
     if problems:
-        sys.stderr.write(f"warning: {path} loaded non-strictly: {len(fitting)} of {expected} tensors loaded, "
-                         f"{expected - len(fitting)} LEFT RANDOM; {problems}\n")
-    said = [f"its {entry!r} entry" + (" (EMA weights, preferred as timm does)" if entry in EMA_ENTRIES else "")] if entry else []
+        note(f"{path} loaded non-strictly: {len(fitting)} of {expected} tensors loaded, "
+             f"{expected - len(fitting)} LEFT RANDOM; {problems}", "warning")
+    said = [entry] if entry else []
     return f"{path}: loaded {', '.join(said + resampled)}" if said or resampled else None
 
 
@@ -157,8 +160,8 @@ def _npz_arrays(path: Path) -> dict:
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The tensors, and the entry of a training checkpoint they came from (None for a bare state dict);
-    `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes stripped."""
+    """The tensors, and which entry of a training checkpoint they came from where it had EMA weights
+    (None otherwise); `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes stripped."""
     if path.suffix == ".npz":
         return {k: torch.from_numpy(v) for k, v in _npz_arrays(path).items()}, None
     if path.suffix == ".safetensors":
@@ -171,11 +174,16 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
         state = _torch_load(path)
     entry = next((key for key in ENTRIES if isinstance(state, dict) and isinstance(state.get(key), dict) and state[key]),
                  None)
+    said = None
+    if entry in EMA_ENTRIES:
+        said = f"its {entry!r} entry (EMA weights, preferred as timm does)"
+    elif entry is not None and any(key in state for key in EMA_ENTRIES):
+        said = f"its {entry!r} entry (its EMA entry is empty)"
     if entry is not None:
         state = state[entry]
     if not isinstance(state, dict):
         raise GtpcliError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return _clean(state), entry
+    return _clean(state), said
 
 
 def _clean(state: dict) -> dict:

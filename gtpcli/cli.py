@@ -59,15 +59,19 @@ HpOpt = typer.Option(None, "--hp", metavar="METHOD.NAME=VALUE", help="Any method
 
 def friendly(command):
     """Bad input ends in one red line and exit code 2, never a traceback."""
+    from .distributed import is_main
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except GtpcliError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        except GtpcliError as exc:  # under torchrun rank 0 speaks for all (the others' errors reach it)
+            if is_main():
+                err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # not click's "Aborted!" and exit 1, which `check` means as a regression
-            err.print("interrupted", highlight=False)
+            if is_main():
+                err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
     return wrapper
 
@@ -242,6 +246,7 @@ def profile(
     data: Optional[Path] = typer.Option(None, help="ImageFolder (class sub-folders) for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed random subset of N images (95% interval shown) " + default("every image"), rich_help_panel=ACC),
     fidelity: bool = typer.Option(False, "--fidelity/--no-fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
+    shard_points: bool = typer.Option(False, "--shard-points", help="Under torchrun: give each process whole sweep points (all images) instead of a share of every point's images; results merged into one file", rich_help_panel=ACC),
     search: bool = typer.Option(False, "--search", help="Run every setting of the GTP hyperparameters given as lists at each P on --data (accuracy, or with --fidelity agreement with the unreduced model): every row kept, the best per P shown with the settings tried and the runner-up margin", rich_help_panel=SEARCH),
     holdout: Optional[int] = typer.Option(None, "--holdout", help="Also measure each P's winner on N further images, disjoint from the --limit ones chosen on", rich_help_panel=SEARCH),
     write_profile: Optional[Path] = typer.Option(None, "--write-profile", help="Write the profile with the winners as its per_P block (.yaml), for later sweeps", rich_help_panel=SEARCH),

@@ -18,9 +18,9 @@ from .ranges import parse_values
 from .report import console, emit, render_bins, render_profile
 
 
-def sweep_config(opts: RunConfig):
+def sweep_config(opts: RunConfig, world=None):
     """Every option checked, and refused in one line, before a model is built or a point measured."""
-    from . import backbones, options, sweep
+    from . import backbones, distributed, options, sweep
     from .measure import speed
 
     options.device(opts.device)
@@ -34,7 +34,8 @@ def sweep_config(opts: RunConfig):
         raise GtpcliError("give --pretrained (timm's published weights) or --checkpoint FILE, not both")
     if opts.checkpoint is not None and not opts.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {opts.checkpoint}")
-    timing = speed.Timing.default(speed.resolve_device(opts.device), opts.dtype)
+    device = speed.resolve_device(opts.device)
+    timing = speed.Timing.default(distributed.device_for(world, device) if world else device, opts.dtype)
     overrides = {k: v for k, v in (("batch_size", opts.batch_size), ("runs", opts.runs), ("warmup", opts.warmup))
                  if v is not None}
     if opts.runs is not None:
@@ -63,6 +64,7 @@ def sweep_config(opts: RunConfig):
                              methods=methods, Ps=Ps, timing=timing, hparams=hparams, checkpoint=opts.checkpoint,
                              strict=opts.strict, img_size=opts.img_size, flops=opts.flops, speed=opts.speed,
                              data=opts.data, limit=opts.limit, fidelity=opts.fidelity, pretrained=opts.pretrained,
+                             shard_points=opts.shard_points,
                              bins=bins, sweeps=adaptive_sweeps(opts.delta, methods))
 
 
@@ -190,7 +192,8 @@ def result_header(cfg, opts: RunConfig) -> dict[str, Any]:
 
 
 def run_profile(opts: RunConfig) -> None:
-    from . import sweep
+    """One process, or each of the processes torchrun started (see gtpcli.distributed)."""
+    from . import distributed
 
     if opts.search:
         from .search_command import run_search
@@ -198,40 +201,94 @@ def run_profile(opts: RunConfig) -> None:
     for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile)):
         if given is not None:
             raise GtpcliError(f"{flag} belongs to --search")
-    cfg = sweep_config(opts)
-    output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
+    world = distributed.start(opts.device)
+    try:
+        _run_profile(opts, world)
+    finally:
+        world.close()
+
+
+def _run_profile(opts: RunConfig, world) -> None:
+    from . import sweep
+
+    cfg = world.together(lambda: sweep_config(opts, world))
+    writes = world.main or cfg.shard_points  # sharing images, rank 0 alone writes; sharing points, each does
+    output = world.together(lambda: check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
+                            if writes else None)
     header = result_header(cfg, opts)
-    model = sweep.build(cfg)  # a bad checkpoint is refused before the result file is even read
-    store = results.ResultFile(output, header)
-    existing = store.open()
+    if world.size > 1:
+        header["distributed"] = distributed_label(cfg, world)
+    model = world.together(lambda: sweep.build(cfg))  # a bad checkpoint is refused before the result file is read
+    store = results.ResultFile(output, header) if writes else None
+    existing = world.together(store.open if writes else list)
     saved = existing if opts.resume else []
+    if not cfg.shard_points:
+        saved = world.broadcast(saved)  # every process skips the points rank 0 resumes
     rows: list[dict[str, Any]] = []
     err = console(stderr=True)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(cfg.model, total=len(cfg.points()))
+    with stopping_on_signals() as held, Progress(*columns, console=err, transient=True,
+                                                 disable=not world.main) as progress:
+        task = progress.add_task(cfg.model, total=len(sweep.my_points(cfg, world)))
 
         def save(so_far: list[dict[str, Any]]) -> None:
             with held():
-                store.save(so_far)
+                if store is not None:
+                    store.save(so_far)
                 rows[:] = so_far
             progress.update(task, completed=len(so_far))
 
         def starting(label: str) -> None:
             progress.update(task, description=f"{cfg.model}: {label}")
 
+        def sweeping():
+            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"), model=model,
+                      world=world)
+
         try:
-            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"), model=model)
+            world.together(sweeping)
         except KeyboardInterrupt as exc:
             progress.stop()
             signum = getattr(exc, "signum", signal.SIGINT)
-            kept = f" ({store.kept} other points kept)" if store.kept else ""
-            err.print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished points saved in "
-                      f"{output}{kept}; run the same command with --resume to continue",
-                      highlight=False, soft_wrap=True)
+            kept = f" ({store.kept} other points kept)" if store and store.kept else ""
+            if world.main:
+                err.print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished points saved in "
+                          f"{output}{kept}; run the same command with --resume to continue",
+                          highlight=False, soft_wrap=True)
             raise SystemExit(128 + signum)
+        except GtpcliError as exc:
+            if not rows or store is None:
+                raise
+            raise GtpcliError(f"{exc}; the {len(rows)} finished points are saved in {output} (run the same "
+                              "command with --resume to continue)") from None
+    if not world.main:
+        return
+    if cfg.shard_points and world.size > 1:  # the points of every process, merged by the result file
+        rows = merged_rows(store, cfg)
     resumed = sum(any(row is old for old in saved) for row in rows)
     emit({**header, "rows": rows}, opts.fmt, None, render_bins if cfg.bins is not None else render_profile)
     note = "" if cfg.checkpoint or cfg.pretrained or cfg.data else " (random weights: accuracy not measured)"
     err.print(f"saved {store.summary(rows, resumed)} in {output}{note}", highlight=False, soft_wrap=True)
+
+
+def distributed_label(cfg, world) -> str:
+    """What the processes shared, and where the throughput was measured, for the result's header."""
+    if cfg.shard_points:
+        return (f"{world.size} processes ({world.backend}), whole points each; every row's img/s was measured by "
+                "one process on its own device (see measured_by)")
+    return (f"{world.size} processes ({world.backend}) shared each point's images; MACs and img/s measured by rank 0 "
+            f"alone on {cfg.timing.device}, one process per device, the others waiting")
+
+
+def merged_rows(store, cfg) -> list[dict[str, Any]]:
+    """This sweep's points as the result file holds them after every process saved its own, with the
+    columns computed over all of them (the stock point may have been another process's)."""
+    from . import sweep
+
+    wanted = {results.row_key({"model": cfg.model, "method": method, "P": P,
+                               "hparams": cfg.hparams_for(method, P, setting) if method != sweep.STOCK else {}})
+              for method, P, setting, _ in cfg.points()}
+    rows = sweep.with_columns([row for row in results.read(store.path)["rows"] if results.row_key(row) in wanted], cfg)
+    store.save(rows)
+    return rows

@@ -16,6 +16,7 @@ import torch
 from . import analytic as A
 from . import backbones
 from . import methods as registry
+from .distributed import World
 from .errors import GtpcliError
 from .measure import accuracy, flops, speed
 from .profiles import Profile
@@ -45,6 +46,7 @@ class SweepConfig:
     fidelity: bool = False
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
     bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
+    shard_points: bool = False      # under torchrun: whole points per process, instead of images
     sweeps: dict[str, list] = field(default_factory=dict)  # adaptive methods' own axes: {"delta": [0.01, ...]}
 
     def points(self) -> list[tuple[str, int | None, dict[str, Any], float | None]]:
@@ -207,14 +209,19 @@ def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: Swe
 
 
 def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[dict]], None],
-        advance: Callable[[str], None], warn: Callable[[str], None], model=None) -> list[dict[str, Any]]:
+        advance: Callable[[str], None], warn: Callable[[str], None], model=None,
+        world: World = World()) -> list[dict[str, Any]]:
     """Measure every point not already in `saved`; after each, `on_row` gets all rows so far.
-    `model` is what `build(cfg)` returned, if the caller built it already."""
+    `model` is what `build(cfg)` returned, if the caller built it already. Of several processes, each
+    measures its share of every point's images and rank 0 alone counts MACs and times it (the others
+    wait), or, with `cfg.shard_points`, each measures whole points of its own, every `world.size`-th."""
     model = build(cfg) if model is None else model
-    quality = quality_meter(model, cfg) if cfg.data else (lambda model: {})
+    sharing = World() if cfg.shard_points else world  # the processes that split a point's images
+    quality = quality_meter(model, cfg, sharing) if cfg.data else (lambda model: {})
+    measuring = cfg if sharing.main else replace(cfg, flops=False, speed=False)
     rows: list[dict[str, Any]] = []
     warned: set[str] = set()
-    for method, P, setting, bin_gmacs in cfg.points():
+    for method, P, setting, bin_gmacs in my_points(cfg, world):
         hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
         done = next((r for r in saved if same_point(r, method, P, hparams, cfg)
                      and r.get("bin_gmacs") == bin_gmacs), None)
@@ -223,6 +230,8 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
             if bin_gmacs is None \
             else f"{method} {bin_gmacs:g} GMACs bin"
         advance(label + (" (resumed)" if done else ""))
+        if adaptive and not sharing.main:
+            continue  # an adaptive point shares no images: rank 0 measures it whole
         if adaptive:
             from . import adaptive_sweep
             untrained = adaptive_sweep.untrained(method, cfg.checkpoint)
@@ -231,12 +240,10 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
                 warn(untrained)
             rows.append(done or adaptive_sweep.measure_point(model, cfg, method, setting, hparams, bool(untrained)))
         else:
-            rows.append(done or measure_point(model, cfg, method, P, warn, quality, setting, bin_gmacs))
-        if cfg.bins is None:
-            on_row(add_reference(add_ratios(rows), cfg.profile))
-        else:
-            from .paper_bins import add_bin_columns
-            on_row(add_bin_columns(add_ratios(rows), cfg.timm_name))
+            rows.append(done or measure_point(model, measuring, method, P, warn, quality, setting, bin_gmacs))
+        if cfg.shard_points and world.size > 1 and not done:
+            rows[-1]["measured_by"] = world.label(cfg.timing.device)
+        on_row(with_columns(rows, cfg))
     return rows
 
 
@@ -245,18 +252,38 @@ def point_label(setting: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
 
 
-def quality_meter(model, cfg: SweepConfig) -> Callable[[Any], dict]:
+def my_points(cfg: SweepConfig, world: World) -> list[tuple]:
+    """The points this process measures: all of them, or with --shard-points every world.size-th."""
+    return cfg.points()[world.rank::world.size] if cfg.shard_points else cfg.points()
+
+
+def with_columns(rows: list[dict[str, Any]], cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The columns computed from several rows: speed-ups, and the paper's figures or bins."""
+    if cfg.bins is None:
+        return add_reference(add_ratios(rows), cfg.profile)
+    from .paper_bins import add_bin_columns
+    return add_bin_columns(add_ratios(rows), cfg.timm_name)
+
+
+def quality_meter(model, cfg: SweepConfig, world: World = World()) -> Callable[[Any], dict]:
     """Accuracy of whatever the model currently is, and, with --fidelity, its agreement with the
     unreduced model on the same images (whose predictions are computed once, first, on the model as
-    `build` returns it: unpatched, and reused for the stock row)."""
-    loader = accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit, backbones.image_size(model))
+    `build` returns it: unpatched, and reused for the stock row). Each process of `world` measures its
+    share of the batches; their counts, summed in the single-process order, give the same figures."""
+    loader = world.together(lambda: accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit,
+                                                         backbones.image_size(model), rank=world.rank,
+                                                         size=world.size))
     dtype = speed.dtype_of(cfg.timing.dtype)
-    full = accuracy.predict(model, loader, cfg.timing.device, dtype) if cfg.fidelity else None
+    full = world.together(lambda: accuracy.predict(model, loader, cfg.timing.device, dtype)) if cfg.fidelity else None
 
     def measure_quality(current) -> dict:
         unreduced = getattr(current, "reduction", None) is None
-        predictions = full if unreduced and full is not None else accuracy.predict(current, loader, cfg.timing.device, dtype)
-        found = accuracy.accuracy(predictions)
-        return found | (accuracy.fidelity(predictions, full) if full is not None else {})
+
+        def counts():
+            predictions = (full if unreduced and full is not None
+                           else accuracy.predict(current, loader, cfg.timing.device, dtype))
+            return accuracy.counts(predictions, full)
+
+        return accuracy.summary([batch for share in world.gathered(counts) for batch in share])
 
     return measure_quality

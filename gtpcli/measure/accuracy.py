@@ -7,12 +7,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import ShardedBatches
 from ..errors import GtpcliError
 
 
@@ -30,11 +31,12 @@ def check_folder(folder: Path, fidelity: bool) -> None:
 
 
 def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int],
-                skip: int = 0):
+                skip: int = 0, rank: int = 0, size: int = 1):
     """A DataLoader over `folder` with timm's eval transform for this model; `limit` takes a fixed
     random subset (seed 0), so repeated runs and every sweep point see the same images; `skip` passes over
-    the first `skip` images of that same order (a held-out subset, disjoint from the first `skip`). An
-    image that cannot be read stops the run, naming the file (see `predict`)."""
+    the first `skip` images of that same order (a held-out subset, disjoint from the first `skip`). Of
+    `size` processes, this one (`rank`) gets every size-th batch of the single-process order (see
+    ShardedBatches). An image that cannot be read stops the run, naming the file (see `predict`)."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -56,7 +58,8 @@ def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | No
         chosen = order[skip:] if limit is None else order[skip:skip + limit]
         dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
     workers = min(4, os.cpu_count() or 1)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    batches = ShardedBatches(len(dataset), batch_size, rank, size)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
 
 
 class Checked(torch.utils.data.Dataset):
@@ -101,11 +104,15 @@ class UnlabeledImages(torch.utils.data.Dataset):
 
 @dataclass
 class Predictions:
-    logits: torch.Tensor   # (n, classes), on the CPU, float32
-    labels: torch.Tensor   # (n,)
+    """One process's share of the images: logits (CPU, float32) and labels per batch, and each batch's
+    place in the single-process order."""
+    logits: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    batches: list[int]
 
 
 def predict(model: nn.Module, loader, device: str, dtype: torch.dtype, step: Callable[[int], None] | None = None) -> Predictions:
+    """The model's outputs on every batch of `loader` (a DataLoader, or any iterable of its batches)."""
     logits, labels = [], []
     with torch.inference_mode():
         for images, targets, problems in loader:
@@ -118,28 +125,58 @@ def predict(model: nn.Module, loader, device: str, dtype: torch.dtype, step: Cal
             labels.append(targets)
             if step:
                 step(len(targets))
-    return Predictions(torch.cat(logits), torch.cat(labels))
+    sharded = getattr(loader, "batch_sampler", None)
+    numbers = sharded.numbers() if isinstance(sharded, ShardedBatches) else list(range(len(logits)))
+    return Predictions(logits, labels, numbers)
 
 
-def accuracy(p: Predictions) -> dict[str, float | int]:
-    """Top-1 and top-5 in %, with a 95% Wilson interval on top-1 (it matters with --limit)."""
-    n = len(p.labels)
-    if n == 0 or bool((p.labels < 0).any()):
-        return {}  # unlabeled images: fidelity only
-    top5 = p.logits.topk(min(5, p.logits.shape[1]), dim=1).indices
-    correct1 = int((top5[:, 0] == p.labels).sum())
-    correct5 = int((top5 == p.labels.unsqueeze(1)).any(dim=1).sum())
-    low, high = wilson(correct1, n)
-    return {"acc": round(100 * correct1 / n, 2), "acc5": round(100 * correct5 / n, 2), "acc_n": n,
-            "acc_ci95": [round(100 * low, 2), round(100 * high, 2)]}
+def counts(p: Predictions, full: Predictions | None = None) -> list[dict[str, Any]]:
+    """Per batch: images, top-1 and top-5 hits, and against the unreduced model's `full` predictions
+    the top-1 agreements and the summed KL(full || reduced). Integers, and one float per batch: any split
+    of the batches over processes adds up to exactly the single-process figures (see `summary`)."""
+    found = []
+    for at, (logits, labels, batch) in enumerate(zip(p.logits, p.labels, p.batches)):
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        row = {"batch": batch, "n": len(labels), "labelled": bool((labels >= 0).all()),
+               "top1": int((top5[:, 0] == labels).sum()), "top5": int((top5 == labels.unsqueeze(1)).any(dim=1).sum())}
+        if full is not None:
+            reference = full.logits[at]
+            row["agree"] = int((logits.argmax(1) == reference.argmax(1)).sum())
+            row["kl"] = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), log_target=True,
+                                 reduction="sum").item()
+        found.append(row)
+    return found
 
 
-def fidelity(reduced: Predictions, full: Predictions) -> dict[str, float]:
-    """Top-1 agreement (%) with the unreduced model and mean KL(full || reduced) of the softmax outputs."""
-    agree = (reduced.logits.argmax(1) == full.logits.argmax(1)).float().mean().item()
-    kl = F.kl_div(F.log_softmax(reduced.logits, 1), F.log_softmax(full.logits, 1), log_target=True,
-                  reduction="batchmean").item()
-    return {"fidelity_top1": round(100 * agree, 2), "fidelity_kl": round(max(kl, 0.0), 6)}
+def summary(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Top-1 and top-5 in %, with a 95% Wilson interval on top-1 (it matters with --limit); with fidelity
+    counts, top-1 agreement (%) with the unreduced model and mean KL(full || reduced) of the softmax
+    outputs. Summed in the single-process batch order, wherever the batches were computed."""
+    batches = sorted(batches, key=lambda row: row["batch"])
+    n = sum(row["n"] for row in batches)
+    found: dict[str, Any] = {}
+    if n and all(row["labelled"] for row in batches):  # unlabeled images: fidelity only
+        correct1, correct5 = sum(row["top1"] for row in batches), sum(row["top5"] for row in batches)
+        low, high = wilson(correct1, n)
+        found |= {"acc": round(100 * correct1 / n, 2), "acc5": round(100 * correct5 / n, 2), "acc_n": n,
+                  "acc_ci95": [round(100 * low, 2), round(100 * high, 2)]}
+    if n and "agree" in batches[0]:
+        kl = 0.0
+        for row in batches:  # in batch order, so the float sum is the same however the batches were shared
+            kl += row["kl"]
+        found |= {"fidelity_top1": round(100 * sum(row["agree"] for row in batches) / n, 2),
+                  "fidelity_kl": round(max(kl / n, 0.0), 6)}
+    return found
+
+
+def accuracy(p: Predictions) -> dict[str, Any]:
+    """Top-1 and top-5 in %, with a 95% Wilson interval on top-1, of one process's predictions."""
+    return summary(counts(p))
+
+
+def fidelity(reduced: Predictions, full: Predictions) -> dict[str, Any]:
+    """Top-1 agreement (%) with the unreduced model and mean KL(full || reduced), of one process's predictions."""
+    return {k: v for k, v in summary(counts(reduced, full)).items() if k.startswith("fidelity_")}
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -1,0 +1,132 @@
+"""Distributed evaluation as torchrun runs it, on one machine: 2 processes spawned here (gloo, loopback, a free
+port), measuring the trained digits model; compared with one process measuring the same points."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_accuracy import trained  # noqa: F401 (the digits folders and checkpoint, cached between runs)
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+QUALITY = ("acc", "acc5", "acc_n", "acc_ci95", "fidelity_top1", "fidelity_kl")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(root, args, size):
+    """`size` processes of `gtpcli profile` with torchrun's environment (1 = a plain single process)."""
+    command = [sys.executable, "-m", "gtpcli", "profile", str(root / "digits.yaml"), "--checkpoint",
+               str(root / "vit.pth"), "--format", "json", *args]
+    port = str(free_port())
+    processes = []
+    for rank in range(size):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        if size > 1:
+            env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                    "WORLD_SIZE": str(size), "LOCAL_WORLD_SIZE": str(size), "GLOO_SOCKET_IFNAME": "lo"}
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def finish(processes, timeout=300):
+    """(exit code, stdout, stderr) of each process; none may outlive the test."""
+    try:
+        return [(p.wait(timeout=timeout), *p.communicate()) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def by_point(stdout):
+    return {(row["method"], row["P"]): row for row in json.loads(stdout)["rows"]}
+
+
+def test_two_processes_give_exactly_the_single_process_figures(trained, tmp_path):  # noqa: F811
+    """301 images in batches of 16: 19 batches, the last of 13, dealt 10 and 9 to the two processes."""
+    args = ["--data", str(trained / "val"), "--limit", "301", "--batch-size", "16", "--fidelity", "--P", "0,8,12"]
+    [(code, single, _)] = finish(launch(trained, [*args, "--no-speed", "--output", str(tmp_path / "one.json")], 1))
+    assert code == 0
+    (code0, out0, err0), (code1, out1, err1) = finish(launch(
+        trained, [*args, "--runs", "1", "--warmup", "0", "--output", str(tmp_path / "two.json")], 2))
+    assert (code0, code1) == (0, 0), err0 + err1
+    assert out1 == "" and err1 == ""  # rank 0 alone prints and writes
+    alone, shared = by_point(single), by_point(out0)
+    assert alone.keys() == shared.keys() == {("stock", 0), ("gtp", 0), ("gtp", 8), ("gtp", 12)}
+    for point, row in alone.items():
+        assert {k: row[k] for k in QUALITY} == {k: shared[point][k] for k in QUALITY}, point
+        assert shared[point]["acc_n"] == 301  # every image once: none padded, none dropped
+        assert shared[point]["img_s"] > 0
+    assert alone["gtp", 12]["fidelity_kl"] > 0 and alone["gtp", 12]["acc"] < alone["gtp", 0]["acc"]
+    label = json.loads(out0)["distributed"]
+    assert "2 processes (gloo)" in label and "img/s measured by rank 0 alone on cpu" in label
+    assert json.loads((tmp_path / "two.json").read_text())["rows"] == json.loads(out0)["rows"]
+
+
+def test_shard_points_spreads_whole_points_and_merges_them_into_one_file(trained, tmp_path):  # noqa: F811
+    args = ["--data", str(trained / "val"), "--limit", "100", "--no-speed", "--P", "0,4,8"]
+    [(code, single, _)] = finish(launch(trained, [*args, "--output", str(tmp_path / "one.json")], 1))
+    assert code == 0
+    (code0, out0, err0), (code1, out1, err1) = finish(launch(
+        trained, [*args, "--shard-points", "--output", str(tmp_path / "two.json")], 2))
+    assert (code0, code1) == (0, 0), err0 + err1
+    assert out1 == "" and err1 == ""
+    alone, shared = by_point(single), by_point(out0)
+    assert alone.keys() == shared.keys()
+    assert {point: row["acc"] for point, row in alone.items()} == {point: row["acc"] for point, row in shared.items()}
+    assert sorted(row["measured_by"] for row in shared.values()) == ["rank 0 of 2 (cpu)"] * 2 + ["rank 1 of 2 (cpu)"] * 2
+    saved = json.loads((tmp_path / "two.json").read_text())["rows"]
+    assert by_point(json.dumps({"rows": saved})) == shared
+
+
+def test_a_worker_that_cannot_read_its_images_ends_the_run_in_one_line(trained, tmp_path):  # noqa: F811
+    """The broken image is in the second batch, which only rank 1 reads: rank 0 reports it for both."""
+    data = tmp_path / "data"
+    for at, png in enumerate(sorted((trained / "val" / "3").glob("*.png"))[:40]):
+        (data / "3").mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, data / "3" / f"{at:04d}.png")
+    broken = data / "3" / "0020.png"
+    broken.write_bytes(b"not a png")
+    (code0, out0, err0), (code1, out1, err1) = finish(launch(
+        trained, ["--data", str(data), "--batch-size", "16", "--no-speed", "--P", "0", "--output",
+                  str(tmp_path / "o.json")], 2))
+    assert (code0, code1) == (2, 2), err0
+    assert err1 == "", err1 and out0 == out1 == ""
+    [line] = [text for text in err0.splitlines() if text.strip()]
+    assert line.startswith("error: rank 1: --data: cannot read image") and "0020.png" in line, line
+
+
+def test_a_worker_that_dies_ends_the_run_in_one_line_and_finished_points_are_kept(trained, tmp_path):  # noqa: F811
+    output = tmp_path / "o.json"
+    rank0, rank1 = launch(trained, ["--data", str(trained / "val"), "--no-speed", "--no-flops", "--P", "0..12", "--method", "gtp,tome",
+                                    "--output", str(output)], 2)
+    try:
+        deadline = time.monotonic() + 240
+        while not (output.exists() and len(json.loads(output.read_text() or "{}").get("rows", [])) >= 2):
+            assert time.monotonic() < deadline and rank0.poll() is None, "no point finished"
+            time.sleep(0.05)
+        rank1.send_signal(signal.SIGKILL)  # a real death: no message, no goodbye
+    finally:
+        (code0, out0, err0), (code1, _, _) = finish([rank0, rank1], timeout=120)
+    assert code1 == -signal.SIGKILL and code0 == 2 and out0 == "", err0
+    [line] = [text for text in err0.splitlines() if text.strip()]
+    assert line.startswith("error: another process of this run stopped") and "finished points are saved" in line, line
+    kept = json.loads(output.read_text())["rows"]
+    assert len(kept) >= 2 and f"the {len(kept)} finished points" in line
+    assert all(row["acc_n"] == 360 for row in kept)
