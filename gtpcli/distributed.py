@@ -1,5 +1,6 @@
 """Several processes of one run, as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in
-the environment): gloo on CPU, NCCL on CUDA. Every collective also carries failures, so an error on any
+the environment): gloo on CPU, NCCL on CUDA. (torch is imported where it is used: the CLI's error
+handler asks `is_main` without it.) Every collective also carries failures, so an error on any
 process ends the run on all of them with that process's one line, and a process that died is named as such
 instead of leaving the others waiting."""
 
@@ -10,8 +11,6 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
-
-import torch
 
 from .errors import GtpcliError
 
@@ -75,6 +74,8 @@ class World:
         return self._exchange(value if self.main else None, None)[0]
 
     def _all_gather(self, value: Any) -> list[Any]:
+        import torch
+
         out = [None] * self.size
         self._call(torch.distributed.all_gather_object, out, value)
         return out
@@ -87,6 +88,8 @@ class World:
             raise GtpcliError(f"another process of this run stopped (it died or was killed: {detail})") from None
 
     def close(self) -> None:
+        import torch
+
         if self.backend is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -96,6 +99,8 @@ def start(device: str) -> World:
     GPU of their LOCAL_RANK."""
     if not launched():
         return World()
+    import torch
+
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -120,7 +125,7 @@ def device_for(world: World, device: str) -> str:
     return f"cuda:{world.local_rank}"
 
 
-class ShardedBatches(torch.utils.data.Sampler):
+class ShardedBatches:
     """The batches a single process would see, in its order, dealt round-robin to the processes: batch k
     goes to rank k mod world size. Every image is in exactly one batch (no padding, so uneven shards are
     counted once each), and every batch is the same batch a single process computes, so sums in batch
