@@ -196,6 +196,9 @@ def run_profile(opts: RunConfig) -> None:
     from . import distributed
 
     if opts.search:
+        if distributed.launched():
+            raise GtpcliError("--search runs in one process (torchrun is not supported for it yet); run it "
+                              "without torchrun, or spread a plain sweep with torchrun")
         from .search_command import run_search
         return run_search(opts)
     for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile)):
