@@ -386,7 +386,9 @@ def tokens(sources: Sequence[Source]) -> Figure:
                               boxes=[box_stats(d, s.path, r, b) for b, d in enumerate(_dist(r, s.path))])
                        for r, label in zip(adaptive, labels)]
             where = f" ({s.name})" if len(sources) > 1 else ""
-            panels.append(Panel(f"{title_of(method)}{where}", "block", "tokens entering the block", series))
+            past = stock is not None and any(len(r["tokens"]) == len(stock["tokens"]) + 1 for r in block)
+            xlabel = f"block ({len(stock['tokens']) + 1}: leaving the last block)" if past else "block"
+            panels.append(Panel(f"{title_of(method)}{where}", xlabel, "tokens entering the block", series))
     return Figure("tokens", "Tokens per block", panels, caption(sources))
 
 

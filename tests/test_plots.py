@@ -210,6 +210,11 @@ def test_tokens_lines_for_fixed_schedules_and_boxes_from_the_distribution(measur
     assert boxes["delta=0.5"].boxes[1] == {"med": 3.5, "q1": 2, "q3": 4, "whislo": 2, "whishi": 5, "mean": 3.5}
     assert boxes["delta=0.9"].boxes[1] | {"med": None} == {"med": None, "q1": 1, "q3": 1, "whislo": 1, "whishi": 5, "mean": 2.0}
     assert boxes["delta=0.5"].y == [5.0, 3.5]
+    assert panel.xlabel == "block"
+    after = dict(adaptive_row(0.5, [2, 3, 4, 5]), tokens=[5.0, 3.5, 3.0])  # ATS also counts what leaves the last
+    after["tokens_dist"].append(after["tokens_dist"][1])
+    path = profile_result(tmp_path / "ats.json", [row("stock", 0, tokens=(5, 5)), after])
+    assert plots.figure("tokens", [path]).panels[0].xlabel == "block (3: leaving the last block)"
 
 
 def test_quartiles_of_wide_bins_are_interpolated_and_kept_around_the_median(tmp_path):
