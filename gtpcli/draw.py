@@ -39,7 +39,7 @@ def save(figure: Figure, path: Path) -> None:
     for ax in fig.axes[len(figure.panels):]:
         ax.set_visible(False)
     fig.suptitle(figure.title, fontsize=12)
-    width = int(110 * columns)
+    width = 95 * columns  # characters of 7-point text across the figure
     fig.supxlabel("\n".join(textwrap.wrap(figure.caption, width)), fontsize=7, color="#444444")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=DPI)

@@ -179,6 +179,13 @@ def point_label(row: dict) -> str:
     return str(row.get("setting") or ", ".join(f"{k}={v}" for k, v in (row.get("hparams") or {}).items()) or row["method"])
 
 
+def per_image_range(rows: Sequence[dict]) -> list[list[float]]:
+    """[p5, p95] of the per-image GMACs of input-dependent rows (their GMACs is the mean over images)."""
+    if not all(r.get("gmacs_p5") is not None and r.get("gmacs_p95") is not None for r in rows):
+        return []
+    return [[r["gmacs_p5"], r["gmacs_p95"]] for r in rows]
+
+
 def iqr(rows: Sequence[dict]) -> list[list[float]]:
     """[q1, q3] of each row's timed batches (img/s), where every row has them."""
     if not all(r.get("img_s_q1") is not None and r.get("img_s_q3") is not None for r in rows):
@@ -212,7 +219,9 @@ def tradeoff(sources: Sequence[Source]) -> Figure:
     panels = [_tradeoff_panel(sources, quality, key, label) for key, label in axes]
     missing = [label for key, label in (("img_s", "img/s"), ("gmacs", "GMACs")) if key not in dict(axes)]
     note = f"; {missing[0]} not measured (--no-speed/--no-flops)" if missing else ""
-    bars = IQR_NOTE if any(s.xbounds for p in panels for s in p.series) else ""
+    bars = IQR_NOTE if any(s.xbounds for p in panels if p.xlabel.startswith("throughput") for s in p.series) else ""
+    if any(s.xbounds for p in panels if p.xlabel.startswith("GMACs") for s in p.series):
+        bars += "; GMACs of input-dependent methods: the mean over images, bars from 5 % to 95 % of the images"
     return Figure("tradeoff", f"{QUALITY[quality].split(' (')[0].capitalize()} against cost",
                   panels, caption(sources) + note + bars)
 
@@ -229,7 +238,7 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
                 series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
                                      [r[key] for r in block], [r[quality] for r in block], "line", method, at,
                                      [point_label(r) for r in block],
-                                     xbounds=iqr(block) if key == "img_s" else []))
+                                     xbounds=iqr(block) if key == "img_s" else per_image_range(block)))
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
             label = paper_label(papers, sources, s, method, paper) if quality == "acc" else None

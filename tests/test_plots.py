@@ -194,6 +194,15 @@ def adaptive_row(delta, counts, hist=None):
             "tokens": [5.0, sum(counts) / len(counts)], "tokens_dist": dist, "gmacs": 1.0, "img_s": None}
 
 
+def test_tradeoff_of_an_input_dependent_method_shows_its_per_image_gmacs_range(tmp_path):
+    tpc = dict(adaptive_row(0.5, [2, 3, 4, 5]), acc=79.0, gmacs=3.0, gmacs_p5=2.5, gmacs_p95=3.75, setting="delta=0.5")
+    path = profile_result(tmp_path / "tpc.json", [row("stock", 0, gmacs=4.0, acc=80.0), tpc])
+    fig = plots.figure("tradeoff", [path])
+    series = by_label(fig.panels[0])[f"{plots.title_of('tpc')} measured (Test CPU)"]
+    assert (series.x, series.xbounds, series.point_labels) == ([3.0], [[2.5, 3.75]], ["delta=0.5"])
+    assert "bars from 5 % to 95 % of the images" in fig.caption and "interquartile" not in fig.caption
+
+
 def test_tokens_lines_for_fixed_schedules_and_boxes_from_the_distribution(measured, tmp_path):
     panels = plots.figure("tokens", [measured]).panels
     assert [p.title for p in panels] == ["GTP", "ToMe"]
