@@ -5,8 +5,10 @@ or a booktabs LaTeX table, and each line it prints (a warning, a hint) as a note
 
 from __future__ import annotations
 
+import io
 from typing import Any, Callable
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -22,7 +24,14 @@ class Collector:
 
     def print(self, *objects: Any, **_: Any) -> None:
         for obj in objects:
-            self.items.append(obj if isinstance(obj, Table) else plain(str(obj)))
+            if isinstance(obj, Table):
+                self.items.append(obj)
+            elif isinstance(obj, str):
+                self.items.append(plain(obj))
+            else:  # any other Rich renderable: its text as a terminal would show it, without colour
+                text = Console(file=io.StringIO(), width=120, color_system=None)
+                text.print(obj)
+                self.items.append(text.file.getvalue().rstrip("\n"))
 
 
 def plain(text: Any) -> str:

@@ -113,3 +113,14 @@ def test_complexity_and_profiles_commands_print_markdown_and_latex():
 
 def test_latex_escapes_what_tex_would_read_as_commands():
     assert markup.latex_escape("a_b 5% & #1 {x} ~^\\") == r"a\_b 5\% \& \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+
+
+def test_lines_and_other_renderables_become_notes_after_the_tables():
+    from rich.panel import Panel
+
+    def render(result, console):
+        console.print("[yellow]warning[/] gtp P=8: noisy")
+        console.print(Panel("boxed"))
+
+    text = markup.render({}, render, "latex")
+    assert text.startswith("% warning gtp P=8: noisy\n") and "% │ boxed" in text and "[yellow]" not in text
