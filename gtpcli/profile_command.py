@@ -93,11 +93,7 @@ def paper_bins(opts: RunConfig, timm_name: str, methods: list[str] | None):
         raise GtpcliError(f"--bins must be 'paper' (GTP's Tables 2/3), got {opts.bins!r}")
     if opts.P is not None:
         raise GtpcliError("--bins paper runs each method at its published setting per bin: leave out --P")
-    adaptive = [m for m in methods or [] if REGISTRY[m].adaptive]
-    if adaptive:  # their rows need E[GMACs] over images, which --bins does not measure yet
-        raise GtpcliError(f"--bins paper: {', '.join(adaptive)} has input-dependent token counts, which --bins "
-                          "does not measure yet; its published rows are shown beside the others")
-    chosen = methods or [m for m in paper_bins.runnable(timm_name) if m in REGISTRY and not REGISTRY[m].adaptive]
+    chosen = methods or [m for m in paper_bins.runnable(timm_name) if m in REGISTRY]
     return paper_bins.points(timm_name, chosen)
 
 

@@ -258,8 +258,8 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
             run = r in measured
             cell = [f"{nominal:g}", TITLES.get(r["method"], r["method"]) + ("" if run else " (paper only" + (
                         ": needs training)" if r["method"] in PAPER_ONLY else ")")),
-                    _setting(r.get("bin_setting", r.get("setting", {})), r["method"]),
-                    _num(r.get("gmacs"), 2), _num(r.get("img_s"), 1), _times(r.get("bin_ratio"))]
+                    _bin_setting(r.get("bin_setting", r.get("setting", {})), r["method"]),
+                    _bin_gmacs(r), _num(r.get("img_s"), 1), _times(r.get("bin_ratio"))]
             if with_acc:
                 cell.append(_num(r.get("acc"), 1))
             cell += [_num(r.get("paper_acc"), 1), _num(r.get("paper_acc_ft"), 1), _num(r.get("paper_img_s"), 1),
@@ -271,6 +271,13 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
                "the paper does.",
                f"paper columns: {table_for(result['timm'])['table']} of GTP-ViT (A6000, batch 128); no FT = without "
                "finetuning, FT = 30 epochs of finetuning (reference figures, not results).", *NOTES.get(result["timm"], [])]
+    stock = next((r for r in result["rows"] if r["method"] == "stock"), None)
+    if stock:
+        caption.insert(1, f"stock timm: {_num(stock.get('gmacs'), 2)} GMACs, {_num(stock.get('img_s'), 1)} img/s.")
+    adaptive = next((r for r in measured if r.get("adaptive")), None)
+    if adaptive:
+        caption.insert(1, f"E = E[GMACs], the mean of per-image GMACs (+- their std) over {adaptive['images']} "
+                          f"images ({adaptive['counts_source']}); img/s batches padded to their widest image.")
     console.print(table(f"{result['model']}: GTP's {table_for(result['timm'])['table']} bins", columns, cells,
                         caption="\n".join(caption)))
     for r in measured:
@@ -278,7 +285,14 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
             console.print(f"[yellow]warning[/] {r['method']} {r['bin_gmacs']:g} GMACs bin: {warning}", highlight=False)
 
 
-def _setting(setting: dict[str, Any], method: str) -> str:
+def _bin_gmacs(row: dict[str, Any]) -> str:
+    """Measured GMACs; E[GMACs] +- std for an input-dependent method."""
+    if row.get("adaptive") and row.get("gmacs") is not None:
+        return f"E {row['gmacs']:.2f} +- {row.get('gmacs_std', 0):.2f}"
+    return _num(row.get("gmacs"), 2)
+
+
+def _bin_setting(setting: dict[str, Any], method: str) -> str:
     names = {"P": "r" if method == "tome" else "P", "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
     return ", ".join(f"{names.get(k, k)}={v}" for k, v in setting.items()) or "-"
 

@@ -239,6 +239,8 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
                 warned.add(method)
                 warn(untrained)
             rows.append(done or adaptive_sweep.measure_point(model, cfg, method, setting, hparams, bool(untrained)))
+            if bin_gmacs is not None:  # --bins paper: ATS at its published blocks, compared by E[GMACs]
+                rows[-1] |= {"bin_gmacs": bin_gmacs, "bin_setting": dict(setting)}
         else:
             rows.append(done or measure_point(model, measuring, method, P, warn, quality, setting, bin_gmacs))
         if cfg.shard_points and world.size > 1 and not done:

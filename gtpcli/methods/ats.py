@@ -165,8 +165,7 @@ def reduction_class() -> type:
         """ATS blocks at `layers`; per-image counts of the last forward in `last`."""
 
         method = NAME
-        block_forward = ats_block_forward
-        batching = "padded"
+        block_forward = ats_block_forward  # batches padded to their widest image (no packed path)
 
         def __init__(self, model, layers: str = OFFICIAL_LAYERS, P=None):
             if P is not None:
