@@ -107,6 +107,29 @@ def expect(sources: Sequence[Source], wanted: str, kind: str) -> None:
                               f"results ({MAKES[wanted]})")
         if not source.data.get("rows") and wanted != "trace":
             raise GtpcliError(f"{source.path} has no rows")
+        for at, row in enumerate(source.data.get("rows") if wanted != "trace" else []):
+            for key in numeric_keys(row):
+                value = row.get(key)
+                values = value if key == "tokens" and isinstance(value, list) else [value]
+                if value is not None and not all(is_number(v) for v in values):
+                    raise GtpcliError(f"{source.path}: rows[{at}].{key} is {value!r}, not a number; is the file "
+                                      "hand-edited?")
+
+
+NUMERIC = ("N", "C", "P", "img_s", "img_s_q1", "img_s_q3", "gmacs", "gmacs_p5", "gmacs_p95", "acc", "fidelity_top1",
+           "paper_gmacs", "paper_img_s", "paper_acc", "tokens")
+
+
+def numeric_keys(row: dict) -> list[str]:
+    """The fields a plot computes with: the profile's measurements and every method's complexity column."""
+    from .methods import REGISTRY
+
+    columns = {c.key for method in REGISTRY.values() for c in method.columns}
+    return [k for k in row if k in NUMERIC or k in columns]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- labels shared by the kinds -----------------------------------------------------------------------
@@ -429,6 +452,8 @@ def box_stats(entry: dict, path: Path, row: dict, block: int) -> dict[str, float
     the median), min and max as the whiskers, and the mean."""
     try:
         hist, med = entry["hist"], entry["p50"]
+        if not all(is_number(v) for v in (med, entry["min"], entry["max"], entry["mean"], *hist["edges"], *hist["counts"])):
+            raise ValueError("numbers")
         q1, q3 = (quantile(hist["edges"], hist["counts"], q) for q in (0.25, 0.75))
         return {"med": med, "q1": min(q1, med), "q3": max(q3, med), "whislo": entry["min"], "whishi": entry["max"],
                 "mean": entry["mean"]}
@@ -465,9 +490,9 @@ def stages(sources: Sequence[Source]) -> Figure:
     names = list(BACKBONE_STAGES)
     for s in sources:
         for stage in s.data["stages"]:
-            if stage.get("share") is None:
-                raise GtpcliError(f"{s.path}: stage {stage.get('stage')!r} has no share (the forward took no "
-                                  "time?); trace it again with more --steps")
+            if not isinstance(stage, dict) or not is_number(stage.get("share")):
+                raise GtpcliError(f"{s.path}: stage {stage!r} has no share (the forward took no time?); trace "
+                                  "it again with more --steps")
             if stage["stage"] not in names and stage["stage"] not in NEUTRAL:
                 names.append(stage["stage"])
     names.append("other")

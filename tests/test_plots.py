@@ -331,6 +331,21 @@ def test_plot_errors_are_one_line_and_exit_2(measured, tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     odd = runner.invoke(app, ["plot", str(tmp_path / "list.json"), "-o", str(tmp_path / "f.png")])
     assert odd.exit_code == 2 and "not a gtpcli result" in odd.output
+    edited = json.loads(measured.read_text())
+    edited["rows"][2]["acc"] = "79 %"
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    odd = runner.invoke(app, ["plot", str(tmp_path / "edited.json"), "-o", str(tmp_path / "f.png")])
+    assert odd.exit_code == 2 and "rows[2].acc is '79 %', not a number" in odd.output, odd.output
+    for kind, path in (("overhead", complexity_file(tmp_path / "c.json", [197, 785], [384])[0]),
+                       ("tokens", profile_result(tmp_path / "t.json", [adaptive_row(0.5, [2, 3])]))):
+        data = json.loads(path.read_text())
+        if kind == "overhead":
+            data["rows"][1]["gtp_macs"] = "many"
+        else:
+            data["rows"][0]["tokens_dist"][1]["p50"] = None
+        path.write_text(json.dumps(data))
+        bad = runner.invoke(app, ["plot", str(path), "--kind", kind, "-o", str(tmp_path / "f.png")])
+        assert bad.exit_code == 2 and ("'many'" in bad.output or "tokens_dist[1]" in bad.output), bad.output
     assert not (tmp_path / "f.png").exists()
 
 
