@@ -107,6 +107,9 @@ def expect(sources: Sequence[Source], wanted: str, kind: str) -> None:
                               f"results ({MAKES[wanted]})")
         if not source.data.get("rows") and wanted != "trace":
             raise GtpcliError(f"{source.path} has no rows")
+        if wanted == "profile" and not _methods(source.data["rows"]):
+            raise GtpcliError(f"{source.path}: only the stock model was measured; sweep a method into this file "
+                              "with gtpcli profile MODEL --method NAME")
         for at, row in enumerate(source.data.get("rows") if wanted != "trace" else []):
             for key in numeric_keys(row):
                 value = row.get(key)

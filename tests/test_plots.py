@@ -235,6 +235,13 @@ def test_quartiles_of_wide_bins_are_interpolated_and_kept_around_the_median(tmp_
     assert (box["q1"], box["med"], box["q3"]) == (3.5, 3.5, 16)  # 9 is above the median: clipped to it
 
 
+def test_a_file_with_only_the_stock_model_says_what_to_measure(tmp_path):
+    alone = profile_result(tmp_path / "stock.json", [row("stock", 0, img_s=1.0, gmacs=4.0, acc=80.0)])
+    for kind in ("tokens", "tradeoff", "speedup"):
+        with pytest.raises(GtpcliError, match="only the stock model was measured.*--method NAME"):
+            plots.figure(kind, [alone])
+
+
 def test_tokens_of_an_adaptive_row_without_its_distribution_is_an_error(tmp_path):
     broken = adaptive_row(0.5, [1, 3])
     del broken["tokens_dist"][1]["hist"]
