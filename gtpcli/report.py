@@ -425,9 +425,9 @@ def render_search(result: dict[str, Any], console: Console) -> None:
             for P in Ps:
                 r = found.get((P, key))
                 text = _num(r.get(meta["objective"]) if r else None, 2)
-                line.append(f"[bold]{text}[/]" if (P, key) in winners else text)
+                line.append(f"{text}*" if (P, key) in winners else text)
             grid_rows.append(line)
-        console.print(table(f"Every setting: {value} (bold: the best per P)", [("setting", "left")] +
+        console.print(table(f"Every setting: {value} (*: the best per P)", [("setting", "left")] +
                             [(f"P={P}", "right") for P in Ps], grid_rows))
 
 
