@@ -231,7 +231,7 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
         margin = round(best[objective] - at_P[1][objective], 2) if len(at_P) > 1 else None
         entry = {
             "P": P, "objective": objective, "settings": len(at_P), "best": best.get("grid", {}),
-            "value": best[objective], "ci95": best.get("acc_ci95") if objective == "acc" else None,
+            "value": best[objective], "ci95": best.get(_interval(objective)),
             "runner_up": at_P[1].get("grid", {}) if len(at_P) > 1 else None, "margin": margin,
             "margin_images": round(margin * images / 100) if margin is not None else None,
             "tied": sum(r[objective] == best[objective] for r in at_P), "images": images,
@@ -240,7 +240,7 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
         }
         entry["at_edge"] = at_edge(search.grid, best.get("grid", {}))
         if search.holdout:
-            entry |= {"holdout": best.get(HOLDOUT + objective), "holdout_ci95": best.get(HOLDOUT + "acc_ci95"),
+            entry |= {"holdout": best.get(HOLDOUT + objective), "holdout_ci95": best.get(HOLDOUT + _interval(objective)),
                       "holdout_stock": stock.get(HOLDOUT + objective) if stock else None,
                       "holdout_images": best.get(HOLDOUT + "n")}
             entry["optimism"] = _optimism(entry)
@@ -263,6 +263,11 @@ def at_edge(grid: Grid, best: dict[str, Any]) -> list[str]:
         if numeric and len(values) > 2 and value in (min(values), max(values)) and value not in bounds.get(name, ()):
             found.append(name)
     return found
+
+
+def _interval(objective: str) -> str:
+    """The row key of the objective's 95% Wilson interval: acc_ci95, fidelity_ci95."""
+    return objective.replace("_top1", "") + "_ci95"
 
 
 def _optimism(entry: dict[str, Any]) -> float | None:

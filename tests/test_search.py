@@ -229,3 +229,22 @@ def test_a_winner_at_the_edge_of_the_grid_is_noted_unless_the_range_ends_there()
     assert search.at_edge(grid, {"alpha": 0.5, "sparsity": 0.75, "M": 8}) == ["alpha"]
     assert search.at_edge(grid, {"alpha": 0.25, "sparsity": 1.0, "M": 4}) == []   # theta cannot exceed 1; M has 2 values
     assert search.at_edge(grid, {"alpha": 0.0, "sparsity": 0.5, "M": 4}) == ["sparsity"]  # alpha >= 0 is its bound
+
+
+def test_search_without_labels_ranks_by_agreement_with_the_unreduced_model(tiny):
+    flat = tiny / "flat"
+    flat.mkdir()
+    for png in (tiny / "data").rglob("*.png"):
+        (flat / f"{png.parent.name}{png.name}").write_bytes(png.read_bytes())
+    result = runner.invoke(app, ["profile", str(tiny / "tiny.yaml"), "--P", "0,2", "--data", str(flat), "--fidelity",
+                                 "--alpha", "0,0.5", "--search", "-f", "json", "--output", str(tiny / "f.json")])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["search"]["objective"] == "fidelity_top1" and all("acc" not in r for r in found["rows"])
+    at_p0, at_p2 = found["best"]
+    assert at_p0["value"] == 100.0 and at_p0["tied"] == 2  # P = 0 is the unreduced model, whatever alpha
+    rows = [r for r in found["rows"] if r["P"] == 2]
+    top = max(rows, key=lambda r: (r["fidelity_top1"], -r["fidelity_kl"]))
+    assert at_p2["best"] == top["grid"] and at_p2["value"] == top["fidelity_top1"]
+    low, high = at_p2["ci95"]
+    assert low <= at_p2["value"] <= high and at_p2["images"] == 12

@@ -164,8 +164,10 @@ def summary(batches: list[dict[str, Any]]) -> dict[str, Any]:
         kl = 0.0
         for row in batches:  # in batch order, so the float sum is the same however the batches were shared
             kl += row["kl"]
-        found |= {"fidelity_top1": round(100 * sum(row["agree"] for row in batches) / n, 2),
-                  "fidelity_kl": round(max(kl / n, 0.0), 6)}
+        agree = sum(row["agree"] for row in batches)
+        low, high = wilson(agree, n)
+        found |= {"fidelity_top1": round(100 * agree / n, 2), "fidelity_kl": round(max(kl / n, 0.0), 6),
+                  "fidelity_ci95": [round(100 * low, 2), round(100 * high, 2)]}
     return found
 
 
