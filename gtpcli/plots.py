@@ -169,6 +169,18 @@ def hardware(source_text: str) -> str:
     return inside.group(1).strip() if inside else "published"
 
 
+def conditions(source_text: str, accuracy: bool) -> str:
+    """What a published figure must be read with: its hardware, and for an accuracy whether the model was
+    finetuned and whether it is the best over several settings."""
+    text = source_text or ""
+    tags = [hardware(text)]
+    if "finetun" in text and "no finetuning" not in text:
+        tags.append("finetuned")
+    if accuracy and "best over settings" in text:
+        tags.append("best over settings")
+    return ", ".join(tags)
+
+
 def scale(values: Sequence[float | None]) -> str:
     found = [v for v in values if v is not None and v > 0]
     return "log" if found and max(found) / min(found) > LOG_SPREAD else "linear"
@@ -184,7 +196,7 @@ def _need(source: Source, key: str, what: str, how: str) -> None:
 
 
 def paper_label(seen: set[tuple], sources: Sequence[Source], source: Source, method: str,
-                paper: Sequence[dict]) -> str | None:
+                paper: Sequence[dict], accuracy: bool) -> str | None:
     """The legend of a method's published points: once per model, method and paper, however many files
     repeat them; None when there are none or they are drawn already."""
     if not paper:
@@ -195,7 +207,7 @@ def paper_label(seen: set[tuple], sources: Sequence[Source], source: Source, met
         return None
     seen.add(key)
     model = f", {source.data.get('model')}" if len({s.data.get("model") for s in sources}) > 1 else ""
-    return f"{title_of(method)} paper ({hardware(text)}{model})"
+    return f"{title_of(method)} paper ({conditions(text, accuracy)}{model})"
 
 
 def point_label(row: dict) -> str:
@@ -267,7 +279,7 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
                                      xbounds=iqr(block) if key == "img_s" else per_image_range(block)))
             paper = [r for r in rows if r["method"] == method and r.get(f"paper_{key}") is not None
                      and r.get("paper_acc") is not None]
-            label = paper_label(papers, sources, s, method, paper) if quality == "acc" else None
+            label = paper_label(papers, sources, s, method, paper, accuracy=True) if quality == "acc" else None
             if label:
                 series.append(Series(label, [r[f"paper_{key}"] for r in paper], [r["paper_acc"] for r in paper],
                                      "paper", method, at, [point_label(r) for r in paper]))
@@ -312,7 +324,7 @@ def speedup(sources: Sequence[Source]) -> Figure:
                                  [round(stock["gmacs"] / r["gmacs"], 4) for r in counted], "ideal", method, at))
             paper = [r for r in block if r.get("paper_img_s") is not None]
             base = next((r["paper_img_s"] for r in paper if r["P"] == 0), None)
-            label = paper_label(papers, sources, s, method, paper) if base else None
+            label = paper_label(papers, sources, s, method, paper, accuracy=False) if base else None
             if label:
                 series.append(Series(label, [r["P"] for r in paper], [round(r["paper_img_s"] / base, 4) for r in paper],
                                      "paper", method, at))
