@@ -388,6 +388,9 @@ def render_search(result: dict[str, Any], console: Console) -> None:
     with_paper = any(b.get("paper_acc") is not None for b in best) and not fidelity
     if with_paper:
         columns.append(("paper Acc (%), best over settings", "right"))
+    ablation = next((b["paper_ablation"] for b in best if b.get("paper_ablation")), None) if not fidelity else None
+    if ablation:
+        columns.append((f"paper Acc (%), {ablation.split(' (')[0]}", "right"))
     cells = []
     for b in best:
         margin = "-" if b["margin"] is None else f"{b['margin']:+.2f} ({b['margin_images']} img)"
@@ -397,6 +400,8 @@ def render_search(result: dict[str, Any], console: Console) -> None:
         row.append(_num(b["gmacs_analytic"], 3))
         if with_paper:
             row.append(_num(b.get("paper_acc"), 1))
+        if ablation:
+            row.append(_num(b.get("paper_ablation_acc"), 1))
         cells.append(row)
     stock = next((r for r in result["rows"] if r["method"] == "stock"), {})
     images = best[0]["images"] if best else 0
@@ -408,6 +413,8 @@ def render_search(result: dict[str, Any], console: Console) -> None:
     source = next((b.get("paper_source") for b in best if b.get("paper_source")), None)
     if with_paper and source:
         caption += f"; paper: {source}"
+    if ablation:
+        caption += f"; paper: {ablation}"
     console.print(table(f"{result['model']} + {meta['method']}: best over settings per P", columns, cells, caption=caption,
                         paper=[]))
     for b in best:

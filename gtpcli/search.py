@@ -220,7 +220,10 @@ def ranked(rows: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
 def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[dict[str, Any]]:
     """Per P: the winning setting, its objective with the 95% interval, how many settings were tried, the
     runner-up's margin (points, and images), and with a holdout the winner and the unreduced model there."""
+    from .paper_ablations import comparable
+
     objective = search.objective
+    ablation = comparable(search.sweep.timm_name, search.sweep.hparams.get(search.grid.method, {}), search.grid.axes)
     stock = next((r for r in rows if r["method"] == STOCK), None)
     found = []
     for P in search.sweep.Ps:
@@ -246,6 +249,8 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
             entry["optimism"] = _optimism(entry)
         if best.get("paper_acc") is not None:
             entry |= {"paper_acc": best["paper_acc"], "paper_source": best.get("paper_source")}
+        if ablation is not None and P in ablation["P"]:
+            entry |= {"paper_ablation_acc": ablation["acc"][ablation["P"].index(P)], "paper_ablation": ablation["label"]}
         found.append(entry)
     return found
 

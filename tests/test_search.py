@@ -248,3 +248,18 @@ def test_search_without_labels_ranks_by_agreement_with_the_unreduced_model(tiny)
     assert at_p2["best"] == top["grid"] and at_p2["value"] == top["fidelity_top1"]
     low, high = at_p2["ci95"]
     assert low <= at_p2["value"] <= high and at_p2["images"] == 12
+
+
+def test_a_search_names_the_ablation_row_it_reproduces():
+    from gtpcli.paper_ablations import comparable
+
+    deit_s, deit_b = "deit_small_patch16_224", "deit_base_patch16_224"
+    spatial = comparable(deit_s, {"graph": "spatial"}, {"alpha": [0.1, 0.2]})
+    assert spatial["acc"] == [79.8, 79.5, 78.9, 78.1] and "Table 4, graph spatial" in spatial["label"]
+    assert comparable(deit_b, {"sparsity": 0.6}, {"alpha": [0.1, 0.2]})["acc"] == [81.8, 81.4, 80.9, 79.9]
+    no_prop = comparable(deit_s, {"prop_attn": False}, {"sparsity": [0.5, 1.0]})
+    assert no_prop["acc"] == [79.7, 79.3, 78.8, 77.8] and "without proportional attention" in no_prop["label"]
+    assert comparable(deit_s, {}, {"alpha": [0.1, 0.2]}) is None                       # Table 1: the profile's row
+    assert comparable(deit_s, {"sparsity": 0.6, "prop_attn": False}, {"alpha": [0.1]}) is None  # no such row
+    assert comparable(deit_s, {"sparsity": 0.65}, {"alpha": [0.1, 0.2]}) is None      # not a published theta
+    assert comparable("vit_small_patch16_224", {"graph": "spatial"}, {"alpha": [0.1]}) is None
