@@ -24,6 +24,7 @@ from .reduce import METHODS, patch, unpatch
 
 STOCK = "stock"
 MACS_TOLERANCE = 0.01  # counted vs analytic, and fvcore vs FlopCounterMode
+RANDOM_WEIGHTS_SEED = 0  # without a checkpoint, so that processes of one torchrun run measure one model
 NOISY = 0.2  # an IQR above this share of the median img/s is flagged
 
 
@@ -81,8 +82,10 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     for method in cfg.methods:
         if method not in METHODS:
             raise GtpcliError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
-                             **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)  # random weights: the same model in every run and every process
+        model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
+                                 **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P, setting, _ in cfg.points()[1:]:
         apply(model, method, P, cfg.hparams_for(method, P, setting))
     unpatch(model)
