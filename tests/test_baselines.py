@@ -102,8 +102,8 @@ def test_models_without_cls_are_refused_in_one_line(method, small_gap_vit, fresh
 
 
 @pytest.mark.parametrize("method,kwargs,message", [
-    ("evit", {"drop_loc": "3,x"}, "block indices"), ("evit", {"drop_loc": "4"}, "has 4"),
-    ("evit", {"keep_rate": 0}, "> 0"), ("evo", {"stages": "0"}, "between 1 and 3"),
+    ("evit", {"drop_loc": "3,x"}, "block indices"), ("evit", {"drop_loc": "4"}, "from 0 to 3"),
+    ("evit", {"keep_rate": 0}, "> 0"), ("evo", {"stages": "0"}, "from 1 to 3"),
     ("evo", {"keep_ratio": 0.01, "stages": "2"}, "keeps no image token")])
 def test_bad_settings_are_one_line_errors(method, kwargs, message, small_vit, fresh):
     with pytest.raises(GtpcliError, match=message):
@@ -420,7 +420,7 @@ def test_ats_cost_by_hand():
 def test_ats_has_no_p_and_needs_its_layers_in_the_model(small_vit, fresh):
     with pytest.raises(GtpcliError, match="no per-P schedule"):
         gtpcli.patch(fresh(small_vit), "ats", P=8)
-    with pytest.raises(GtpcliError, match="this model has 4"):
+    with pytest.raises(GtpcliError, match="from 0 to 3 in this model"):
         gtpcli.patch(fresh(small_vit), "ats")  # the official 3-11 needs 12 blocks
     assert S.ats_blocks("7-11", 12) == (7, 8, 9, 10, 11) and S.ats_blocks("1,3-4", 12) == (1, 3, 4)
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from ..analytic import NORM_MACS_PER_ELEMENT, Arch
 from ..errors import GtpcliError
-from .base import HParam, Method
+from .base import HParam, Method, parse_blocks
 
 NAME = "ats"
 OFFICIAL_LAYERS = "3-11"
@@ -42,17 +42,7 @@ COUNTS_NOTE = ("Per-image MACs as fvcore counts them at batch 1: every block's a
 
 def ats_blocks(text: str, depth: int) -> tuple[int, ...]:
     """'7-11' -> (7, 8, 9, 10, 11); '3,5' -> (3, 5); blocks of a `depth`-block model, counted from 0."""
-    try:
-        found: set[int] = set()
-        for part in str(text).split(","):
-            low, dash, high = part.partition("-")
-            found |= set(range(int(low), int(high) + 1)) if dash else {int(low)}
-    except ValueError:
-        raise GtpcliError(f"ats layers must be a range like 7-11 or a list like 3,5,7, got {text!r}") from None
-    blocks = tuple(sorted(found))
-    if not blocks or blocks[0] < 0 or blocks[-1] >= depth:
-        raise GtpcliError(f"ats layers {text!r}: blocks are counted from 0 and this model has {depth}")
-    return blocks
+    return parse_blocks(text, depth, "ats layers")
 
 
 def cost(arch: Arch, hparams: Mapping[str, Any] | None = None):
@@ -170,9 +160,7 @@ def reduction_class() -> type:
         def __init__(self, model, layers: str = OFFICIAL_LAYERS, P=None):
             if P is not None:
                 _no_schedule()
-            if getattr(model, "cls_token", None) is None:
-                raise GtpcliError(f"ats scores tokens by the [CLS] token's attention, and this "
-                                  f"{type(model).__name__} has no [CLS] token")
+            METHOD.require_cls(model)
             self.hp = METHOD.validate({"layers": layers})
             self.blocks = ats_blocks(self.hp["layers"], len(model.blocks))
             self.last: Trace | None = None

@@ -119,6 +119,12 @@ class Method:
     cost: Callable[[Arch, Mapping[str, Any]], Any] | None = None
     level: str = "block"
 
+    def require_cls(self, model) -> None:
+        """A one-line error for a model without a [CLS] token, when every setting of the method reads it."""
+        if getattr(model, "cls_token", None) is None:
+            raise GtpcliError(f"{self.name} needs a [CLS] token ({self.needs_cls}), and this "
+                              f"{type(model).__name__} has none")
+
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hparams}
 
@@ -142,6 +148,22 @@ class Method:
 def _suggest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def parse_blocks(text: str, depth: int, what: str, low: int = 0) -> tuple[int, ...]:
+    """Block indices counted from 0 as the baselines' codes count them: '3,6,9', '7-11' or a mix, each in
+    [low, depth); anything else is a one-line error naming `what` (e.g. "evit drop_loc")."""
+    try:
+        found: set[int] = set()
+        for part in str(text).split(","):
+            first, dash, last = part.partition("-")
+            found |= set(range(int(first), int(last) + 1)) if dash else {int(first)}
+    except ValueError:
+        raise GtpcliError(f"{what} must be block indices like 3,6,9 or a range like 7-11, got {text!r}") from None
+    blocks = tuple(sorted(found))
+    if not blocks or blocks[0] < low or blocks[-1] >= depth:
+        raise GtpcliError(f"{what} {text!r}: blocks are counted from 0, from {low} to {depth - 1} in this model")
+    return blocks
 
 
 def image_schedule(arch: Arch, removals: Sequence[int]) -> list[tuple[int, int]]:

@@ -24,8 +24,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..analytic import Arch
-from ..errors import GtpcliError
-from .base import Column, HParam, Method
+from .base import Column, HParam, Method, parse_blocks
 
 NAME = "evit"
 PAPER_DROP_LOC = "3,6,9"
@@ -41,14 +40,7 @@ HPARAMS = (
 
 
 def drop_blocks(text: str, depth: int) -> tuple[int, ...]:
-    """'3,6,9' -> (3, 6, 9), each a block of a `depth`-block model; anything else is a one-line error."""
-    try:
-        blocks = tuple(sorted({int(part) for part in str(text).split(",")}))
-    except ValueError:
-        raise GtpcliError(f"evit drop_loc must be block indices like 3,6,9, got {text!r}") from None
-    if not blocks or blocks[0] < 0 or blocks[-1] >= depth:
-        raise GtpcliError(f"evit drop_loc {text!r}: blocks are counted from 0 and this model has {depth}")
-    return blocks
+    return parse_blocks(text, depth, "evit drop_loc")
 
 
 def kept_count(keep_rate: float, n: int) -> int:
@@ -145,9 +137,7 @@ def reduction_class() -> type:
 
         def __init__(self, model, P: int | Sequence[int] | None = None, keep_rate: float = 0.7,
                      drop_loc: str = PAPER_DROP_LOC, fuse_token: bool = True):
-            if getattr(model, "cls_token", None) is None:
-                raise GtpcliError(f"evit ranks tokens by the [CLS] token's attention, and this "
-                                  f"{type(model).__name__} has no [CLS] token")
+            METHOD.require_cls(model)
             self.hp = METHOD.validate(dict(keep_rate=keep_rate, drop_loc=drop_loc, fuse_token=fuse_token))
             self.kept: dict[int, Any] = {}  # layer -> kept image-token indices of the last forward
             super().__init__(model, P, prop_attn=False)

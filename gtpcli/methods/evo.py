@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from .. import analytic as A
 from ..analytic import Arch
 from ..errors import GtpcliError
-from .base import Column, HParam, Method
+from .base import Column, HParam, Method, parse_blocks
 
 NAME = "evo"
 PAPER_STAGES = "4,8"
@@ -43,13 +43,8 @@ HPARAMS = (
 
 
 def stage_starts(text: str, depth: int) -> tuple[int, ...]:
-    try:
-        blocks = tuple(sorted({int(part) for part in str(text).split(",")}))
-    except ValueError:
-        raise GtpcliError(f"evo stages must be block indices like 4,8, got {text!r}") from None
-    if not blocks or blocks[0] < 1 or blocks[-1] >= depth:
-        raise GtpcliError(f"evo stages {text!r}: blocks counted from 0, between 1 and {depth - 1}")
-    return blocks
+    """The blocks where a stage starts (block 0 cannot: g comes from a block's attention)."""
+    return parse_blocks(text, depth, "evo stages", low=1)
 
 
 def stage_removals(arch: Arch, keep_ratio: float, stages: str) -> list[int]:
@@ -148,9 +143,7 @@ def reduction_class() -> type:
 
         def __init__(self, model, P: int | Sequence[int] | None = None, keep_ratio: float = 0.5,
                      stages: str = PAPER_STAGES, tradeoff: float = 0.5):
-            if getattr(model, "cls_token", None) is None:
-                raise GtpcliError(f"evo ranks tokens by the [CLS] token's attention, and this "
-                                  f"{type(model).__name__} has no [CLS] token")
+            METHOD.require_cls(model)
             self.hp = METHOD.validate(dict(keep_ratio=keep_ratio, stages=stages, tradeoff=tradeoff))
             super().__init__(model, P, prop_attn=False)
 
