@@ -249,6 +249,7 @@ def profile(
     shard_points: bool = typer.Option(False, "--shard-points", help="Under torchrun: give each process whole sweep points (all images) instead of a share of every point's images; results merged into one file", rich_help_panel=ACC),
     search: bool = typer.Option(False, "--search", help="Run every setting of the GTP hyperparameters given as lists at each P on --data (accuracy, or with --fidelity agreement with the unreduced model): every row kept, the best per P shown with the settings tried and the runner-up margin", rich_help_panel=SEARCH),
     holdout: Optional[int] = typer.Option(None, "--holdout", help="Also measure each P's winner on N further images, disjoint from the --limit ones chosen on", rich_help_panel=SEARCH),
+    best_per: Optional[str] = typer.Option(None, "--best-per", help="Also the best per value of one searched hyperparameter, over the others: graph gives Table 4's layout, sparsity Table 5's", rich_help_panel=SEARCH),
     write_profile: Optional[Path] = typer.Option(None, "--write-profile", help="Write the profile with the winners as its per_P block (.yaml), for later sweeps", rich_help_panel=SEARCH),
     yes: bool = typer.Option(False, "--yes", help=f"Run a grid above {SEARCH_GUARD:,} image evaluations (settings x images, printed first)", rich_help_panel=SEARCH),
     fmt: str = FormatOpt,

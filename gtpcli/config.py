@@ -67,6 +67,7 @@ class RunConfig:
     # best over settings (gtpcli/search.py)
     search: bool = False                   # run the grid of the GTP hyperparameters given as lists, best per P
     holdout: Optional[int] = None          # report each winner on this many further images, disjoint from --limit's
+    best_per: Optional[str] = None         # also the best per value of one searched hyperparameter (Tables 4, 5)
     write_profile: Optional[Path] = None   # write the winners as a profile's per_P block
     yes: bool = False                      # run a grid larger than search.GUARD image evaluations
     # trace

@@ -201,7 +201,7 @@ def run_profile(opts: RunConfig) -> None:
                               "without torchrun, or spread a plain sweep with torchrun")
         from .search_command import run_search
         return run_search(opts)
-    for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile)):
+    for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile), ("--best-per", opts.best_per)):
         if given is not None:
             raise GtpcliError(f"{flag} belongs to --search")
     world = distributed.start(opts.device)

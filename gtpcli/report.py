@@ -421,6 +421,8 @@ def render_search(result: dict[str, Any], console: Console) -> None:
         for name in b.get("at_edge", []):
             console.print(f"[yellow]note[/] P={b['P']}: the best {name} ({b['best'][name]:g}) is at the edge of the "
                           "grid; a wider range may do better", highlight=False)
+    if result.get("best_per"):
+        _render_best_per(result["best_per"], [b["P"] for b in best], value, console)
     settings = list(dict.fromkeys(json.dumps(r["grid"], sort_keys=True) for r in result["rows"] if "grid" in r))
     if 1 < len(settings) <= 48:
         Ps = [b["P"] for b in best]
@@ -436,6 +438,26 @@ def render_search(result: dict[str, Any], console: Console) -> None:
             grid_rows.append(line)
         console.print(table(f"Every setting: {value} (*: the best per P)", [("setting", "left")] +
                             [(f"P={P}", "right") for P in Ps], grid_rows))
+
+
+def _render_best_per(grouped: dict[str, Any], Ps: list[int], value: str, console: Console) -> None:
+    """Tables 4/5's layout: one line per value of the grouped hyperparameter (the best over the others), each
+    followed by the published row it reproduces, in italics."""
+    name, entries = grouped["name"], grouped["rows"]
+    lines, paper = [], []
+    for group in dict.fromkeys(e[name] for e in entries):
+        mine = {e["P"]: e for e in entries if e[name] == group}
+        tried = next(iter(mine.values()))["settings"]
+        lines.append([f"{name}={group:g}" if isinstance(group, float) else f"{name}={group}", tried,
+                      *(_num(mine[P]["value"], 2) if P in mine else "-" for P in Ps)])
+        label = next((e["paper"] for e in mine.values() if e.get("paper")), None)
+        if label:
+            paper.append(len(lines))
+            lines.append([f"paper: {label.split(' (')[0]}", "-",
+                          *(_num(mine[P].get("paper_acc"), 1) if P in mine else "-" for P in Ps)])
+    columns = [(name, "left"), ("settings", "right")] + [(f"P={P}", "right") for P in Ps]
+    caption = "paper rows: no finetuning, best over the other settings (authors' code)" if paper else None
+    console.print(table(f"Best {value} per {name}, over the other settings", columns, lines, caption=caption, paper=paper))
 
 
 def _setting(values: dict[str, Any]) -> str:

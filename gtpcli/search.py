@@ -47,6 +47,7 @@ class Search:
     sweep: SweepConfig          # speed and MAC counting are off: a grid measures quality only
     grid: Grid
     holdout: int | None = None
+    best_per: str | None = None  # also the best per value of this axis (Table 4: graph, Table 5: sparsity)
 
     @property
     def objective(self) -> str:
@@ -75,6 +76,9 @@ def check(search: Search) -> None:
         raise GtpcliError("--search needs --data DIR: the best setting is chosen on your images")
     if cfg.methods != [search.grid.method]:
         raise GtpcliError(f"--search runs one method's grid; got --method {','.join(cfg.methods)}")
+    if search.best_per is not None and search.best_per not in search.grid.axes:
+        searched = ", ".join(search.grid.axes) or "none"
+        raise GtpcliError(f"--best-per {search.best_per}: not a searched hyperparameter (searched: {searched})")
     if search.holdout is not None:
         if search.holdout < 1:
             raise GtpcliError(f"--holdout must be >= 1, got {search.holdout}")
@@ -252,6 +256,30 @@ def best_per_P(rows: list[dict[str, Any]], search: Search, images: int) -> list[
         if ablation is not None and P in ablation["P"]:
             entry |= {"paper_ablation_acc": ablation["acc"][ablation["P"].index(P)], "paper_ablation": ablation["label"]}
         found.append(entry)
+    return found
+
+
+def best_per_value(rows: list[dict[str, Any]], search: Search, name: str) -> list[dict[str, Any]]:
+    """Per value of one searched hyperparameter and per P: the best over the other settings, the layout of
+    Tables 4 (graph) and 5 (sparsity), with the published row each value reproduces where there is one."""
+    from .paper_ablations import comparable
+
+    method, objective = search.grid.method, search.objective
+    fixed = search.sweep.hparams.get(method, {})
+    others = {axis: values for axis, values in search.grid.axes.items() if axis != name}
+    found = []
+    for value in search.grid.axes[name]:
+        ablation = comparable(search.sweep.timm_name, {**fixed, name: value}, others)
+        for P in search.sweep.Ps:
+            at_P = ranked([r for r in rows if r["method"] == method and r["P"] == P
+                           and r.get("grid", {}).get(name) == value], objective)
+            if not at_P:
+                continue
+            entry = {"P": P, name: value, "settings": len(at_P), "best": at_P[0]["grid"],
+                     "value": at_P[0][objective], "ci95": at_P[0].get(_interval(objective))}
+            if ablation is not None and P in ablation["P"]:
+                entry |= {"paper_acc": ablation["acc"][ablation["P"].index(P)], "paper": ablation["label"]}
+            found.append(entry)
     return found
 
 

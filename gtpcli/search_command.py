@@ -23,7 +23,8 @@ def search_config(opts: RunConfig) -> search.Search:
     if not axes:
         raise GtpcliError("--search needs a GTP hyperparameter with several values, e.g. --alpha 0..0.4:0.1 "
                           "or --graph mixed,none")
-    found = search.Search(cfg, search.Grid("gtp", axes), opts.holdout)
+    best_per = opts.best_per.replace("-", "_") if opts.best_per else None
+    found = search.Search(cfg, search.Grid("gtp", axes), opts.holdout, best_per)
     search.check(found)
     if opts.write_profile is not None:
         if cfg.profile is None:
@@ -81,7 +82,9 @@ def run_search(opts: RunConfig) -> None:
                       f"{output}; run the same command with --resume to continue", highlight=False, soft_wrap=True)
             raise SystemExit(128 + signum)
     best = search.best_per_P(rows, plan, cost["images"])
-    emit({**header, "best": best, "rows": rows}, opts.fmt, None, render_search)
+    grouped = {"best_per": {"name": plan.best_per, "rows": search.best_per_value(rows, plan, plan.best_per)}} \
+        if plan.best_per else {}
+    emit({**header, "best": best, **grouped, "rows": rows}, opts.fmt, None, render_search)
     resumed = sum(any(row is old for old in saved) for row in rows)
     err.print(f"saved {store.summary(rows, resumed)} in {output}", highlight=False, soft_wrap=True)
     if opts.write_profile is not None:

@@ -263,3 +263,29 @@ def test_a_search_names_the_ablation_row_it_reproduces():
     assert comparable(deit_s, {"sparsity": 0.6, "prop_attn": False}, {"alpha": [0.1]}) is None  # no such row
     assert comparable(deit_s, {"sparsity": 0.65}, {"alpha": [0.1, 0.2]}) is None      # not a published theta
     assert comparable("vit_small_patch16_224", {"graph": "spatial"}, {"alpha": [0.1]}) is None
+
+
+def test_best_per_value_is_the_best_over_the_other_settings_with_the_table_4_row():
+    from gtpcli import sweep
+    from gtpcli.measure import speed
+
+    cfg = sweep.SweepConfig("deit_s", "deit_small_patch16_224", None, ["gtp"], [4, 14],
+                            speed.Timing.default("cpu", "float32"), {"gtp": {}})
+    plan = search.Search(cfg, search.Grid("gtp", {"graph": ["mixed", "none"], "alpha": [0.1, 0.3]}), best_per="graph")
+    accs = {("mixed", 0.1): 70.0, ("mixed", 0.3): 72.0, ("none", 0.1): 71.0, ("none", 0.3): 69.0}
+    rows = [{"method": "gtp", "P": P, "grid": {"graph": g, "alpha": a}, "acc": acc - (P == 14), "fidelity_kl": 0.1}
+            for P in (4, 14) for (g, a), acc in accs.items()]
+    found = {(e["graph"], e["P"]): e for e in search.best_per_value(rows, plan, "graph")}
+    assert found["mixed", 4]["value"] == 72.0 and found["mixed", 4]["best"] == {"graph": "mixed", "alpha": 0.3}
+    assert found["none", 14]["value"] == 70.0 and found["none", 14]["settings"] == 2
+    assert found["none", 14]["paper_acc"] == 77.6 and "Table 4, graph none" in found["none", 14]["paper"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--search", "--alpha", "0.1,0.3", "--best-per", "graph"], "--best-per graph: not a searched hyperparameter"),
+    (["--best-per", "graph"], "--best-per belongs to --search"),
+])
+def test_best_per_bad_input(tiny, args, message):
+    result = runner.invoke(app, ["profile", str(tiny / "tiny.yaml"), "--P", "2", "--data", str(tiny / "data"), *args,
+                                 "--output", str(tiny / "out.json")])
+    assert result.exit_code == 2 and message in result.output, result.output
