@@ -145,6 +145,8 @@ def run(search: Search, model, loaders: dict[str, Any], saved: list[dict], on_ro
             hparams = point.hparams_for(method, P)
             done = measured(method, P, hparams)
             advance(f"P={P} {_label(setting)}" + (" (resumed)" if done else ""))
+            if done is not None:
+                done.setdefault("grid", setting)  # a plain sweep's row of the same setting counts too
             row = done or {**measure(point, method, P), "grid": setting}
             at_P.append(row)
             keep(row)
