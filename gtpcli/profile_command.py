@@ -108,9 +108,26 @@ def hparam_overrides(run: RunConfig, methods: list[str]) -> dict[str, dict[str, 
         for name, values in hparams.items():
             if "prop_attn" in REGISTRY[name].defaults() and REGISTRY[name].defaults()["prop_attn"] is not None:
                 values["prop_attn"] = run.prop_attn
-    for name, values in options.hparams(run.hp, methods).items():
+    for name, values in options.hparams(gtp_lists(run.hp)[1], methods).items():
         hparams[name].update(values)
     return hparams
+
+
+def gtp_lists(hp: list[str] | None) -> tuple[dict[str, str], list[str]]:
+    """`--hp gtp.NAME=a,b` (or a range) for a GTP hyperparameter: a grid axis like the flags' lists (the way
+    to search `prop_attn=on,off`); returns those {NAME: text} and the other --hp items."""
+    from .methods import REGISTRY
+
+    known = {h.name for h in REGISTRY["gtp"].hparams}
+    lists, rest = {}, []
+    for item in hp or []:
+        name, _, text = str(item).partition("=")
+        method, _, key = name.strip().partition(".")
+        if method == "gtp" and key in known and ("," in text or ".." in text):
+            lists[key] = text
+        else:
+            rest.append(item)
+    return lists, rest
 
 
 def gtp_values(run: RunConfig) -> dict[str, list]:
@@ -120,12 +137,14 @@ def gtp_values(run: RunConfig) -> dict[str, list]:
     from .ranges import hparam_values
 
     known = {h.name: h for h in REGISTRY["gtp"].hparams}
-    found = {name: hparam_values(known[name], text, "--" + name.replace("_", "-"))
-             for name, text in run.gtp_hparams.items()}
+    flags = {name: ("--" + name.replace("_", "-"), text) for name, text in run.gtp_hparams.items()}
+    flags |= {name: (f"--hp gtp.{name}", text) for name, text in gtp_lists(run.hp)[0].items()}
+    found = {name: hparam_values(known[name], text, flag) for name, (flag, text) in flags.items()}
     listed = [name for name, values in found.items() if len(values) > 1]
     if listed and not run.search:
-        raise GtpcliError(f"--{listed[0].replace('_', '-')} {run.gtp_hparams[listed[0]]} names "
-                          f"{len(found[listed[0]])} values: add --search to run them as a grid, or give one value")
+        flag, text = flags[listed[0]]
+        raise GtpcliError(f"{flag} {text} names {len(found[listed[0]])} values: add --search to run "
+                          "them as a grid, or give one value")
     return found
 
 

@@ -94,6 +94,8 @@ def tiny(tmp_path):
     (["--search", "--alpha", "0.1,0.3", "--holdout", "0", "--limit", "4"], "--holdout must be >= 1"),
     (["--search", "--alpha", "0.1,0.3", "--method", "tome"], "one method's grid"),
     (["--holdout", "4", "--limit", "4"], "--holdout belongs to --search"),
+    (["--hp", "gtp.prop_attn=on,off"], "--hp gtp.prop_attn on,off names 2 values: add --search"),
+    (["--search", "--hp", "gtp.prop_attn=on,maybe"], "--hp gtp.prop_attn: cannot read 'maybe'"),
     (["--search", "--alpha", "0..1:0.001", "--M", "1..8"], "add --yes to run it"),  # 8008 settings x 2 P x 12 images
 ])
 def test_search_bad_input(tiny, args, message):
@@ -289,3 +291,15 @@ def test_best_per_bad_input(tiny, args, message):
     result = runner.invoke(app, ["profile", str(tiny / "tiny.yaml"), "--P", "2", "--data", str(tiny / "data"), *args,
                                  "--output", str(tiny / "out.json")])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_hp_lists_are_grid_axes_too(tiny):
+    """`--hp gtp.prop_attn=on,off` searches proportional attention (a switch on the command line otherwise)."""
+    result = runner.invoke(app, ["profile", str(tiny / "tiny.yaml"), "--P", "2", "--data", str(tiny / "data"),
+                                 "--sparsity", "0.5,1", "--hp", "gtp.prop_attn=on,off", "--hp", "gtp.M=4",
+                                 "--search", "--best-per", "prop_attn", "-f", "json", "--output", str(tiny / "o.json")])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["search"]["grid"] == {"sparsity": [0.5, 1.0], "prop_attn": [True, False]}
+    assert {r["hparams"]["M"] for r in found["rows"] if r["method"] == "gtp"} == {4}  # a single value stays fixed
+    assert {e["prop_attn"] for e in found["best_per"]["rows"]} == {True, False}
