@@ -63,6 +63,7 @@ class RunConfig:
     data: Optional[Path] = None
     limit: Optional[int] = None
     fidelity: bool = False
+    class_map: Optional[Path] = None       # class name per line in the head's order (timm's .txt), for --data's labels
     shard_points: bool = False             # under torchrun: whole points per process instead of a share of the images
     # best over settings (gtpcli/search.py)
     search: bool = False                   # run the grid of the GTP hyperparameters given as lists, best per P

@@ -54,6 +54,8 @@ def sweep_config(opts: RunConfig, world=None):
         raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
     if opts.limit is not None and opts.data is None:
         raise GtpcliError("--limit N needs --data DIR")
+    if opts.class_map is not None and (opts.data is None or not opts.class_map.is_file()):
+        raise GtpcliError(f"--class-map {opts.class_map}: " + ("needs --data" if opts.data is None else "no such file"))
     if opts.data is not None:
         from .measure.accuracy import check_folder
         check_folder(opts.data, opts.fidelity)
@@ -64,7 +66,7 @@ def sweep_config(opts: RunConfig, world=None):
                              methods=methods, Ps=Ps, timing=timing, hparams=hparams, checkpoint=opts.checkpoint,
                              strict=opts.strict, img_size=opts.img_size, flops=opts.flops, speed=opts.speed,
                              data=opts.data, limit=opts.limit, fidelity=opts.fidelity, pretrained=opts.pretrained,
-                             shard_points=opts.shard_points,
+                             shard_points=opts.shard_points, class_map=opts.class_map,
                              bins=bins, sweeps=adaptive_sweeps(opts.delta, methods))
 
 

@@ -48,6 +48,7 @@ class SweepConfig:
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
     bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
     shard_points: bool = False      # under torchrun: whole points per process, instead of images
+    class_map: Path | None = None   # --data's class names to the head's indices (timm's .txt class map)
     sweeps: dict[str, list] = field(default_factory=dict)  # adaptive methods' own axes: {"delta": [0.01, ...]}
 
     def points(self) -> list[tuple[str, int | None, dict[str, Any], float | None]]:
@@ -277,7 +278,8 @@ def quality_meter(model, cfg: SweepConfig, world: World = World()) -> Callable[[
     share of the batches; their counts, summed in the single-process order, give the same figures."""
     loader = world.together(lambda: accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit,
                                                          backbones.image_size(model), rank=world.rank,
-                                                         size=world.size))
+                                                         size=world.size, class_map=cfg.class_map,
+                                                         fidelity=cfg.fidelity))
     dtype = speed.dtype_of(cfg.timing.dtype)
     full = world.together(lambda: accuracy.predict(model, loader, cfg.timing.device, dtype)) if cfg.fidelity else None
 

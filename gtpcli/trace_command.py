@@ -125,7 +125,7 @@ def similarity_result(run: RunConfig) -> dict[str, Any]:
     size = backbones.image_size(model)
     if run.data is not None:
         accuracy.check_folder(run.data, fidelity=True)
-        loader = accuracy.data_loader(model, run.data, patched.batch, run.limit, size)
+        loader = accuracy.data_loader(model, run.data, patched.batch, run.limit, size, fidelity=True)  # images only
         batches = []
         for images, _, problems in loader:
             broken = [problem for problem in problems if problem]

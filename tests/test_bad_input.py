@@ -23,7 +23,7 @@ from gtpcli.cli import app
 runner = CliRunner()
 
 TINY = ("name: tiny\nmodel: {timm: vit_tiny_patch16_224, img_size: 32, patch_size: 8, prefix_tokens: 1, "
-        "embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}\nmethod: gtp\nP: \"0,2\"\n")
+        "embed_dim: 32, depth: 2, num_heads: 2, num_classes: 2}\nmethod: gtp\nP: \"0,2\"\n")
 BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
                for p, c in zip([None, *"abcdefgh"], "abcdefghi")) + "name: *i\nmodel: {}\n"
 RO = "/sys"  # read-only for root too (chmod is no test when the suite runs as root)

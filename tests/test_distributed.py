@@ -98,10 +98,11 @@ def test_shard_points_spreads_whole_points_and_merges_them_into_one_file(trained
 def test_a_worker_that_cannot_read_its_images_ends_the_run_in_one_line(trained, tmp_path):  # noqa: F811
     """The broken image is in the second batch, which only rank 1 reads: rank 0 reports it for both."""
     data = tmp_path / "data"
-    for at, png in enumerate(sorted((trained / "val" / "3").glob("*.png"))[:40]):
-        (data / "3").mkdir(parents=True, exist_ok=True)
-        shutil.copy(png, data / "3" / f"{at:04d}.png")
-    broken = data / "3" / "0020.png"
+    for digit in range(10):  # 4 images of each class, numbered in reading order
+        (data / str(digit)).mkdir(parents=True)
+        for at, png in enumerate(sorted((trained / "val" / str(digit)).glob("*.png"))[:4]):
+            shutil.copy(png, data / str(digit) / f"{4 * digit + at:04d}.png")
+    broken = data / "5" / "0020.png"  # image 20: the second batch of 16
     broken.write_bytes(b"not a png")
     (code0, out0, err0), (code1, out1, err1) = finish(launch(
         trained, ["--data", str(data), "--batch-size", "16", "--no-speed", "--P", "0", "--output",

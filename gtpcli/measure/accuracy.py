@@ -1,5 +1,7 @@
-"""Accuracy on a local ImageFolder (ImageNet class order = sorted folder names) with the backbone's own
-eval transform, and fidelity: how often a reduced model agrees with the unreduced one, on any images."""
+"""Accuracy on local images read by timm's dataset readers (a folder of class folders, or a .tar of them;
+class order as timm trains with: natural sort of the folder names, or a --class-map file) with the
+backbone's own eval transform, and fidelity: how often a reduced model agrees with the unreduced one, on
+any images."""
 
 from __future__ import annotations
 
@@ -17,39 +19,40 @@ from ..distributed import ShardedBatches
 from ..errors import GtpcliError
 
 
-def check_folder(folder: Path, fidelity: bool) -> None:
-    """Before anything is measured: a folder of class sub-folders (accuracy), or of images (--fidelity)."""
-    if not folder.is_dir():
-        raise GtpcliError(f"--data: not a directory: {folder}")
+def check_folder(data: Path, fidelity: bool) -> None:
+    """Before anything is measured: a folder of class sub-folders or a .tar of them (accuracy), or a
+    folder of images (--fidelity)."""
+    if data.is_file() and data.suffix == ".tar":
+        return
+    if not data.is_dir():
+        raise GtpcliError(f"--data: not a directory (or a .tar of class folders): {data}")
     try:
-        labelled = any(entry.is_dir() for entry in folder.iterdir())
+        labelled = any(entry.is_dir() for entry in data.iterdir())
     except OSError as exc:
-        raise GtpcliError(f"--data {folder}: cannot list it ({exc.strerror or exc})") from None
+        raise GtpcliError(f"--data {data}: cannot list it ({exc.strerror or exc})") from None
     if not labelled and not fidelity:
-        raise GtpcliError(f"--data {folder} has no class sub-folders, so its images have no labels for "
+        raise GtpcliError(f"--data {data} has no class sub-folders, so its images have no labels for "
                           "accuracy; add --fidelity to measure agreement with the unreduced model on them")
 
 
 def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | None, image_size: tuple[int, int],
-                skip: int = 0, rank: int = 0, size: int = 1):
+                skip: int = 0, rank: int = 0, size: int = 1, class_map: Path | None = None, fidelity: bool = False):
     """A DataLoader over `folder` with timm's eval transform for this model; `limit` takes a fixed
     random subset (seed 0), so repeated runs and every sweep point see the same images; `skip` passes over
     the first `skip` images of that same order (a held-out subset, disjoint from the first `skip`). Of
     `size` processes, this one (`rank`) gets every size-th batch of the single-process order (see
-    ShardedBatches). An image that cannot be read stops the run, naming the file (see `predict`)."""
+    ShardedBatches). An image that cannot be read stops the run, naming the file (see `predict`). Labels
+    are checked against the model's head (see `labels_fit`)."""
     from timm.data import create_transform, resolve_data_config
-    from torchvision.datasets import ImageFolder
 
-    if not folder.is_dir():
-        raise GtpcliError(f"--data: not a directory: {folder}")
+    check_folder(folder, fidelity=True)
     config = resolve_data_config({"input_size": (3, *image_size)}, model=model)
     transform = create_transform(**config)
-    if any(entry.is_dir() for entry in folder.iterdir()):
-        try:
-            images = ImageFolder(str(folder), transform=transform)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise GtpcliError(f"--data {folder}: not an ImageFolder (one sub-folder of images per class): {exc}") from None
-        dataset = Checked(images, [Path(path) for path, _ in images.samples], image_size)
+    if folder.is_file() or any(entry.is_dir() for entry in folder.iterdir()):
+        images = ReaderImages(folder, transform, class_map)
+        if not labels_fit(images.classes, getattr(model, "num_classes", 0), folder, class_map, fidelity):
+            images.labelled = False
+        dataset = Checked(images, images.files, image_size)
     else:
         images = UnlabeledImages(folder, transform)
         dataset = Checked(images, images.files, image_size)
@@ -60,6 +63,71 @@ def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | No
     workers = min(4, os.cpu_count() or 1)
     batches = ShardedBatches(len(dataset), batch_size, rank, size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+
+
+def labels_fit(classes: dict[str, int], head: int, data: Path, class_map: Path | None, fidelity: bool) -> bool:
+    """Whether the data's class indices are the model's: as many classes as the head has, or a class map
+    whose indices fall inside the head. With --fidelity a mismatch drops the labels (agreement needs
+    none); without, it is the user's error, said in one line."""
+    if class_map is not None:
+        beyond = {name: index for name, index in classes.items() if not 0 <= index < head}
+        if beyond:
+            raise GtpcliError(f"--class-map {class_map}: indices beyond the model's {head} classes "
+                              f"({', '.join(f'{k}={v}' for k, v in list(beyond.items())[:3])})")
+        return True
+    if len(classes) == head:
+        return True
+    problem = (f"--data {data} has {len(classes)} classes and the model's head {head}: its labels are not the "
+               "model's class indices; give --class-map FILE (one class folder name per line, in the head's "
+               "order, as timm reads it)")
+    if not fidelity:
+        raise GtpcliError(problem)
+    from ..backbones import note
+    note(problem.replace("; give", ": accuracy not measured, fidelity only; for accuracy give"))
+    return False
+
+
+class ReaderImages(torch.utils.data.Dataset):
+    """(image, label) from timm's reader for a folder of class folders or a .tar of them
+    (`timm.data.readers.create_reader`, what `timm.data.create_dataset` reads), opened and transformed
+    here so that a broken image is reported (see Checked) instead of skipped, as timm's dataset does."""
+
+    def __init__(self, data: Path, transform, class_map: Path | None = None):
+        from timm.data.readers import create_reader
+
+        if class_map is not None:
+            self._check_map(data, class_map)
+        try:
+            self.reader = create_reader("", root=str(data), class_map=str(class_map) if class_map else "")
+        except (RuntimeError, OSError, AssertionError, ValueError) as exc:
+            raise GtpcliError(f"--data {data}: no images found in class folders ({' '.join(str(exc).split())})") from None
+        self.classes = dict(getattr(self.reader, "class_to_idx", None) or self.reader.class_name_to_idx)
+        self.files = [Path(self.reader.filename(i, absolute=True)) for i in range(len(self.reader))]
+        self.transform, self.labelled = transform, True
+
+    @staticmethod
+    def _check_map(data: Path, class_map: Path) -> None:
+        """timm drops the images of a class missing from the map; here that is an error."""
+        from timm.data.readers.class_map import load_class_map
+
+        if not class_map.is_file() or class_map.suffix not in (".txt",):
+            raise GtpcliError(f"--class-map {class_map}: not a .txt file (one class name per line)")
+        known = load_class_map(str(class_map))
+        if data.is_dir():
+            missing = sorted(entry.name for entry in data.iterdir() if entry.is_dir() and entry.name not in known)
+            if missing:
+                raise GtpcliError(f"--class-map {class_map} lacks classes of --data {data}: {', '.join(missing[:5])}"
+                                  f"{' ...' if len(missing) > 5 else ''} ({len(missing)})")
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        file, target = self.reader[index]
+        with Image.open(file) as image:
+            return self.transform(image.convert("RGB")), int(target) if self.labelled else -1
 
 
 class Checked(torch.utils.data.Dataset):
