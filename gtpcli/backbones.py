@@ -32,6 +32,37 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
 
+PATCHABLE_MODULES = ("vision_transformer", "deit")  # timm modules whose models are VisionTransformers
+MAX_MODELS = 32
+
+
+def expand(names: str) -> list[str]:
+    """A model argument to model names: one name, a comma list, or timm wildcards (`vit_*_patch16_224`)
+    restricted to the VisionTransformers gtpcli can patch. Every name is resolved (or refused) here."""
+    import fnmatch
+
+    import timm
+
+    found: list[str] = []
+    for name in (part.strip() for part in str(names).split(",")):
+        if not name:
+            raise GtpcliError(f"empty model name in {names!r}")
+        if not any(c in name for c in "*?["):
+            resolve(name)
+            found.append(name)
+            continue
+        matches = sorted({m for module in PATCHABLE_MODULES for m in timm.list_models(name, module=module)})
+        if not matches:
+            others = fnmatch.filter(timm.list_models(), name)
+            why = f" ({len(others)} timm models match, none a VisionTransformer gtpcli can patch)" if others else ""
+            raise GtpcliError(f"no timm model gtpcli can patch matches {name!r}{why}")
+        found += matches
+    found = list(dict.fromkeys(found))
+    if len(found) > MAX_MODELS:
+        raise GtpcliError(f"{names!r} names {len(found)} models (at most {MAX_MODELS} in one run): narrow the pattern")
+    return found
+
+
 def create(timm_name: str, checkpoint: Path | None = None, strict: bool = True, pretrained: bool = False,
            **kwargs) -> nn.Module:
     """A timm (or built-in LV-ViT) model with random weights, timm's published weights (`pretrained`),

@@ -191,6 +191,8 @@ ACC = "Accuracy (your weights and images)"
 SEARCH = "Best over settings (Table 1/4/5 style)"
 
 
+DtypeOpt = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN)
+AmpOpt = typer.Option(None, help="Autocast to bf16 or fp16 (the model stays float32, as mixed-precision evaluation runs) " + default("off"), rich_help_panel=RUN)
 ConfigOpt = typer.Option(None, "--config", help="Options from a YAML file of option: value, or a result file "
                          "(replays the run that wrote it); flags given here win " + default("none"))
 
@@ -216,7 +218,7 @@ def run_config(ctx: typer.Context, config: Optional[Path], apart: tuple[str, ...
 @friendly
 def profile(
     ctx: typer.Context,
-    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name"),
+    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name; a comma list or a timm wildcard ('vit_*_patch16_224', VisionTransformers only) profiles each"),
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 " + default("the profile's, or 0..8")),
     method: Optional[str] = typer.Option(None, "--method", help=f"One or a comma list of {METHODS_TEXT} " + default("the profile's, or gtp")),
     alpha: Optional[str] = typer.Option(None, help="Propagation strength alpha, >= 0; a list or range (0.1,0.3 or 0..0.4:0.1) is a grid for --search " + default("the profile's, or 0.1"), rich_help_panel=GTP),
@@ -235,9 +237,13 @@ def profile(
     pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache); a pretrained tag (NAME.TAG) or hf-hub:ORG/REPO picks them", rich_help_panel=RUN),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Require the checkpoint to fit exactly", rich_help_panel=RUN),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N", rich_help_panel=RUN),
-    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN),
-    batch_size: Optional[int] = typer.Option(None, help="Images per timed batch " + default("128 on CUDA as in the paper, 16 on CPU"), rich_help_panel=RUN),
-    img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's"), rich_help_panel=RUN),
+    dtype: str = DtypeOpt,
+    amp: Optional[str] = AmpOpt,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile stock and reduced models alike; compile time is reported apart from img/s, graph breaks and recompiles as warnings", rich_help_panel=RUN),
+    compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs", rich_help_panel=RUN),
+    batch_size: Optional[str] = typer.Option(None, help="Images per timed batch, or a list to sweep (1,8,32,128; stock at each) " + default("128 on CUDA as in the paper, 16 on CPU"), rich_help_panel=RUN),
+    img_size: Optional[str] = typer.Option(None, help="Input resolution, or a list to sweep (224,384; stock at each) " + default("the model's"), rich_help_panel=RUN),
+    seed: int = typer.Option(0, help="torch's seed before each point is timed (its random input batch)", rich_help_panel=RUN),
     runs: Optional[int] = typer.Option(None, help="Timed batches per point " + default("30 on CUDA; on CPU 3, and more until 6 s have passed"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per point " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure throughput (--no-speed: skip it)", rich_help_panel=RUN),
@@ -274,6 +280,8 @@ def trace(
     hp: Optional[list[str]] = HpOpt,
     config: Optional[Path] = ConfigOpt,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    dtype: str = DtypeOpt,
+    amp: Optional[str] = AmpOpt,
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass " + default("128 on CUDA, 16 on CPU")),
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's")),
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights; random otherwise"),
@@ -308,6 +316,9 @@ def check(
     baseline: Optional[Path] = typer.Option(None, help="Baseline (.json or .yaml) to compare with: what --update-baseline or gtpcli profile --output wrote"),
     update_baseline: Optional[Path] = typer.Option(None, help="Measure and write this baseline (.json or .yaml) instead of comparing"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    dtype: str = DtypeOpt,
+    amp: Optional[str] = AmpOpt,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile stock and reduced models alike (the speed-up metric)", rich_help_panel=RUN),
     junit: Optional[Path] = typer.Option(None, help="Also write JUnit XML (.xml) for CI systems"),
     fmt: str = FormatOpt,
 ):
@@ -320,6 +331,8 @@ def check(
     check_format(fmt)
     run = RunConfig(device="cpu").merged(given(ctx, apart=("spec", "baseline", "update_baseline", "junit")))
     options.device(run.device, choices=("cpu", "cuda", "cuda:N", "auto"))
+    options.dtype(run.dtype)
+    options.amp(run.amp, run.dtype)
     if (baseline is None) == (update_baseline is None):
         raise GtpcliError("give exactly one of --baseline FILE or --update-baseline FILE")
     if update_baseline is not None:

@@ -53,8 +53,12 @@ class RunConfig:
     strict: bool = True
     device: str = "auto"
     dtype: str = "float32"                 # a plain cast of model and input
-    batch_size: Optional[int] = None       # None: 128 on CUDA, 16 on CPU
-    img_size: Optional[int] = None
+    amp: Optional[str] = None              # autocast: bf16 or fp16 (the model stays float32)
+    compile: bool = False                  # torch.compile every model measured, stock and reduced alike
+    compile_mode: str = "default"          # torch.compile's mode
+    batch_size: Optional[str] = None       # one or a list ("1,8,32"): a sweep axis; None: 128 on CUDA, 16 on CPU
+    img_size: Optional[str] = None         # one or a list ("224,384"): a sweep axis; None: the model's
+    seed: int = 0                          # torch's seed before each point is timed (its random input batch)
     runs: Optional[int] = None
     warmup: Optional[int] = None
     speed: bool = True
@@ -133,6 +137,8 @@ def _typed(name: str, value: Any, where: str) -> Any:
             return Path(value)
         if kind is str and isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
+        if kind is str and isinstance(value, list) and value and all(type(v) is int for v in value):
+            return ",".join(map(str, value))  # a YAML list for a list option: P: [4, 8]
         if kind is float and isinstance(value, (int, float)):
             return float(value)
         if kind is list and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -151,6 +157,6 @@ def _kinds(hint) -> tuple[type, ...]:
 
 
 def _describe(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list of strings",
+    names = {str: "text (or integers)", int: "an integer", float: "a number", bool: "true or false", list: "a list of strings",
              Path: "a path"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -25,6 +25,18 @@ def positive(value: int | None, flag: str) -> int | None:
     return at_least(value, 1, flag)
 
 
+def one(text: str | int | None, flag: str, low: int) -> int | None:
+    """A single integer >= low given as text (a run setting that is a list elsewhere, e.g. for trace)."""
+    from .ranges import parse_values
+
+    if text is None:
+        return None
+    values = parse_values(text, flag)
+    if len(values) != 1:
+        raise GtpcliError(f"{flag}: trace takes one value, got {text!r}")
+    return at_least(values[0], low, flag)
+
+
 def device(value: str, flag: str = "--device", choices: Iterable[str] = ("auto", "cpu", "cuda", "cuda:N")) -> str:
     """auto, cpu, cuda or cuda:N (what torch can run gtpcli's measurements on)."""
     if not _DEVICE.match(value or "") or (value == "auto" and "auto" not in choices):
@@ -35,6 +47,29 @@ def device(value: str, flag: str = "--device", choices: Iterable[str] = ("auto",
 def dtype(value: str) -> str:
     if value not in DTYPES:
         raise GtpcliError(f"--dtype must be {', '.join(DTYPES)}, got {value!r}")
+    return value
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+AMP = {"bf16": "bfloat16", "fp16": "float16", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def amp(value: str | None, dtype_name: str = "float32") -> str | None:
+    """--amp bf16|fp16 as the torch dtype name autocast runs in; autocast over a model already cast to a
+    half type would measure nothing new, so that pairing is refused."""
+    if value is None:
+        return None
+    if value not in AMP:
+        raise GtpcliError(f"--amp must be bf16 or fp16, got {value!r}")
+    if dtype_name != "float32":
+        raise GtpcliError(f"--amp {value} autocasts a float32 model: leave --dtype at float32 (got {dtype_name})")
+    return AMP[value]
+
+
+def compile_mode(value: str | None) -> str | None:
+    """--compile MODE: one of torch.compile's modes ("default" is torch's own default)."""
+    if value is not None and value not in COMPILE_MODES:
+        raise GtpcliError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
     return value
 
 

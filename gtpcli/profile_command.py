@@ -18,16 +18,44 @@ from .ranges import parse_values
 from .report import console, emit, render_bins, render_profile
 
 
+def sweep_configs(opts: RunConfig, world=None) -> list:
+    """One SweepConfig per (image size, batch size) of the grid, image size outermost (one model each)."""
+    cfg = sweep_config(opts, world)
+    batches = axis(opts.batch_size, "--batch-size") or [cfg.timing.batch_size]
+    sizes = axis(opts.img_size, "--img-size") or [None]
+    return [replace(cfg, img_size=size, timing=replace(cfg.timing, batch_size=batch)) for size in sizes for batch in batches]
+
+
+def axis(text: str | None, flag: str) -> list[int] | None:
+    """A sweep axis: "16" or "1,8,32,128", each value >= 1 and none twice (None when not given)."""
+    from . import options
+
+    if text is None:
+        return None
+    values = parse_values(text, flag, limit=64)
+    for value in values:
+        options.positive(value, flag)
+    if len(set(values)) != len(values):
+        raise GtpcliError(f"{flag}: {text!r} names a value twice")
+    return values
+
+
 def sweep_config(opts: RunConfig, world=None):
-    """Every option checked, and refused in one line, before a model is built or a point measured."""
+    """Every option checked, and refused in one line, before a model is built or a point measured (the
+    first batch and image size of the grid; `sweep_configs` makes the others)."""
     from . import backbones, distributed, options, sweep
     from .measure import speed
 
     options.device(opts.device)
     options.dtype(opts.dtype)
-    for flag, value, low in (("--batch-size", opts.batch_size, 1), ("--runs", opts.runs, 1),
-                             ("--warmup", opts.warmup, 0), ("--img-size", opts.img_size, 1),
-                             ("--limit", opts.limit, 1)):
+    amp = options.amp(opts.amp, opts.dtype)
+    options.compile_mode(opts.compile_mode)
+    if opts.compile_mode != "default" and not opts.compile:
+        raise GtpcliError(f"--compile-mode {opts.compile_mode} needs --compile")
+    if opts.compile and opts.warmup == 0:
+        raise GtpcliError("--compile needs --warmup >= 1 (the first pass compiles; it is timed apart)")
+    batches, sizes = axis(opts.batch_size, "--batch-size"), axis(opts.img_size, "--img-size")
+    for flag, value, low in (("--runs", opts.runs, 1), ("--warmup", opts.warmup, 0), ("--limit", opts.limit, 1)):
         options.at_least(value, low, flag)
     profile, timm_name = backbones.resolve(opts.model)
     if opts.pretrained and opts.checkpoint is not None:
@@ -35,9 +63,9 @@ def sweep_config(opts: RunConfig, world=None):
     if opts.checkpoint is not None and not opts.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {opts.checkpoint}")
     device = speed.resolve_device(opts.device)
-    timing = speed.Timing.default(distributed.device_for(world, device) if world else device, opts.dtype)
-    overrides = {k: v for k, v in (("batch_size", opts.batch_size), ("runs", opts.runs), ("warmup", opts.warmup))
-                 if v is not None}
+    timing = speed.Timing.default(distributed.device_for(world, device) if world else device, opts.dtype, amp)
+    overrides = {k: v for k, v in (("batch_size", batches and batches[0]), ("runs", opts.runs),
+                                   ("warmup", opts.warmup)) if v is not None}
     if opts.runs is not None:
         overrides["min_seconds"] = 0.0  # --runs N times exactly N batches, not "N and at least 6 s"
     timing = replace(timing, **overrides)
@@ -64,10 +92,11 @@ def sweep_config(opts: RunConfig, world=None):
         methods = list(dict.fromkeys(method for method, *_ in bins))
     return sweep.SweepConfig(model=profile.name if profile else timm_name, timm_name=timm_name, profile=profile,
                              methods=methods, Ps=Ps, timing=timing, hparams=hparams, checkpoint=opts.checkpoint,
-                             strict=opts.strict, img_size=opts.img_size, flops=opts.flops, speed=opts.speed,
+                             strict=opts.strict, img_size=sizes and sizes[0], flops=opts.flops, speed=opts.speed,
                              data=opts.data, limit=opts.limit, fidelity=opts.fidelity, pretrained=opts.pretrained,
                              shard_points=opts.shard_points, class_map=opts.class_map,
-                             bins=bins, sweeps=adaptive_sweeps(opts.delta, methods))
+                             bins=bins, sweeps=adaptive_sweeps(opts.delta, methods),
+                             compile=opts.compile_mode if opts.compile else None, seed=opts.seed)
 
 
 def adaptive_sweeps(delta: str | None, methods: list[str]) -> dict[str, list[float]]:
@@ -201,20 +230,22 @@ def check_output(output: Path) -> Path:
     return files.check_output(output, "--output", ("json", "yaml"))
 
 
-def result_header(cfg, opts: RunConfig) -> dict[str, Any]:
-    """What every row of a result file shares: model, weights, images, environment, the run's configuration."""
+def result_header(cfg, opts: RunConfig, sizes: list | None = None) -> dict[str, Any]:
+    """What every row of a result file shares: model, weights, images, environment, the run's configuration
+    (`sizes`: the image sizes of a grid, when it has several)."""
     from .measure import speed
 
     weights = str(cfg.checkpoint) if cfg.checkpoint else f"pretrained: {cfg.timm_name}" if cfg.pretrained else "random weights"
     default_size = cfg.profile.model["img_size"] if cfg.profile else None
-    return {"model": cfg.model, "timm": cfg.timm_name, "weights": weights, "img_size": cfg.img_size or default_size,
+    return {"model": cfg.model, "timm": cfg.timm_name, "weights": weights,
+            "img_size": sizes if sizes and len(sizes) > 1 else cfg.img_size or default_size,
             "data": str(cfg.data.resolve()) if cfg.data else None, "limit": cfg.limit,
-            "env": speed.fingerprint(cfg.timing), "config": opts.record()}
+            "env": speed.fingerprint(cfg.timing, cfg.compile, cfg.seed), "config": opts.record()}
 
 
 def run_profile(opts: RunConfig) -> None:
     """One process, or each of the processes torchrun started (see gtpcli.distributed)."""
-    from . import distributed
+    from . import backbones, distributed
 
     if opts.search:
         if distributed.launched():
@@ -227,22 +258,44 @@ def run_profile(opts: RunConfig) -> None:
             raise GtpcliError(f"{flag} belongs to --search")
     world = distributed.start(opts.device)
     try:
-        _run_profile(opts, world)
+        names = world.together(lambda: backbones.expand(opts.model))  # a name, a comma list, timm wildcards
+        grids = world.together(lambda: [sweep_configs(replace(opts, model=name), world) for name in names])
+        found = []
+        for name, cfgs in zip(names, grids):  # each model its own result file and its own block
+            result = _run_profile(replace(opts, model=name), world, cfgs, several=len(names) > 1)
+            if result is not None and (opts.fmt == "table" or len(names) == 1):
+                emit(result, opts.fmt, None, render_bins if cfgs[0].bins is not None else render_profile)
+            found.append(result)
+        if world.main and len(names) > 1 and opts.fmt != "table":
+            emit({"results": found, "rows": [row for result in found for row in result["rows"]]}, opts.fmt, None,
+                 render_profile)
     finally:
         world.close()
 
 
-def _run_profile(opts: RunConfig, world) -> None:
+def output_for(output: Path | None, model: str, several: bool) -> Path:
+    """The result file of one model: --output, with the model's name added when one run profiles several."""
+    stem = model.replace("/", "_")
+    if output is None:
+        return Path("gtpcli-results") / f"{stem}.json"
+    return output.with_name(f"{output.stem}-{stem}{output.suffix}") if several else output
+
+
+def _run_profile(opts: RunConfig, world, cfgs: list, several: bool) -> dict[str, Any] | None:
+    """One model over its grid of (image size, batch size), saved after every point; its result (None in
+    the processes that are not rank 0)."""
     from . import sweep
 
-    cfg = world.together(lambda: sweep_config(opts, world))
+    cfg = cfgs[0]
     writes = world.main or cfg.shard_points  # sharing images, rank 0 alone writes; sharing points, each does
-    output = world.together(lambda: check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}.json")
-                            if writes else None)
-    header = result_header(cfg, opts)
+    output = world.together(lambda: check_output(output_for(opts.output, cfg.model, several)) if writes else None)
+    header = result_header(cfg, opts, list(dict.fromkeys(c.img_size for c in cfgs)))
     if world.size > 1:
         header["distributed"] = distributed_label(cfg, world)
-    model = world.together(lambda: sweep.build(cfg))  # a bad checkpoint is refused before the result file is read
+    built = {}  # one model per image size; a bad checkpoint is refused before the result file is read
+    for c in cfgs:
+        if c.img_size not in built:
+            built[c.img_size] = world.together(lambda c=c: sweep.build(c))
     store = results.ResultFile(output, header) if writes else None
     existing = world.together(store.open if writes else list)
     saved = existing if opts.resume else []
@@ -254,21 +307,27 @@ def _run_profile(opts: RunConfig, world) -> None:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with stopping_on_signals() as held, Progress(*columns, console=err, transient=True,
                                                  disable=not world.main) as progress:
-        task = progress.add_task(cfg.model, total=len(sweep.my_points(cfg, world)))
+        task = progress.add_task(cfg.model, total=sum(len(sweep.my_points(c, world)) for c in cfgs))
+        before: list[dict[str, Any]] = []  # the rows of the grid's earlier combinations
+        current = cfg
 
         def save(so_far: list[dict[str, Any]]) -> None:
             with held():
                 if store is not None:
-                    store.save(so_far)
-                rows[:] = so_far
-            progress.update(task, completed=len(so_far))
+                    store.save(before + so_far)
+                rows[:] = before + so_far
+            progress.update(task, completed=len(rows))
 
         def starting(label: str) -> None:
-            progress.update(task, description=f"{cfg.model}: {label}")
+            where = f" batch {current.timing.batch_size}" + (f", {current.img_size} px" if current.img_size else "")
+            progress.update(task, description=f"{cfg.model}{where if len(cfgs) > 1 else ''}: {label}")
 
         def sweeping():
-            sweep.run(cfg, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"), model=model,
-                      world=world)
+            nonlocal before, current
+            for current in cfgs:
+                sweep.run(current, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"),
+                          model=built[current.img_size], world=world)
+                before = list(rows)
 
         try:
             world.together(sweeping)
@@ -287,13 +346,13 @@ def _run_profile(opts: RunConfig, world) -> None:
             raise GtpcliError(f"{exc}; the {len(rows)} finished points are saved in {output} (run the same "
                               "command with --resume to continue)") from None
     if not world.main:
-        return
+        return None
     if cfg.shard_points and world.size > 1:  # the points of every process, merged by the result file
-        rows = merged_rows(store, cfg)
+        rows = [row for c in cfgs for row in merged_rows(store, c, built[c.img_size])]
     resumed = sum(any(row is old for old in saved) for row in rows)
-    emit({**header, "rows": rows}, opts.fmt, None, render_bins if cfg.bins is not None else render_profile)
     note = "" if cfg.checkpoint or cfg.pretrained or cfg.data else " (random weights: accuracy not measured)"
     err.print(f"saved {store.summary(rows, resumed)} in {output}{note}", highlight=False, soft_wrap=True)
+    return {**header, "rows": rows}
 
 
 def distributed_label(cfg, world) -> str:
@@ -305,13 +364,16 @@ def distributed_label(cfg, world) -> str:
             f"alone on {cfg.timing.device}, one process per device, the others waiting")
 
 
-def merged_rows(store, cfg) -> list[dict[str, Any]]:
-    """This sweep's points as the result file holds them after every process saved its own, with the
-    columns computed over all of them (the stock point may have been another process's)."""
-    from . import sweep
+def merged_rows(store, cfg, model) -> list[dict[str, Any]]:
+    """This sweep's points (one batch and image size of the grid) as the result file holds them after every
+    process saved its own, with the columns computed over all of them (the stock point may have been
+    another process's)."""
+    from . import backbones, sweep
 
+    size = sweep.side(backbones.image_size(model))
     wanted = {results.row_key({"model": cfg.model, "method": method, "P": P,
-                               "hparams": cfg.hparams_for(method, P, setting) if method != sweep.STOCK else {}})
+                               "hparams": cfg.hparams_for(method, P, setting) if method != sweep.STOCK else {},
+                               "batch_size": cfg.timing.batch_size, "img_size": size})
               for method, P, setting, _ in cfg.points()}
     rows = sweep.with_columns([row for row in results.read(store.path)["rows"] if results.row_key(row) in wanted], cfg)
     store.save(rows)

@@ -35,7 +35,7 @@ DEPENDS_ON = {
     "params": ("timm",),
     "tokens": ("timm",),
     "overhead_macs": ("timm",),
-    "speedup": ("torch", "timm", "device", "device_name", "dtype", "batch_size", "threads", "cpus", "fused_attn"),
+    "speedup": ("torch", "timm", "device", "device_name", "dtype", "amp", "compile", "batch_size", "threads", "cpus", "fused_attn"),
 }
 
 
@@ -105,7 +105,10 @@ def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, A
     from . import backbones, sweep
     from .measure import speed
 
-    timing = replace(speed.Timing.default(speed.resolve_device(run.device), run.dtype), **spec.speed)
+    from .options import amp
+
+    timing = replace(speed.Timing.default(speed.resolve_device(run.device), run.dtype, amp(run.amp, run.dtype)),
+                     **spec.speed)
     if "runs" in spec.speed:
         timing = replace(timing, min_seconds=0.0)  # `runs: N` times exactly N batches
     import torch
@@ -116,9 +119,10 @@ def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, A
         torch.manual_seed(0)  # random weights are the same every run: an adaptive method's counts depend on them
         cfg = sweep.SweepConfig(model=profile.name if profile else timm_name, timm_name=timm_name, profile=profile,
                                 methods=spec.methods, Ps=spec.Ps, timing=timing, flops="macs" in spec.metrics,
-                                speed="speedup" in spec.metrics, data=spec.data, sweeps=spec.sweeps)
+                                speed="speedup" in spec.metrics, data=spec.data, sweeps=spec.sweeps,
+                                compile=run.compile_mode if run.compile else None, seed=run.seed)
         rows += sweep.run(cfg, [], lambda _: None, on_point, lambda text: None)
-    return rows, speed.fingerprint(timing)
+    return rows, speed.fingerprint(timing, run.compile_mode if run.compile else None, run.seed)
 
 
 def verdicts(spec: CheckSpec, rows: list[dict], env: dict, baseline: dict) -> dict[str, Any]:

@@ -171,11 +171,40 @@ def _render_layers(row: dict[str, Any], console: Console) -> None:
 
 
 def render_profile(result: dict[str, Any], console: Console) -> None:
-    """Table-1 style: one block per method, P across, measured rows then the paper's reference rows."""
-    rows = result["rows"]
+    """Table-1 style: one block per method (and per batch and image size of a grid), P across, measured
+    rows then the paper's reference rows. Several models' results: each its own blocks."""
+    if "results" in result:
+        for one in result["results"]:
+            render_profile(one, console)
+        return
+    combos = list(dict.fromkeys(_combo(r) for r in result["rows"]))
+    for combo in combos:
+        _render_blocks(result, [r for r in result["rows"] if _combo(r) == combo], console, grid=len(combos) > 1)
+
+
+def _combo(row: dict[str, Any]) -> tuple:
+    return row.get("batch_size"), json.dumps(row.get("img_size"))
+
+
+def _measurement(row: dict[str, Any]) -> str:
+    """How a row was timed: precision, autocast, compile mode, batch (and the batch out-of-memory left)."""
+    parts = [row.get("dtype") or "", f"autocast {row['amp']}" if row.get("amp") else "",
+             f"compiled ({row['compile']})" if row.get("compile") else "eager" if "compile" in row else ""]
+    batch = row.get("batch_size")
+    if batch is not None:
+        timed = row.get("timed_batch_size")
+        parts.append(f"batch {batch}" + (f" (timed at {timed}: out of memory)" if timed and timed != batch else ""))
+    if row.get("img_size") is not None:
+        parts.append(f"{row['img_size']} px")
+    return ", ".join(p for p in parts if p)
+
+
+def _render_blocks(result: dict[str, Any], rows: list[dict[str, Any]], console: Console, grid: bool) -> None:
     stock = next((r for r in rows if r["method"] == "stock"), None)
     env = result.get("env", {})
-    setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} {env.get('dtype', '')}, batch {env.get('batch_size', '?')}"
+    first = rows[0] if rows else {}
+    setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} " + (
+        _measurement(first) if "dtype" in first else f"{env.get('dtype', '')}, batch {env.get('batch_size', '?')}")
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
         block = [r for r in rows if r["method"] == method]
         if block[0].get("adaptive"):  # input-dependent counts: E[GMACs] and distributions (adaptive_report.py)
@@ -195,6 +224,15 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
             ("speed-up vs stock", [_times(r["speedup"]) for r in block]),
             ("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]),
         ]
+        if any(r.get("latency_ms_p50") is not None for r in block):
+            lines.append(("ms/batch p50 / p90 / p99", [_latency(r) for r in block]))
+        memory_keys = [k for k in MEMORY_LABELS if any(r.get(k) is not None for r in block)]
+        for key in memory_keys:
+            lines.append((MEMORY_LABELS[key], [_num(r.get(key), 1) for r in block]))
+        if memory_keys:
+            lines.append(("memory saving vs stock", [_share(r.get("memory_saving")) for r in block]))
+        if any(r.get("compile_s") is not None for r in block):
+            lines.append(("compile s (apart from img/s)", [_num(r.get("compile_s"), 1) for r in block]))
         source = next((r["paper_source"] for r in block if r.get("paper_source")), "")
         finetuned = "finetun" in source and "no finetuning" not in source  # never side by side unlabelled
         best_of = "best over settings" in source and not any(r.get("grid") for r in block)
@@ -217,13 +255,19 @@ def render_profile(result: dict[str, Any], console: Console) -> None:
                 label = "paper Acc (%), finetuned" if finetuned else "paper Acc (%), best over settings" if best_of else "paper Acc (%)"
                 lines.append((label, [_num(r.get("paper_acc"), 1) for r in block]))
         columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
-        title = f"{result['model']} + {method}"
+        title = f"{result['model']} + {method}" + (f", batch {first.get('batch_size')}, {first.get('img_size')} px" if grid else "")
         settings = list(dict.fromkeys(r["setting"] for r in block if r.get("setting")))
         if len(settings) == 1:  # e.g. "gtpcli variant: equal P, ...": never mistaken for the method's own schedule
             title += f" ({settings[0]})"
         caption = setting
         if stock:
             caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
+            if stock.get("latency_ms_p50") is not None:
+                caption += f", {_latency(stock)} ms/batch"
+            for key in (k for k in memory_keys if stock.get(k) is not None):
+                caption += f", {MEMORY_LABELS[key]} {_num(stock[key], 1)}"
+            if stock.get("compile_s") is not None:
+                caption += f", compiled in {_num(stock['compile_s'], 1)} s"
             if stock.get("acc") is not None:
                 caption += f", Acc {stock['acc']:.1f}%"
         if source:
@@ -295,6 +339,19 @@ def _bin_gmacs(row: dict[str, Any]) -> str:
 def _bin_setting(setting: dict[str, Any], method: str) -> str:
     names = {"P": "r" if method == "tome" else "P", "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
     return ", ".join(f"{names.get(k, k)}={v}" for k, v in setting.items()) or "-"
+
+
+MEMORY_LABELS = {"cuda_peak_allocated_mib": "peak allocated MiB", "cuda_peak_reserved_mib": "peak reserved MiB",
+                 "rss_peak_delta_mib": "resident growth MiB"}  # what each means: measure/memory.py
+
+
+def _latency(row: dict[str, Any]) -> str:
+    values = [row.get(f"latency_ms_p{p}") for p in (50, 90, 99)]
+    return " / ".join(_num(v, 1) for v in values) if values[0] is not None else "-"
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:+.0%}"
 
 
 def _num(value, digits: int) -> str:

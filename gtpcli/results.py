@@ -1,7 +1,7 @@
 """The result file of `gtpcli profile`: nothing measured is ever lost.
 
-One file holds the points of any number of runs of one setting (model, weights, device, dtype, batch,
-torch and timm). A run adds its own points and updates those it measured again, field by field (a
+One file holds the points of any number of runs of one setting (model, weights, device, dtype, autocast,
+compile mode, torch and timm); batch size and image size are axes of the points, like P. A run adds its own points and updates those it measured again, field by field (a
 `--no-speed` run never erases an img/s measured before); every other point in the file is kept. Each
 save is a read-merge-write cycle under an advisory lock with an atomic replace, so concurrent runs into
 one file keep every row. A file of another setting is refused, saying how it differs, before anything
@@ -19,15 +19,16 @@ from .errors import GtpcliError
 from .report import write
 
 STOCK = "stock"
-SETTING = ("model", "timm", "weights", "img_size")   # top-level keys that must match
+SETTING = ("model", "timm", "weights")   # top-level keys that must match (batch and image size are row axes)
 OPTIONAL_SETTING = ("data", "limit")                # must match where both runs give them
-ENV_SETTING = ("device", "dtype", "batch_size", "torch", "timm")
+ENV_SETTING = ("device", "dtype", "amp", "compile", "torch", "timm")
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    """A point: model, method, P and its hyperparameters."""
+    """A point: model, method, P and its hyperparameters, at its batch size and image size (sweep axes)."""
     return (row.get("model"), row.get("method"), row.get("P"),
-            json.dumps(row.get("hparams") or {}, sort_keys=True, default=str))
+            json.dumps(row.get("hparams") or {}, sort_keys=True, default=str),
+            row.get("batch_size"), json.dumps(row.get("img_size")))
 
 
 def read(path: Path, option: str = "--output") -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from . import backbones
 from . import methods as registry
 from .distributed import World
 from .errors import GtpcliError
-from .measure import accuracy, flops, speed
+from .measure import accuracy, compiled, flops, memory, speed
 from .profiles import Profile
 from .reduce import METHODS, patch, unpatch
 
@@ -46,6 +46,9 @@ class SweepConfig:
     limit: int | None = None
     fidelity: bool = False
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
+    compile: str | None = None      # torch.compile mode, or None for eager
+    working_batch: int | None = None  # set when out-of-memory halved the batch: later points start there
+    seed: int = 0                   # torch's seed before each point is timed (random weights have their own fixed seed)
     bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
     shard_points: bool = False      # under torchrun: whole points per process, instead of images
     class_map: Path | None = None   # --data's class names to the head's indices (timm's .txt class map)
@@ -119,6 +122,7 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Cal
         "params": sum(p.numel() for p in model.parameters()),
         "overhead_macs": A.implemented_overhead(arch, method, removals, hparams),
         "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
+        **axes(cfg, side(backbones.image_size(model))),
     }
     if bin_gmacs is not None:  # --bins paper: the bin and the method's published setting for it
         row["bin_gmacs"], row["bin_setting"] = bin_gmacs, {**({"P": P} if P is not None else {}), **(setting or {})}
@@ -140,6 +144,7 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Cal
         row |= found
     if cfg.speed:
         row |= throughput(model, cfg, warn)
+        row["warnings"] += row.pop("compile_findings", [])
         if row["img_s_spread"] > NOISY * row["img_s"]:
             row["warnings"].append(f"noisy timing: IQR is {row['img_s_spread'] / row['img_s']:.0%} of the median "
                                    "(is the machine busy? try more --runs)")
@@ -159,29 +164,61 @@ def macs_warnings(count: flops.MacCount, analytic: int) -> list[str]:
 
 
 def throughput(model, cfg: SweepConfig, warn: Callable[[str], None]) -> dict[str, Any]:
-    """Median img/s and IQR; on out-of-memory, halve the batch and say so."""
-    timing = cfg.timing
+    """Median img/s and IQR, latency percentiles, peak memory and, compiled, the compile time and what dynamo
+    did. On out-of-memory the batch is halved, and stays halved for the later points of this sweep, so stock
+    and reduced models are compared at equal batches."""
+    size = backbones.image_size(model)
     while True:
+        timing = cfg.timing if cfg.working_batch is None else replace(cfg.timing, batch_size=cfg.working_batch)
+        torch.manual_seed(cfg.seed)
         try:
-            t = speed.measure(model, backbones.image_size(model), timing)
+            found: dict[str, Any] = {}
+            runner = model
+            if cfg.compile is not None:
+                runner = compiled.compile_model(model, cfg.compile)
+                first = speed.first_pass(runner, size, timing)
+                warm = compiled.stats()
+            t = speed.measure(runner, size, timing)
+            if cfg.compile is not None:
+                after = compiled.stats()
+                found = {"compile_s": round(max(first - timing.batch_size / t.img_s, 0.0), 2), **warm,
+                         "recompiled": after["graphs"] > warm["graphs"], "compile_findings": compiled.findings(warm, after)}
+            p50, p90, p99 = t.latency_ms
             return {"img_s": round(t.img_s, 2), "img_s_spread": round(t.spread, 2), "img_s_q1": round(t.q1, 2),
-                    "img_s_q3": round(t.q3, 2), "runs": t.runs, "batch_size": t.batch_size}
+                    "img_s_q3": round(t.q3, 2), "runs": t.runs, "timed_batch_size": t.batch_size,
+                    "latency_ms_p50": round(p50, 3), "latency_ms_p90": round(p90, 3), "latency_ms_p99": round(p99, 3),
+                    **t.memory, **found}
         except RuntimeError as exc:
             if not speed.is_out_of_memory(exc) or timing.batch_size == 1:
                 raise
             if timing.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            timing = replace(timing, batch_size=timing.batch_size // 2)
-            warn(f"out of memory; retrying with batch size {timing.batch_size}")
+            cfg.working_batch = timing.batch_size // 2
+            warn(f"out of memory at batch {timing.batch_size}; this and the later points of batch "
+                 f"{cfg.timing.batch_size} are timed at batch {cfg.working_batch}")
+
+
+def axes(cfg: SweepConfig, img_size: int | list[int]) -> dict[str, Any]:
+    """The measurement's own setting, recorded with every row (batch and image size are sweep axes)."""
+    return {"batch_size": cfg.timing.batch_size, "img_size": img_size, "dtype": cfg.timing.dtype,
+            "amp": cfg.timing.amp, "compile": cfg.compile}
+
+
+def side(size: tuple[int, int]) -> int | list[int]:
+    return size[0] if size[0] == size[1] else list(size)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Speed-up against the stock model of the same run, and against each method's own P = 0."""
-    stock = next((r["img_s"] for r in rows if r["method"] == STOCK), None)
+    stock_row = next((r for r in rows if r["method"] == STOCK), {})
+    stock = stock_row.get("img_s")
     for row in rows:
         own_p0 = next((r["img_s"] for r in rows if r["method"] == row["method"] and r["P"] == 0), None)
         row["speedup"] = _ratio(row["img_s"], stock)
         row["speedup_vs_p0"] = _ratio(row["img_s"], own_p0)
+        used = memory.key(row)
+        if used is not None and stock_row.get(used):
+            row["memory_saving"] = round(1 - row[used] / stock_row[used], 3)
     return rows
 
 
@@ -203,10 +240,12 @@ def _ratio(value, base):
     return round(value / base, 3) if value and base else None
 
 
-def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: SweepConfig) -> bool:
+def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: SweepConfig,
+               img_size: int | list[int] | None = None) -> bool:
     """Whether a saved row measured this point under this configuration (for --resume)."""
     return (row.get("model") == cfg.model and row.get("method") == method and row.get("P") == P
             and row.get("hparams") == hparams
+            and row.get("batch_size") == cfg.timing.batch_size and row.get("img_size") == img_size
             and (not cfg.speed or row.get("img_s") is not None)
             and (not cfg.flops or row.get("macs") is not None)
             and (not cfg.data or "acc" in row or "fidelity_top1" in row))
@@ -225,9 +264,10 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
     measuring = cfg if sharing.main else replace(cfg, flops=False, speed=False)
     rows: list[dict[str, Any]] = []
     warned: set[str] = set()
+    size = side(backbones.image_size(model))
     for method, P, setting, bin_gmacs in my_points(cfg, world):
         hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
-        done = next((r for r in saved if same_point(r, method, P, hparams, cfg)
+        done = next((r for r in saved if same_point(r, method, P, hparams, cfg, size)
                      and r.get("bin_gmacs") == bin_gmacs), None)
         adaptive = method != STOCK and registry.get(method).adaptive
         label = (f"{method} P={P}" if not adaptive else f"{method} {point_label(setting) or 'default'}") \
@@ -242,7 +282,8 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
             if untrained and method not in warned:  # one line per method, not one per point
                 warned.add(method)
                 warn(untrained)
-            rows.append(done or adaptive_sweep.measure_point(model, cfg, method, setting, hparams, bool(untrained)))
+            rows.append(done or adaptive_row(adaptive_sweep.measure_point(model, cfg, method, setting, hparams,
+                                                                          bool(untrained)), cfg, size))
             if bin_gmacs is not None:  # --bins paper: ATS at its published blocks, compared by E[GMACs]
                 rows[-1] |= {"bin_gmacs": bin_gmacs, "bin_setting": dict(setting)}
         else:
@@ -251,6 +292,17 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
             rows[-1]["measured_by"] = world.label(cfg.timing.device)
         on_row(with_columns(rows, cfg))
     return rows
+
+
+def adaptive_row(row: dict[str, Any], cfg: SweepConfig, img_size) -> dict[str, Any]:
+    """An input-dependent method's row with the sweep's axes; its batching modes time the eager model
+    without autocast, which the row says when --amp or --compile was asked for."""
+    timed = row.get("batch_size")
+    row |= axes(cfg, img_size) | ({"timed_batch_size": timed} if timed is not None else {})
+    if cfg.timing.amp or cfg.compile:
+        row["warnings"].append("timed eager without autocast: --amp and --compile do not reach the batching modes "
+                               "of input-dependent methods")
+    return row
 
 
 def point_label(setting: dict[str, Any]) -> str:

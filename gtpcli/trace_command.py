@@ -23,6 +23,7 @@ class Patched:
     name: str        # the profile's name, or the timm name
     device: str
     batch: int
+    timing: Any      # speed.Timing: the device, the cast (dtype) and the autocast (amp) of the trace
 
 
 def patched_model(run: RunConfig) -> Patched:
@@ -30,32 +31,32 @@ def patched_model(run: RunConfig) -> Patched:
     from . import backbones, options, sweep
     from .measure import speed
     from .profile_command import hparam_overrides
-    from .ranges import parse_values
 
     options.device(run.device)
+    options.dtype(run.dtype)
+    amp = options.amp(run.amp, run.dtype)
     method = options.methods(run.method if run.method is not None else "gtp", single=True)[0]
     card = registry.get(method)
     if run.P is None and card.schedule is not None:  # EViT, Evo-ViT, ATS: their own schedule, not a P
         P = None
     else:
-        Ps = parse_values(run.P if run.P is not None else "8", "--P")
-        if len(Ps) != 1:
-            raise GtpcliError(f"--P: trace takes one value, got {run.P!r}")
-        P = options.at_least(Ps[0], 0, "--P")
-    for flag, value in (("--steps", run.steps), ("--batch-size", run.batch_size), ("--img-size", run.img_size)):
-        options.positive(value, flag)
+        P = options.one(run.P if run.P is not None else "8", "--P", 0)
+    batch, size = options.one(run.batch_size, "--batch-size", 1), options.one(run.img_size, "--img-size", 1)
+    options.positive(run.steps, "--steps")
     profile, timm_name = backbones.resolve(run.model)
     device = speed.resolve_device(run.device)
-    batch = run.batch_size if run.batch_size is not None else speed.Timing.default(device).batch_size
+    batch = batch if batch is not None else speed.Timing.default(device).batch_size
     if run.checkpoint is not None and not run.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {run.checkpoint}")
-    model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, run.img_size))
+    model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, size))
     hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
     if card.adaptive:  # the checkpoint's own hyperparameters (TPC's `tpc` mapping), the command line over them
         from .adaptive_sweep import checkpoint_hparams
         hparams = {**(checkpoint_hparams(method, run.checkpoint) or {}), **hparams}
     sweep.apply(model, method, P, hparams)
-    return Patched(model.to(device), method, P, hparams, profile.name if profile else timm_name, device, batch)
+    timing = speed.Timing(device, run.dtype, batch_size=batch, amp=amp)
+    return Patched(model.to(device, speed.dtype_of(run.dtype)), method, P, hparams,
+                   profile.name if profile else timm_name, device, batch, timing)
 
 
 def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
@@ -63,15 +64,15 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     import torch
 
     from . import backbones
-    from .measure import trace
+    from .measure import speed, trace
 
     patched = patched_model(run)
     model, method, P, hparams, device, batch = (patched.model, patched.method, patched.P, patched.hparams,
                                                 patched.device, patched.batch)
     card = registry.get(method)
-    x = torch.randn(batch, 3, *backbones.image_size(model), device=device)
+    x = torch.randn(batch, 3, *backbones.image_size(model), device=device, dtype=speed.dtype_of(run.dtype))
     try:
-        recorded = trace.record(model, x, out, active=run.steps)
+        recorded = trace.record(model, x, out, active=run.steps, autocast=patched.timing.autocast)
     except OSError as exc:
         raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
 
@@ -97,7 +98,9 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         "model": patched.name, "method": method, "P": None if card.adaptive else P,
         "setting": adaptive_setting(card, hparams) if card.adaptive else getattr(model.reduction, "variant_label", None),
         "device": device,
-        "batch_size": batch, "forward_ms": round(forward, 3), "stages": stages,
+        "batch_size": batch, "dtype": run.dtype, "amp": patched.timing.amp,
+        "time": "device (CUDA kernels under each label)" if device.startswith("cuda") else "CPU",
+        "forward_ms": round(forward, 3), "stages": stages,
         "method_time_share": round(method_time / forward, 4) if forward else None,
         "method_macs_share": round(own / (backbone + own), 4),
         # far above 1: the method's own stages are memory- or launch-bound, not compute-bound
@@ -131,11 +134,11 @@ def similarity_result(run: RunConfig) -> dict[str, Any]:
             broken = [problem for problem in problems if problem]
             if broken:
                 raise GtpcliError(f"--data: cannot read image {broken[0]}; fix or remove it")
-            batches.append(images.to(patched.device))
+            batches.append(images.to(patched.device, _dtype(run)))
         source = f"data: {run.data}" + (f" (seed-0 subset of {run.limit})" if run.limit else "")
     else:
         generator = torch.Generator().manual_seed(0)
-        batches = [torch.randn(patched.batch, 3, *size, generator=generator).to(patched.device)]
+        batches = [torch.randn(patched.batch, 3, *size, generator=generator).to(patched.device, _dtype(run))]
         source = "random images (means little for trained weights: give --data)"
     prefix = backbones.arch_of(model).prefix
     reduced = similarity.per_block(model, batches, prefix)
@@ -148,6 +151,11 @@ def similarity_result(run: RunConfig) -> dict[str, Any]:
             "images": sum(b.shape[0] for b in batches), "images_source": source, "removals": tokens,
             "mean_stock": round(sum(stock) / len(stock), 6), f"mean_{patched.method}": round(sum(reduced) / len(reduced), 6),
             "rows": rows, "config": run.record()}
+
+
+def _dtype(run: RunConfig):
+    from .measure.speed import dtype_of
+    return dtype_of(run.dtype)
 
 
 def adaptive_setting(card, hparams: dict[str, Any]) -> str:

@@ -63,8 +63,9 @@ def test_trace_takes_the_same_config(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("bogus: 1\n", "unknown option 'bogus'"),
     ("speed: 3\n", "option 'speed' must be true or false, got 3"),
-    ("batch_size: true\n", "option 'batch_size' must be an integer"),
-    ("batch_size: 2.5\n", "option 'batch_size' must be an integer"),
+    ("batch_size: true\n", "option 'batch_size' must be text (or integers), got True"),
+    ("batch_size: 2.5\n", "option 'batch_size' must be text (or integers), got 2.5"),
+    ("seed: 1.5\n", "option 'seed' must be an integer, got 1.5"),
     ("hp: tcvit.K=4\n", "option 'hp' must be a list of strings"),
     ("- 1\n- 2\n", "expected a mapping of options"),
     ("rows: []\n", "without a recorded 'config'"),
@@ -80,9 +81,9 @@ def test_bad_config_is_one_line(tmp_path, text, message):
 
 def test_config_types_and_precedence(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("P: 8\nalpha: 1\ncheckpoint: w.pth\n")
+    path.write_text("P: 8\nalpha: 1\ncheckpoint: w.pth\nbatch_size: [1, 8, 32]\n")
     cfg = RunConfig().merged(load(path)).merged({"alpha": 0.5})
-    assert (cfg.P, cfg.alpha, cfg.checkpoint) == ("8", 0.5, Path("w.pth"))
+    assert (cfg.P, cfg.alpha, cfg.checkpoint, cfg.batch_size) == ("8", 0.5, Path("w.pth"), "1,8,32")
     assert cfg.gtp_hparams == {"alpha": 0.5}
     assert cfg.record()["checkpoint"] == "w.pth" and "output" not in cfg.record()
     with pytest.raises(GtpcliError, match="must be true or false"):

@@ -19,8 +19,9 @@ EXPECTED = {
     "complexity": ["Layers [default: 12, or the model's]", "Heads [default: C/64, or the model's]",
                    "Tokens removed per layer, e.g. 8, 4,8 or 0..14 [default: 8]", "--per-layer", "[default: table]", "--plot"],
     "profiles": ["--format", "[default: table]"],
-    "profile": ["Images per timed batch [default: 128 on CUDA as in the paper, 16 on CPU]",
-                "Input resolution [default: the model's]", "[default: the profile's, or 0..8]",
+    "profile": ["Images per timed batch, or a list to sweep (1,8,32,128; stock at each) [default: 128 on CUDA as in "
+                "the paper, 16 on CPU]", "Input resolution, or a list to sweep (224,384; stock at each) [default: the "
+                "model's]", "--amp", "--compile", "--compile-mode", "--config", "--seed", "[default: the profile's, or 0..8]",
                 "[default: the profile's, or gtp]", "[default: gtpcli-results/MODEL.json]", "[default: auto]",
                 "[default: 30 on CUDA; on CPU 3, and more until 6 s have passed]", "[default: 10 on CUDA, 1 on CPU]",
                 "--prop-attn", "--no-prop-attn", "--strict", "--no-strict", "--no-speed", "--no-flops", "--resume",

@@ -195,5 +195,8 @@ def test_merge_rules():
     assert [(r["method"], r["P"]) for r in merged] == [("stock", 0), ("gtp", 2), ("gtp", 4)]
     assert merged[2] == {"model": "m", "method": "gtp", "P": 4, "hparams": {"alpha": 0.1}, "img_s": 7.0,
                          "acc": 80.0, "macs": 3}
-    assert results.setting_gap({"env": {"batch_size": 16}}, {"env": {"batch_size": 32}}) == "batch_size 16 (this run: 32)"
+    assert results.setting_gap({"env": {"amp": None}}, {"env": {"amp": "bfloat16"}}) == "amp None (this run: 'bfloat16')"
+    assert results.setting_gap({"env": {"batch_size": 16}}, {"env": {"batch_size": 32}}) is None  # a row axis now
+    at = {"model": "m", "method": "stock", "P": 0}
+    assert len(results.merge_rows([{**at, "batch_size": 16, "img_s": 5.0}], [{**at, "batch_size": 32, "img_s": 9.0}])) == 2
     assert results.setting_gap({"data": None, "env": {}}, {"data": "/x", "env": {}}) is None

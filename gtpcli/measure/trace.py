@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,12 +81,25 @@ def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3) -> dict[str, 
         with profile(activities=_activities(x)) as prof:
             for _ in range(steps):
                 _step(model, x)
-    return _per_step(prof, steps)
+    return per_step(prof.key_averages(), steps, x.is_cuda)
 
 
-def _per_step(prof, steps: int) -> dict[str, float]:
-    events = {e.key: e for e in prof.key_averages()}
-    return {name: events[name].cpu_time_total / steps / 1e3 for name in (FORWARD,) + STAGES if name in events}
+def per_step(events, steps: int, on_device: bool) -> dict[str, float]:
+    """Milliseconds per forward pass under each stage label. On CUDA this is device time: the kernels
+    launched under the label (the profiler adds a range's children's kernel time to its own), not the CPU
+    time spent launching them, which is what CPU time measures there."""
+    found = {e.key: e for e in events}
+    time = device_us if on_device else (lambda e: e.cpu_time_total)
+    return {name: time(found[name]) / steps / 1e3 for name in (FORWARD,) + STAGES if name in found}
+
+
+def device_us(event, own: bool = False) -> float:
+    """Kernel microseconds of a profiler event (with its children's, unless `own`): `device_time_total`,
+    called `cuda_time_total` before torch 2.4."""
+    for name in (("self_device_time_total", "self_cuda_time_total") if own else ("device_time_total", "cuda_time_total")):
+        if hasattr(event, name):
+            return getattr(event, name)
+    return 0.0
 
 
 @dataclass
@@ -97,14 +110,16 @@ class Trace:
     chrome_trace: Path
 
 
-def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: int = 1, active: int = 3) -> Trace:
+def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: int = 1, active: int = 3,
+           autocast=nullcontext) -> Trace:
     """Profile `active` forward passes after `wait` + `warmup` ones; write a TensorBoard profile
-    directory (what torch-tb-profiler reads) and a Chrome-trace JSON (Perfetto, chrome://tracing)."""
+    directory (what torch-tb-profiler reads) and a Chrome-trace JSON (Perfetto, chrome://tracing).
+    Times are device (kernel) time on CUDA, CPU time otherwise; `autocast` is entered around the passes."""
     out.mkdir(parents=True, exist_ok=True)
     tensorboard_dir, chrome = out / "tensorboard", out / "trace.json"
     before = set(tensorboard_dir.glob("*.pt.trace.json"))
     plan = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
-    with torch.inference_mode(), labelled(model), quiet_native_stderr():
+    with torch.inference_mode(), autocast(), labelled(model), quiet_native_stderr():
         with profile(activities=_activities(x), schedule=plan,
                      on_trace_ready=tensorboard_trace_handler(str(tensorboard_dir))) as prof:
             for _ in range(wait + warmup + active):
@@ -114,11 +129,11 @@ def record(model: nn.Module, x: torch.Tensor, out: Path, wait: int = 1, warmup: 
     shutil.copyfile(written[-1], chrome)  # the same Chrome-trace JSON, under a name Perfetto users expect
     averages = prof.key_averages()
     labels = set((FORWARD,) + STAGES)
+    own = (lambda e: device_us(e, own=True)) if x.is_cuda else (lambda e: e.self_cpu_time_total)
     ops = sorted((e for e in averages if e.key not in labels and not e.key.startswith("ProfilerStep")),
-                 key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
-    top = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / active / 1e3, 3), "calls": e.count // active}
-           for e in ops]
-    return Trace(_per_step(prof, active), top, tensorboard_dir, chrome)
+                 key=own, reverse=True)[:10]
+    top = [{"op": e.key, "self_ms": round(own(e) / active / 1e3, 3), "calls": e.count // active} for e in ops]
+    return Trace(per_step(averages, active, x.is_cuda), top, tensorboard_dir, chrome)
 
 
 def labels_in(path: Path) -> set[str]:
