@@ -300,6 +300,7 @@ def adaptive_row(row: dict[str, Any], cfg: SweepConfig, img_size) -> dict[str, A
     timed = row.get("batch_size")
     row |= axes(cfg, img_size) | ({"timed_batch_size": timed} if timed is not None else {})
     if cfg.timing.amp or cfg.compile:
+        row["amp"] = row["compile"] = None  # what the timing really was
         row["warnings"].append("timed eager without autocast: --amp and --compile do not reach the batching modes "
                                "of input-dependent methods")
     return row
