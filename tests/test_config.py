@@ -28,7 +28,7 @@ def test_a_result_file_replays_its_run(tmp_path):
                    "--no-speed", "--output", tmp_path / "a.json")
     assert first.exit_code == 0, first.output
     recorded = json.loads((tmp_path / "a.json").read_text())["config"]
-    assert recorded["P"] == "0,6" and recorded["alpha"] == 0.3 and recorded["speed"] is False
+    assert recorded["P"] == "0,6" and str(recorded["alpha"]) == "0.3" and recorded["speed"] is False
     again = invoke("profile", "--config", tmp_path / "a.json", "--output", tmp_path / "b.json")
     assert again.exit_code == 0, again.output
     assert points(tmp_path / "b.json") == points(tmp_path / "a.json")
