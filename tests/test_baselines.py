@@ -444,3 +444,24 @@ def test_trace_runs_a_methods_own_schedule_when_no_p_is_given(tmp_path):
     found = json.loads(result.stdout)
     assert found["P"] is None and found["setting"].startswith("paper: keep_rate 0.7")
     assert {"evit.rank", "evit.fuse"} <= {s["stage"] for s in found["stages"]}
+
+
+@pytest.mark.slow
+def test_bins_paper_measures_accuracy_when_data_is_given(tmp_path):
+    """Four random images in two class folders: every binned row gets a top-1 next to the paper's."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+    classes = tmp_path / "classes.txt"  # the head's 1000 classes; ours are its first two
+    classes.write_text("\n".join(["a", "b"] + [f"other{i}" for i in range(998)]) + "\n")
+    result = cli("profile", "deit_s", "--bins", "paper", "--method", "evit", "--data", tmp_path / "data",
+                 "--class-map", classes, "--no-speed", "--no-flops", "--output", tmp_path / "out.json")
+    assert result.exit_code == 0, result.output
+    assert "Acc (%)" in result.output and "paper Acc, no FT" in result.output
+    rows = [r for r in json.loads((tmp_path / "out.json").read_text())["rows"] if r.get("bin_gmacs")]
+    assert len(rows) == 4 and all(r["acc"] is not None and 0 <= r["acc"] <= 100 for r in rows)
