@@ -147,3 +147,34 @@ def record_blocks():
             for handle in handles:
                 handle.remove()
     return recorder
+
+
+@pytest.fixture(scope="session")
+def digits_trained(tmp_path_factory, request):
+    """The digits ImageFolders (train/, val/) and the trained digits ViT (vit.pth, digits.yaml), shared by every
+    test module that needs a trained model. Training takes about a minute on 2 idle cores and far longer on busy
+    ones, so the weights are kept in pytest's cache, keyed by everything they depend on (the code that builds
+    and trains them, torch and its thread count, scikit-learn's data); `pytest --cache-clear` trains again."""
+    import hashlib
+    import inspect
+    import shutil
+
+    import sklearn
+
+    import digits
+
+    root = tmp_path_factory.mktemp("digits")
+    train_dir, _ = digits.write_folders(root)
+    code = "".join(inspect.getsource(f) for f in (digits.create, digits.train, digits.write_folders))
+    depends = code + repr((digits.ARCH, digits.OVERLAY)) + torch.__version__ + sklearn.__version__ + str(torch.get_num_threads())
+    key = hashlib.sha256(depends.encode()).hexdigest()
+    cache = getattr(request.config, "cache", None)
+    cached = cache.mkdir("gtpcli-digits") / f"vit-{key[:16]}.pth" if cache is not None else None
+    if cached is None or not cached.is_file():
+        torch.save({"state_dict": digits.train(train_dir).state_dict()}, root / "vit.pth")
+        if cached is not None:
+            shutil.copy(root / "vit.pth", cached)
+    else:
+        shutil.copy(cached, root / "vit.pth")
+    (root / "digits.yaml").write_text(digits.profile_yaml())
+    return root

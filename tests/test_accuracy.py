@@ -1,16 +1,12 @@
 """The accuracy path end to end on real data: scikit-learn's digits, a ViT trained here, gtpcli measuring it."""
 
-import hashlib
 import itertools
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-import digits
 from gtpcli.cli import app
 
 runner = CliRunner()
@@ -19,26 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, request):
-    """The digits folders and a trained checkpoint. Training takes about a minute on 2 idle cores and far
-    longer on busy ones, so the weights are kept in pytest's cache, keyed by everything they depend on
-    (the training code, torch and its thread count, scikit-learn's data); `pytest --cache-clear` trains again."""
-    import sklearn
-
-    root = tmp_path_factory.mktemp("digits")
-    train_dir, val_dir = digits.write_folders(root)
-    depends = Path(digits.__file__).read_text() + torch.__version__ + sklearn.__version__ + str(torch.get_num_threads())
-    key = hashlib.sha256(depends.encode()).hexdigest()
-    cache = getattr(request.config, "cache", None)
-    cached = cache.mkdir("gtpcli-digits") / f"vit-{key[:16]}.pth" if cache is not None else None
-    if cached is None or not cached.is_file():
-        torch.save({"state_dict": digits.train(train_dir).state_dict()}, root / "vit.pth")
-        if cached is not None:
-            shutil.copy(root / "vit.pth", cached)
-    else:
-        shutil.copy(cached, root / "vit.pth")
-    (root / "digits.yaml").write_text(digits.profile_yaml())
-    return root
+def trained(digits_trained):
+    """The digits folders and the trained checkpoint (conftest.py: trained once, kept in pytest's cache)."""
+    return digits_trained
 
 
 def sweep(root, *args):
