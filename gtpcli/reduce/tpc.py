@@ -266,15 +266,16 @@ def _mix(attn: nn.Module, q, k, v, alive: torch.Tensor | None, ctl: TPC) -> torc
     allowed = None if alive is None else alive[:, None, None, :]
     if nearest:
         with stage("tpc.stabilizer"), torch.no_grad():
-            # |q - k|^2 = |q|^2 + |k|^2 - 2 q.k; |q|^2 is the same along a row, so it cannot change the ranking
-            distance = k.float().pow(2).sum(-1).unsqueeze(-2) - 2 * logits.float() / attn.scale
+            # |q - k|^2 = |q|^2 + |k|^2 - 2 q.k and |q|^2 is the same along a row, so the nearest keys are those
+            # with the largest q.k - |k|^2 / 2, i.e. of logits - (scale / 2) |k|^2 (one pass over the map)
+            nearness = torch.sub(logits, k.pow(2).sum(-1).unsqueeze(-2), alpha=attn.scale / 2)
             if allowed is not None:
-                distance = distance.masked_fill(~allowed, math.inf)
-            chosen = distance.topk(ctl.kappa, dim=-1, largest=False).indices
-            knn = torch.zeros_like(distance).scatter(-1, chosen, torch.ones_like(chosen, dtype=distance.dtype)) > 0
+                nearness.masked_fill_(~allowed, -math.inf)
+            kth = nearness.topk(ctl.kappa, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+            knn = nearness >= kth
             allowed = knn if allowed is None else knn & allowed
     with stage("attention"):
-        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        logits = logits.masked_fill_(~allowed, torch.finfo(logits.dtype).min)
         return attn.attn_drop(logits.softmax(dim=-1)) @ v
 
 
