@@ -87,7 +87,7 @@ def run_images(model, source, device: str, dtype) -> dict[str, Any]:
                 kept.append(images)
     found = {"counts": counts, "useful": useful, "sample": torch.cat(kept)}
     if labels:
-        found["predictions"] = accuracy.Predictions(torch.cat(logits), torch.cat(labels))
+        found["predictions"] = accuracy.Predictions(logits, labels, list(range(len(logits))))
     return found
 
 

@@ -79,6 +79,28 @@ def test_resume_keeps_the_adaptive_points(swept, tmp_path):
     assert json.loads(copy.read_text())["rows"] == json.loads(out.read_text())["rows"]
 
 
+def test_counts_and_accuracy_come_from_data(swept, tmp_path):
+    """--data: the distribution of these images, their accuracy, and where they came from."""
+    import numpy as np
+    from PIL import Image
+
+    profile, _, _ = swept
+    rng = np.random.default_rng(0)
+    for label in ("0", "1"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for at in range(5):
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "val" / label / f"{at}.png")
+    out = tmp_path / "data.json"
+    result = cli("profile", profile, "--method", "tpc", *GATES, "--data", tmp_path / "val", "--no-speed",
+                 "--batch-size", "4", "-o", out)
+    assert result.exit_code == 0, result.output
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["method"] == "tpc")
+    assert row["images"] == 10 and row["counts_source"] == f"data: {tmp_path / 'val'}"
+    assert row["acc_n"] == 10 and 0 <= row["acc"] <= 100
+    assert sum(row["tokens_dist"][-1]["hist"]["counts"]) == 10
+
+
 def test_check_gates_expected_macs_and_mean_counts(swept, tmp_path):
     profile, _, _ = swept
     spec = tmp_path / "spec.yaml"
