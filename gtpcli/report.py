@@ -205,6 +205,8 @@ def _render_blocks(result: dict[str, Any], rows: list[dict[str, Any]], console: 
     first = rows[0] if rows else {}
     setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} " + (
         _measurement(first) if "dtype" in first else f"{env.get('dtype', '')}, batch {env.get('batch_size', '?')}")
+    if result.get("distributed"):  # several processes under torchrun: who measured what
+        setting += f"; {result['distributed']}"
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
         block = [r for r in rows if r["method"] == method]
         if block[0].get("adaptive"):  # input-dependent counts: E[GMACs] and distributions (adaptive_report.py)

@@ -58,13 +58,23 @@ def by_point(stdout):
     return {(row["method"], row["P"]): row for row in json.loads(stdout)["rows"]}
 
 
-def test_two_processes_give_exactly_the_single_process_figures(trained, tmp_path):  # noqa: F811
-    """301 images in batches of 16: 19 batches, the last of 13, dealt 10 and 9 to the two processes."""
-    args = ["--data", str(trained / "val"), "--limit", "301", "--batch-size", "16", "--fidelity", "--P", "0,8,12"]
-    [(code, single, _)] = finish(launch(trained, [*args, "--no-speed", "--output", str(tmp_path / "one.json")], 1))
-    assert code == 0
+def sweep_args(trained):  # noqa: F811
+    """301 images in batches of 16: 19 batches, the last of 13, dealt 10 and 9 to two processes."""
+    return ["--data", str(trained / "val"), "--limit", "301", "--batch-size", "16", "--fidelity", "--P", "0,8,12"]
+
+
+@pytest.fixture(scope="module")
+def single(trained, tmp_path_factory):  # noqa: F811
+    """The rows of one process measuring the sweep (the reference)."""
+    out = tmp_path_factory.mktemp("single") / "one.json"
+    [(code, stdout, stderr)] = finish(launch(trained, [*sweep_args(trained), "--no-speed", "--output", str(out)], 1))
+    assert code == 0, stderr
+    return stdout
+
+
+def test_two_processes_give_exactly_the_single_process_figures(trained, single, tmp_path):  # noqa: F811
     (code0, out0, err0), (code1, out1, err1) = finish(launch(
-        trained, [*args, "--runs", "1", "--warmup", "0", "--output", str(tmp_path / "two.json")], 2))
+        trained, [*sweep_args(trained), "--runs", "1", "--warmup", "0", "--output", str(tmp_path / "two.json")], 2))
     assert (code0, code1) == (0, 0), err0 + err1
     assert out1 == "" and err1 == ""  # rank 0 alone prints and writes
     alone, shared = by_point(single), by_point(out0)
@@ -79,17 +89,15 @@ def test_two_processes_give_exactly_the_single_process_figures(trained, tmp_path
     assert json.loads((tmp_path / "two.json").read_text())["rows"] == json.loads(out0)["rows"]
 
 
-def test_shard_points_spreads_whole_points_and_merges_them_into_one_file(trained, tmp_path):  # noqa: F811
-    args = ["--data", str(trained / "val"), "--limit", "100", "--no-speed", "--P", "0,4,8"]
-    [(code, single, _)] = finish(launch(trained, [*args, "--output", str(tmp_path / "one.json")], 1))
-    assert code == 0
+def test_shard_points_spreads_whole_points_and_merges_them_into_one_file(trained, single, tmp_path):  # noqa: F811
     (code0, out0, err0), (code1, out1, err1) = finish(launch(
-        trained, [*args, "--shard-points", "--output", str(tmp_path / "two.json")], 2))
+        trained, [*sweep_args(trained), "--no-speed", "--shard-points", "--output", str(tmp_path / "two.json")], 2))
     assert (code0, code1) == (0, 0), err0 + err1
     assert out1 == "" and err1 == ""
     alone, shared = by_point(single), by_point(out0)
     assert alone.keys() == shared.keys()
-    assert {point: row["acc"] for point, row in alone.items()} == {point: row["acc"] for point, row in shared.items()}
+    for point, row in alone.items():
+        assert {k: row[k] for k in QUALITY} == {k: shared[point][k] for k in QUALITY}, point
     assert sorted(row["measured_by"] for row in shared.values()) == ["rank 0 of 2 (cpu)"] * 2 + ["rank 1 of 2 (cpu)"] * 2
     saved = json.loads((tmp_path / "two.json").read_text())["rows"]
     assert by_point(json.dumps({"rows": saved})) == shared
