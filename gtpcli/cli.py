@@ -285,6 +285,7 @@ def trace(
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass " + default("128 on CUDA, 16 on CPU")),
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's")),
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights; random otherwise"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache)"),
     steps: int = typer.Option(3, help="Profiled forward passes (after 1 skipped and 1 warm-up)"),
     out: Path = typer.Option(Path("gtpcli-results/trace"), "--out", help="Directory for the TensorBoard profile and trace.json (created if missing)"),
     token_similarity: bool = typer.Option(False, "--token-similarity", help="Instead of timing: over-smoothing as in GTP's Fig. 6, the average cosine similarity between image tokens after each block, stock and reduced"),

@@ -46,9 +46,12 @@ def patched_model(run: RunConfig) -> Patched:
     profile, timm_name = backbones.resolve(run.model)
     device = speed.resolve_device(run.device)
     batch = batch if batch is not None else speed.Timing.default(device).batch_size
+    if run.pretrained and run.checkpoint is not None:
+        raise GtpcliError("give --pretrained (timm's published weights) or --checkpoint FILE, not both")
     if run.checkpoint is not None and not run.checkpoint.is_file():
         raise GtpcliError(f"checkpoint not found: {run.checkpoint}")
-    model = backbones.create(timm_name, run.checkpoint, **backbones.constructor_kwargs(profile, size))
+    model = backbones.create(timm_name, run.checkpoint, pretrained=run.pretrained,
+                             **backbones.constructor_kwargs(profile, size))
     hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
     if card.adaptive:  # the checkpoint's own hyperparameters (TPC's `tpc` mapping), the command line over them
         from .adaptive_sweep import checkpoint_hparams

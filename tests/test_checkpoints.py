@@ -203,3 +203,5 @@ def test_pretrained_offline_is_one_line_naming_the_file_to_fetch(tmp_path, monke
         assert "huggingface.co/timm/deit_" in line
     both = runner.invoke(app, ["profile", NAME, "--pretrained", "--checkpoint", str(tmp_path / "x.pth")])
     assert both.exit_code == 2 and "not both" in both.output
+    traced = runner.invoke(app, ["trace", NAME, "--pretrained", "--out", str(tmp_path / "trace")])
+    assert traced.exit_code == 2 and "cannot be reached" in traced.output and "Traceback" not in traced.output
