@@ -465,3 +465,23 @@ def test_bins_paper_measures_accuracy_when_data_is_given(tmp_path):
     assert "Acc (%)" in result.output and "paper Acc, no FT" in result.output
     rows = [r for r in json.loads((tmp_path / "out.json").read_text())["rows"] if r.get("bin_gmacs")]
     assert len(rows) == 4 and all(r["acc"] is not None and 0 <= r["acc"] <= 100 for r in rows)
+
+
+@pytest.mark.parametrize("method,kwargs", [("evit", {"keep_rate": 0.5, "drop_loc": "1,2"}),
+                                           ("evo", {"keep_ratio": 0.5, "stages": "2"}), ("ats", {"layers": "0-3"})])
+def test_register_tokens_are_never_ranked_and_stay_first(method, kwargs, reg_vit, fresh, image, record_blocks):
+    """[CLS] + 4 registers: a block that sees all tokens (EViT's every block, Evo-ViT's before its stage, ATS's
+    first) puts out the 5 prefix tokens first, exactly as the stock block computes them; tokens are removed
+    (EViT, ATS) or all come back for the head (Evo-ViT)."""
+    model = gtpcli.patch(fresh(reg_vit), method, **kwargs)
+    stock = fresh(reg_vit)
+    with torch.no_grad(), record_blocks(model) as rec:
+        model(image(reg_vit, batch=2))
+        for layer, block in enumerate(stock.blocks):
+            x_in = rec["inputs"][layer]
+            if method == "ats" and layer:  # padded tokens: only the valid ones are attended
+                continue
+            expected = block(x_in)[:, :5] if method != "evo" or layer < 2 else None
+            if expected is not None:
+                assert (rec["outputs"][layer][:, :5] - expected).abs().max().item() <= 1e-5
+    assert (rec["outputs"][-1].shape[1] == 69) == (method == "evo")
