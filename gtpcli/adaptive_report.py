@@ -46,7 +46,8 @@ def lines(block: list[dict[str, Any]], stock: dict[str, Any] | None) -> list[tup
         found.append((f"{mode}: executed / ideal GMACs", [
             "-" if not c else f"{_g(c['executed_gmacs'], d)} / {_g(c['ideal_gmacs'], d)} ({c['ratio']:.2f}x)"
             for c in cells]))
-    found.append(("speed-up vs stock", ["-" if r.get("speedup") is None else f"{r['speedup']:.2f}x" for r in block]))
+    if any(r.get("speedup") is not None for r in block):
+        found.append(("speed-up vs stock", ["-" if r.get("speedup") is None else f"{r['speedup']:.2f}x" for r in block]))
     if any(r.get("acc") is not None for r in block):
         found.append(("Acc (%)", [_g(r.get("acc"), 1) for r in block]))
     return found
@@ -57,8 +58,9 @@ def caption(block: list[dict[str, Any]], stock: dict[str, Any] | None) -> str:
     first = block[0]
     parts = []
     if stock:
-        parts.append(f"stock timm: {_g(stock.get('gmacs'), _digits(block, stock))} GMACs, "
-                     f"{_g(stock.get('img_s'), 1)} img/s" + (f", Acc {stock['acc']:.1f}%" if stock.get("acc") else ""))
+        parts.append(f"stock timm: {_g(stock.get('gmacs'), _digits(block, stock))} GMACs"
+                     + (f", {stock['img_s']:.1f} img/s" if stock.get("img_s") is not None else "")
+                     + (f", Acc {stock['acc']:.1f}%" if stock.get("acc") is not None else ""))
     parts.append(f"{first['images']} images, {first['counts_source']}")
     if first["counts_source"] == RANDOM_SOURCE:
         parts.append("give --data DIR for the real distribution")
