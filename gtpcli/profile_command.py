@@ -222,6 +222,28 @@ def stopping_on_signals():
             signal.signal(signum, old)
 
 
+@contextmanager
+def keeping_finished(progress, rows: list, store, world, what: str):
+    """Ctrl-C, SIGTERM, or an error on any process: one line saying what finished `what` (points, settings)
+    the result file keeps and how to go on from them."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        progress.stop()
+        signum = getattr(exc, "signum", signal.SIGINT)
+        kept = f" ({store.kept} other points kept)" if store and store.kept else ""
+        if world.main:
+            console(stderr=True).print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished {what} "
+                                       f"saved in {store.path}{kept}; run the same command with --resume to continue",
+                                       highlight=False, soft_wrap=True)
+        raise SystemExit(128 + signum)
+    except GtpcliError as exc:
+        if not rows or store is None:
+            raise
+        raise GtpcliError(f"{exc}; the {len(rows)} finished {what} are saved in {store.path} (run the same "
+                          "command with --resume to continue)") from None
+
+
 def check_output(output: Path) -> Path:
     """The result file must be one we can read back (to merge and resume) and write, checked first."""
     if output.suffix.lower() == ".csv":
@@ -248,9 +270,6 @@ def run_profile(opts: RunConfig) -> None:
     from . import backbones, distributed
 
     if opts.search:
-        if distributed.launched():
-            raise GtpcliError("--search runs in one process (torchrun is not supported for it yet); run it "
-                              "without torchrun, or spread a plain sweep with torchrun")
         from .search_command import run_search
         return run_search(opts)
     for flag, given in (("--holdout", opts.holdout), ("--write-profile", opts.write_profile), ("--best-per", opts.best_per)):
@@ -329,22 +348,8 @@ def _run_profile(opts: RunConfig, world, cfgs: list, several: bool) -> dict[str,
                           model=built[current.img_size], world=world)
                 before = list(rows)
 
-        try:
+        with keeping_finished(progress, rows, store, world, "points"):
             world.together(sweeping)
-        except KeyboardInterrupt as exc:
-            progress.stop()
-            signum = getattr(exc, "signum", signal.SIGINT)
-            kept = f" ({store.kept} other points kept)" if store and store.kept else ""
-            if world.main:
-                err.print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished points saved in "
-                          f"{output}{kept}; run the same command with --resume to continue",
-                          highlight=False, soft_wrap=True)
-            raise SystemExit(128 + signum)
-        except GtpcliError as exc:
-            if not rows or store is None:
-                raise
-            raise GtpcliError(f"{exc}; the {len(rows)} finished points are saved in {output} (run the same "
-                              "command with --resume to continue)") from None
     if not world.main:
         return None
     if cfg.shard_points and world.size > 1:  # the points of every process, merged by the result file

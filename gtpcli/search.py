@@ -9,6 +9,8 @@ profile sees the same images; `holdout` measures each winner (and the unreduced 
 `holdout` images of that order, disjoint from the first, which says how much picking the best of many
 flatters the winner. Every setting is one row of the profile result format (same keys, so files merge and
 resume as sweeps do); the unreduced model is evaluated once per subset, and one model is patched in turn.
+Under torchrun every process measures its share of each subset's batches, as a plain sweep does (see
+`sweep.quality_meter`), so every figure equals the single-process one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable
 
 from . import files
 from .config import SEARCH_GUARD as GUARD  # image evaluations above which a grid runs only with --yes
+from .distributed import World
 from .errors import GtpcliError
 from .measure import accuracy
 from .sweep import STOCK, SweepConfig, add_reference, apply, measure_point
@@ -87,15 +90,20 @@ def check(search: Search) -> None:
                               "next N, which must not overlap")
 
 
-def subsets(model, search: Search) -> dict[str, Any]:
-    """Data loaders of the search subset and, with a holdout, the disjoint held-out subset."""
+def subsets(model, search: Search, world: World = World()) -> dict[str, Any]:
+    """Data loaders of the search subset and, with a holdout, the disjoint held-out subset (this process's
+    share of their batches)."""
+    from functools import partial
+
     from . import backbones
 
     cfg = search.sweep
-    size = backbones.image_size(model)
-    loaders = {"search": accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit, size)}
+    loader = partial(accuracy.data_loader, model, cfg.data, cfg.timing.batch_size,
+                     image_size=backbones.image_size(model), rank=world.rank, size=world.size,
+                     class_map=cfg.class_map, fidelity=cfg.fidelity)
+    loaders = {"search": loader(cfg.limit)}
     if search.holdout:
-        held = accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, search.holdout, size, skip=cfg.limit)
+        held = loader(search.holdout, skip=cfg.limit)
         available = len(held.dataset)
         if available < search.holdout:
             total = len(loaders["search"].dataset) + available
@@ -112,16 +120,17 @@ def guard(cost: dict[str, int], yes: bool, limit: int = GUARD) -> None:
 
 
 def run(search: Search, model, loaders: dict[str, Any], saved: list[dict], on_rows: Callable[[list[dict]], None],
-        advance: Callable[[str], None], warn: Callable[[str], None]) -> list[dict[str, Any]]:
+        advance: Callable[[str], None], warn: Callable[[str], None], world: World = World()) -> list[dict[str, Any]]:
     """Measure every setting at every P that `saved` does not already hold (nothing is measured twice),
-    then each P's winner on the held-out images; `on_rows` gets all rows after every measurement."""
+    then each P's winner on the held-out images; `on_rows` gets all rows after every measurement. Every
+    process of `world` runs this with its own share of the images (and the same `saved`)."""
     cfg = search.config_for({})
     method = search.grid.method
     for P, setting in search.points():  # every setting must patch before anything is measured
         apply(model, method, P, search.config_for(setting).hparams_for(method, P))
     from .reduce import unpatch
     unpatch(model)
-    meter = Meter(model, loaders, cfg)
+    meter = Meter(model, loaders, cfg, world)
     rows: list[dict[str, Any]] = []
 
     def keep(row: dict[str, Any]) -> None:
@@ -161,25 +170,30 @@ def run(search: Search, model, loaders: dict[str, Any], saved: list[dict], on_ro
 
 
 class Meter:
-    """Predictions on each subset; the unreduced model's are computed once per subset, when first needed."""
+    """Predictions on each subset; the unreduced model's are computed once per subset, when first needed.
+    Each process of `world` predicts its share of the batches; the figures come from all shares' counts."""
 
-    def __init__(self, model, loaders: dict[str, Any], cfg: SweepConfig):
+    def __init__(self, model, loaders: dict[str, Any], cfg: SweepConfig, world: World = World()):
         from .measure import speed
 
-        self.model, self.loaders, self.device = model, dict(loaders), cfg.timing.device
+        self.model, self.loaders, self.device, self.world = model, dict(loaders), cfg.timing.device, world
         self.dtype = speed.dtype_of(cfg.timing.dtype)
         self.full: dict[str, accuracy.Predictions] = {}
-        self.sizes = {subset: len(loader.dataset) for subset, loader in loaders.items()}
+        self.sizes = {subset: len(loader.dataset) for subset, loader in loaders.items()}  # all processes' images
+        self.numbers = {subset: accuracy.batch_order(loader) for subset, loader in loaders.items()}
 
     def predict(self, model, subset: str) -> accuracy.Predictions:
-        """Every setting sees the same images: a subset that fits in CACHE_BYTES is decoded once and kept."""
+        """Every setting sees the same images: a subset that fits in CACHE_BYTES is decoded once and kept
+        (with each batch's place in the single-process order, which the kept list does not carry)."""
         loader = self.loaders[subset]
         if isinstance(loader, list) or not _fits(loader):
-            return accuracy.predict(model, loader, self.device, self.dtype)
-        batches: list = []
-        found = accuracy.predict(model, _kept(loader, batches), self.device, self.dtype)
-        self.loaders[subset] = batches
-        return found
+            found = accuracy.predict(model, loader, self.device, self.dtype)
+        else:
+            batches: list = []
+            found = accuracy.predict(model, _kept(loader, batches), self.device, self.dtype)
+            self.loaders[subset] = batches
+        numbers = self.numbers[subset]
+        return found if numbers is None else replace(found, batches=numbers)
 
     def unreduced(self, subset: str) -> accuracy.Predictions:
         """The unreduced model's predictions (this unpatches the model the first time, to compute them)."""
@@ -187,14 +201,19 @@ class Meter:
             from .reduce import unpatch
 
             unpatch(self.model)
-            self.full[subset] = self.predict(self.model, subset)
+            self.full[subset] = self.world.together(lambda: self.predict(self.model, subset))
         return self.full[subset]
 
     def quality(self, current, subset: str = "search") -> dict[str, Any]:
-        """Accuracy (with labels) and agreement with the unreduced model, of the model as it is patched now."""
+        """Accuracy (with labels) and agreement with the unreduced model, of the model as it is patched now:
+        every process's per-batch counts, summed in the single-process order."""
         full = self.full[subset]
-        found = full if getattr(current, "reduction", None) is None else self.predict(current, subset)
-        return accuracy.accuracy(found) | accuracy.fidelity(found, full)
+
+        def counts() -> list[dict[str, Any]]:
+            found = full if getattr(current, "reduction", None) is None else self.predict(current, subset)
+            return accuracy.counts(found, full)
+
+        return accuracy.summary([batch for share in self.world.gathered(counts) for batch in share])
 
     def held_out(self, row: dict[str, Any], method: str) -> dict[str, Any]:
         """The same measurement of `row`'s setting on the held-out images, as `holdout_*` fields."""

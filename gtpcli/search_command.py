@@ -1,9 +1,9 @@
 """The glue of `gtpcli profile --search`: options to a grid, the cost guard, a progress bar with the time
-left, a result file saved after every setting, the best per P, and the profile with the winners."""
+left, a result file saved after every setting, the best per P, and the profile with the winners. Under
+torchrun the processes share each setting's images and rank 0 alone prints and writes."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import files, results, search
 from .config import RunConfig
 from .errors import GtpcliError
-from .profile_command import check_output, gtp_values, result_header, stopping_on_signals, sweep_config
+from .profile_command import (check_output, gtp_values, keeping_finished, result_header, stopping_on_signals,
+                              sweep_config)
 from .report import console, emit, render_search
 
 
-def search_config(opts: RunConfig) -> search.Search:
+def search_config(opts: RunConfig, world=None) -> search.Search:
     """The grid (the GTP hyperparameters given as lists) over the sweep the other options describe."""
-    cfg = sweep_config(opts)
+    if opts.shard_points:
+        raise GtpcliError("--shard-points belongs to a plain sweep: under torchrun a search shares every "
+                          "setting's images between the processes")
+    cfg = sweep_config(opts, world)
     axes = {name: values for name, values in gtp_values(opts).items() if len(values) > 1}
     if not axes:
         raise GtpcliError("--search needs a GTP hyperparameter with several values, e.g. --alpha 0..0.4:0.1 "
@@ -30,57 +34,72 @@ def search_config(opts: RunConfig) -> search.Search:
         if cfg.profile is None:
             raise GtpcliError("--write-profile extends a profile: give a profile name or YAML file "
                               "(`gtpcli profiles` lists them), not a timm model name")
-        files.check_output(opts.write_profile, "--write-profile", ("yaml",))
+        if world is None or world.main:  # rank 0 writes it
+            files.check_output(opts.write_profile, "--write-profile", ("yaml",))
     return found
 
 
 def run_search(opts: RunConfig) -> None:
+    """One process, or each of the processes torchrun started (see gtpcli.distributed)."""
+    from . import distributed
+
+    world = distributed.start(opts.device)
+    try:
+        _run_search(opts, world)
+    finally:
+        world.close()
+
+
+def _run_search(opts: RunConfig, world) -> None:
     from . import sweep
 
-    plan = search_config(opts)
+    plan = world.together(lambda: search_config(opts, world))
     cfg = plan.sweep
-    output = check_output(opts.output or Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}-search.json")
+    default = Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}-search.json"
+    output = world.together(lambda: check_output(opts.output or default) if world.main else None)
     header = result_header(cfg, opts) | {"search": {"method": plan.grid.method, "grid": plan.grid.axes,
                                                     "objective": plan.objective, "holdout": plan.holdout,
                                                     "subset": "seed-0 order of --data: the first --limit images "
                                                               "to choose on, the next --holdout to report on"}}
-    model = sweep.build(cfg)
-    loaders = search.subsets(model, plan)
+    if world.size > 1:
+        header["distributed"] = f"{world.size} processes ({world.backend}) shared each setting's images"
+    model = world.together(lambda: sweep.build(cfg))
+    loaders = world.together(lambda: search.subsets(model, plan, world))
     cost = plan.cost(len(loaders["search"].dataset))
     err = console(stderr=True)
     held = f" (+ {len(cfg.Ps) + 1} x {plan.holdout} held-out)" if plan.holdout else ""
-    err.print(f"grid: {cost['settings']} settings x {cost['Ps']} values of P + the unreduced model = "
-              f"{cost['evaluations']} evaluations x {cost['images']} images{held} = "
-              f"{cost['image_evaluations']:,} image evaluations", highlight=False, soft_wrap=True)
+    if world.main:
+        err.print(f"grid: {cost['settings']} settings x {cost['Ps']} values of P + the unreduced model = "
+                  f"{cost['evaluations']} evaluations x {cost['images']} images{held} = "
+                  f"{cost['image_evaluations']:,} image evaluations", highlight=False, soft_wrap=True)
     search.guard(cost, opts.yes)
-    store = results.ResultFile(output, header)
-    existing = store.open()  # a file of another setting is refused here, before anything is measured
-    saved = existing if opts.resume else []
+    store = results.ResultFile(output, header) if world.main else None
+    existing = world.together(store.open if store else list)  # a file of another setting is refused here
+    saved = world.broadcast(existing if opts.resume else [])  # every process skips what rank 0 resumes
     rows: list[dict[str, Any]] = []
     total = cost["evaluations"] + (len(cfg.Ps) + 1 if plan.holdout else 0)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
-    with stopping_on_signals() as holding, Progress(*columns, console=err, transient=True) as progress:
+    with stopping_on_signals() as holding, Progress(*columns, console=err, transient=True,
+                                                    disable=not world.main) as progress:
         task = progress.add_task(cfg.model, total=total)
         started = [0]
 
         def save(so_far: list[dict[str, Any]]) -> None:
             with holding():
-                store.save(so_far)
+                if store is not None:
+                    store.save(so_far)
                 rows[:] = so_far
 
         def starting(label: str) -> None:
             progress.update(task, description=f"{cfg.model}: {label}", completed=started[0])
             started[0] += 1
 
-        try:
-            search.run(plan, model, loaders, saved, save, starting, lambda text: err.print(f"[yellow]warning:[/] {text}"))
-        except KeyboardInterrupt as exc:
-            progress.stop()
-            signum = getattr(exc, "signum", signal.SIGINT)
-            err.print(f"interrupted by {signal.Signals(signum).name}: {len(rows)} finished settings saved in "
-                      f"{output}; run the same command with --resume to continue", highlight=False, soft_wrap=True)
-            raise SystemExit(128 + signum)
+        warn = (lambda text: err.print(f"[yellow]warning:[/] {text}")) if world.main else (lambda text: None)
+        with keeping_finished(progress, rows, store, world, "settings"):
+            world.together(lambda: search.run(plan, model, loaders, saved, save, starting, warn, world))
+    if not world.main:
+        return
     best = search.best_per_P(rows, plan, cost["images"])
     grouped = {"best_per": {"name": plan.best_per, "rows": search.best_per_value(rows, plan, plan.best_per)}} \
         if plan.best_per else {}

@@ -103,7 +103,8 @@ def test_shard_points_spreads_whole_points_and_merges_them_into_one_file(trained
     assert by_point(json.dumps({"rows": saved})) == shared
 
 
-def test_a_worker_that_cannot_read_its_images_ends_the_run_in_one_line(trained, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("grid", [["--P", "0"], ["--P", "4", "--alpha", "0.1,0.3", "--search"]], ids=["sweep", "search"])
+def test_a_worker_that_cannot_read_its_images_ends_the_run_in_one_line(trained, tmp_path, grid):  # noqa: F811
     """The broken image is in the second batch, which only rank 1 reads: rank 0 reports it for both."""
     data = tmp_path / "data"
     for digit in range(10):  # 4 images of each class, numbered in reading order
@@ -113,11 +114,11 @@ def test_a_worker_that_cannot_read_its_images_ends_the_run_in_one_line(trained, 
     broken = data / "5" / "0020.png"  # image 20: the second batch of 16
     broken.write_bytes(b"not a png")
     (code0, out0, err0), (code1, out1, err1) = finish(launch(
-        trained, ["--data", str(data), "--batch-size", "16", "--no-speed", "--P", "0", "--output",
+        trained, ["--data", str(data), "--batch-size", "16", "--no-speed", *grid, "--output",
                   str(tmp_path / "o.json")], 2))
     assert (code0, code1) == (2, 2), err0
     assert err1 == "", err1 and out0 == out1 == ""
-    [line] = [text for text in err0.splitlines() if text.strip()]
+    [line] = [text for text in err0.splitlines() if text.strip() and not text.startswith("grid: ")]  # a search's cost
     assert line.startswith("error: rank 1: --data: cannot read image") and "0020.png" in line, line
 
 
@@ -139,3 +140,27 @@ def test_a_worker_that_dies_ends_the_run_in_one_line_and_finished_points_are_kep
     kept = json.loads(output.read_text())["rows"]
     assert len(kept) >= 2 and f"the {len(kept)} finished points" in line
     assert all(row["acc_n"] == 360 for row in kept)
+
+
+def test_a_search_under_two_processes_gives_the_single_process_rows_winners_and_profile(trained, tmp_path):  # noqa: F811
+    """4 settings x 2 P on 150 images (10 batches of 16, the last of 6: 5 to each process) and each winner on
+    100 held-out images (7 batches, the last of 4: 4 and 3): every figure, winner and the written per_P
+    are the single process's, and rank 0 alone prints and writes."""
+    grid = ["--data", str(trained / "val"), "--limit", "150", "--holdout", "100", "--batch-size", "16",
+            "--P", "8,14", "--alpha", "0.1,0.5", "--graph", "none,mixed", "--search"]
+    found = {}
+    for size in (1, 2):
+        files = [tmp_path / f"{size}.json", tmp_path / f"{size}.yaml"]
+        runs = finish(launch(trained, [*grid, "--output", str(files[0]), "--write-profile", str(files[1])], size))
+        assert [code for code, _, _ in runs] == [0] * size, "".join(err for _, _, err in runs)
+        assert all(out == err == "" for _, out, err in runs[1:])  # rank 1 is silent
+        result = json.loads(runs[0][1])
+        assert json.loads(files[0].read_text())["rows"] == result["rows"]
+        found[size] = result, files[1].read_text()
+    (alone, alone_profile), (shared, shared_profile) = found[1], found[2]
+    assert len(alone["rows"]) == 9 and all(row["acc_n"] == 150 for row in alone["rows"])
+    assert all(row["holdout_n"] == 100 for row in alone["rows"] if "holdout_n" in row)
+    assert shared["rows"] == alone["rows"]  # accuracy, counts, intervals, KL, holdout fields
+    assert shared["best"] == alone["best"] and len(alone["best"]) == 2  # winners, margins, optimism
+    assert shared_profile == alone_profile and "per_P" in alone_profile
+    assert "2 processes (gloo)" in shared["distributed"] and "distributed" not in alone

@@ -93,6 +93,7 @@ def tiny(tmp_path):
     (["--search", "--alpha", "0.1,0.3", "--limit", "8", "--holdout", "8"], "needs 16 images; "),
     (["--search", "--alpha", "0.1,0.3", "--holdout", "0", "--limit", "4"], "--holdout must be >= 1"),
     (["--search", "--alpha", "0.1,0.3", "--method", "tome"], "one method's grid"),
+    (["--search", "--alpha", "0.1,0.3", "--shard-points"], "--shard-points belongs to a plain sweep"),
     (["--holdout", "4", "--limit", "4"], "--holdout belongs to --search"),
     (["--hp", "gtp.prop_attn=on,off"], "--hp gtp.prop_attn on,off names 2 values: add --search"),
     (["--search", "--hp", "gtp.prop_attn=on,maybe"], "--hp gtp.prop_attn: cannot read 'maybe'"),

@@ -193,9 +193,15 @@ def predict(model: nn.Module, loader, device: str, dtype: torch.dtype, step: Cal
             labels.append(targets)
             if step:
                 step(len(targets))
+    numbers = batch_order(loader)
+    return Predictions(logits, labels, list(range(len(logits))) if numbers is None else numbers)
+
+
+def batch_order(loader) -> list[int] | None:
+    """Each batch's place in the single-process order, for a loader of this process's share (see
+    data_loader); None for any other iterable of batches (its own order)."""
     sharded = getattr(loader, "batch_sampler", None)
-    numbers = sharded.numbers() if isinstance(sharded, ShardedBatches) else list(range(len(logits)))
-    return Predictions(logits, labels, numbers)
+    return sharded.numbers() if isinstance(sharded, ShardedBatches) else None
 
 
 def counts(p: Predictions, full: Predictions | None = None) -> list[dict[str, Any]]:
