@@ -74,3 +74,19 @@ def test_a_class_map_that_lacks_a_class_or_overflows_the_head_is_refused(trained
     long.write_text("".join(f"x{i}\n" for i in range(15)) + "".join(f"{i}\n" for i in range(10)))
     beyond = profile(tmp_path, wider / "digits20.yaml", *data, "--class-map", str(long))
     assert beyond.exit_code == 2 and "beyond the model's 20 classes" in beyond.output
+
+
+def test_a_hugging_face_dataset_on_disk_reads_like_the_folder(trained, tmp_path):  # noqa: F811
+    datasets = pytest.importorskip("datasets")
+    classes = sorted((p.name for p in (trained / "val").iterdir()), key=int)
+    files = [(str(f), label) for label, name in enumerate(classes) for f in sorted((trained / "val" / name).iterdir())]
+    features = datasets.Features({"img": datasets.Image(), "digit": datasets.ClassLabel(names=classes)})
+    table = datasets.Dataset.from_dict({"img": [f for f, _ in files], "digit": [y for _, y in files]}, features=features)
+    table.save_to_disk(str(tmp_path / "hf" / "validation"))
+    datasets.DatasetDict({"validation": table}).save_to_disk(str(tmp_path / "hfdict"))
+    checkpoint = ["--checkpoint", str(trained / "vit.pth")]
+    folder = accuracies(profile(tmp_path, trained / "digits.yaml", *checkpoint, "--data", str(trained / "val")))
+    hf = accuracies(profile(tmp_path, trained / "digits.yaml", *checkpoint, "--data", str(tmp_path / "hf" / "validation")))
+    assert hf == folder and hf[0][1] == 360
+    splits = profile(tmp_path, trained / "digits.yaml", *checkpoint, "--data", str(tmp_path / "hfdict"))
+    assert splits.exit_code == 2 and "holds several splits (validation)" in splits.output

@@ -1,10 +1,12 @@
 """Accuracy on local images read by timm's dataset readers (a folder of class folders, or a .tar of them;
-class order as timm trains with: natural sort of the folder names, or a --class-map file) with the
+class order as timm trains with: natural sort of the folder names, or a --class-map file), or a Hugging Face
+dataset saved to disk (`Dataset.save_to_disk`: its image column, its ClassLabel column's order) with the
 backbone's own eval transform, and fidelity: how often a reduced model agrees with the unreduced one, on
 any images."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from ..errors import GtpcliError
 def check_folder(data: Path, fidelity: bool) -> None:
     """Before anything is measured: a folder of class sub-folders or a .tar of them (accuracy), or a
     folder of images (--fidelity)."""
-    if data.is_file() and data.suffix == ".tar":
+    if (data.is_file() and data.suffix == ".tar") or hf_saved(data):
         return
     if not data.is_dir():
         raise GtpcliError(f"--data: not a directory (or a .tar of class folders): {data}")
@@ -48,8 +50,8 @@ def data_loader(model: nn.Module, folder: Path, batch_size: int, limit: int | No
     check_folder(folder, fidelity=True)
     config = resolve_data_config({"input_size": (3, *image_size)}, model=model)
     transform = create_transform(**config)
-    if folder.is_file() or any(entry.is_dir() for entry in folder.iterdir()):
-        images = ReaderImages(folder, transform, class_map)
+    if hf_saved(folder) or folder.is_file() or any(entry.is_dir() for entry in folder.iterdir()):
+        images = (HfImages if hf_saved(folder) else ReaderImages)(folder, transform, class_map)
         if not labels_fit(images.classes, getattr(model, "num_classes", 0), folder, class_map, fidelity):
             images.labelled = False
         dataset = Checked(images, images.files, image_size)
@@ -128,6 +130,63 @@ class ReaderImages(torch.utils.data.Dataset):
         file, target = self.reader[index]
         with Image.open(file) as image:
             return self.transform(image.convert("RGB")), int(target) if self.labelled else -1
+
+
+def hf_saved(data: Path) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict's, which holds splits)."""
+    return data.is_dir() and any((data / name).is_file() for name in ("state.json", "dataset_dict.json"))
+
+
+class HfImages(torch.utils.data.Dataset):
+    """(image, label) from a Hugging Face dataset saved to disk: the column of Image feature type, and the
+    ClassLabel column whose names give the class order (or --class-map, by those names)."""
+
+    def __init__(self, data: Path, transform, class_map: Path | None = None):
+        try:
+            import datasets
+        except ImportError:
+            raise GtpcliError(f"--data {data} is a Hugging Face dataset on disk: reading it needs the `datasets` "
+                              "package (pip install datasets)") from None
+        if (data / "dataset_dict.json").is_file():
+            splits = json.loads((data / "dataset_dict.json").read_text()).get("splits", [])
+            raise GtpcliError(f"--data {data} holds several splits ({', '.join(splits)}): give one, e.g. "
+                              f"{data / (splits[-1] if splits else 'validation')}")
+        self.table = datasets.load_from_disk(str(data))
+        features = self.table.features
+        image = [name for name, kind in features.items() if isinstance(kind, datasets.Image)]
+        label = [name for name, kind in features.items() if isinstance(kind, datasets.ClassLabel)]
+        if not image or not label:
+            raise GtpcliError(f"--data {data}: a Hugging Face dataset needs an Image column and a ClassLabel "
+                              f"column, it has {', '.join(f'{k} ({type(v).__name__})' for k, v in features.items())}")
+        self.image, self.label = image[0], label[0]
+        names = features[self.label].names
+        self.index = list(range(len(names)))
+        if class_map is not None:
+            self.index = self._mapped(names, class_map)
+        self.classes = {name: self.index[i] for i, name in enumerate(names)}
+        self.files = [f"{data}[{i}]" for i in range(len(self.table))]
+        self.transform, self.labelled = transform, True
+
+    @staticmethod
+    def _mapped(names: list[str], class_map: Path) -> list[int]:
+        from timm.data.readers.class_map import load_class_map
+
+        if not class_map.is_file() or class_map.suffix not in (".txt",):
+            raise GtpcliError(f"--class-map {class_map}: not a .txt file (one class name per line)")
+        known = load_class_map(str(class_map))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise GtpcliError(f"--class-map {class_map} lacks classes of the dataset: {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} ({len(missing)})")
+        return [known[name] for name in names]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int):
+        item = self.table[index]
+        label = self.index[item[self.label]] if self.labelled else -1
+        return self.transform(item[self.image].convert("RGB")), label
 
 
 class Checked(torch.utils.data.Dataset):
