@@ -89,7 +89,7 @@ def methods(text: str, flag: str = "--method", single: bool = False) -> list[str
 def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--hp") -> dict[str, dict]:
     """`METHOD.NAME=VALUE` (or `NAME=VALUE` when exactly one of the chosen methods has NAME) to
     {method: {name: value}}, each checked by the method's own module. VALUE is read as YAML (8, 0.5, true,
-    lazy)."""
+    lazy), or kept as text for a hyperparameter that is text (block lists such as 3 or 3,6,9)."""
     from .files import load_yaml
 
     chosen = list(chosen)
@@ -108,9 +108,14 @@ def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--h
                 raise GtpcliError(f"{flag} {item!r}: say which method ({where}), e.g. "
                                   f"{(having or chosen or ['tcvit'])[0]}.{key}={text}")
             method = having[0]
-        try:
-            value = load_yaml(text, f"{flag} {item!r}")  # the one safe loader: no alias bombs here either
-        except GtpcliError:
-            value = text
+        card = REGISTRY[method]
+        textual = {h.name for h in card.hparams if h.kind is str}
+        if card.aliases.get(key, key) in textual:  # evo.stages=4 is the text "4", as YAML would make it a number
+            value = text.strip()
+        else:
+            try:
+                value = load_yaml(text, f"{flag} {item!r}")  # the one safe loader: no alias bombs here either
+            except GtpcliError:
+                value = text
         found.setdefault(method, {}).update(REGISTRY[method].validate({key: value}, f"{flag} {method}:"))
     return found

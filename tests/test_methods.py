@@ -78,3 +78,11 @@ def backbones_arch(model):
     from gtpcli import backbones
 
     return backbones.arch_of(model)
+
+
+def test_a_text_hyperparameter_keeps_its_text_where_yaml_would_read_a_number():
+    from gtpcli import options
+
+    assert options.hparams(["evo.stages=4", "ats.layers=5", "evit.drop_loc=3, 6"], ["evo", "ats", "evit"]) == {
+        "evo": {"stages": "4"}, "ats": {"layers": "5"}, "evit": {"drop_loc": "3, 6"}}
+    assert options.hparams(["evo.keep_ratio=0.7"], ["evo"]) == {"evo": {"keep_ratio": 0.7}}  # numbers stay numbers
