@@ -86,6 +86,23 @@ def methods(text: str, flag: str = "--method", single: bool = False) -> list[str
     return names
 
 
+def used_by_P(P_given: bool, methods: list[str], chosen: dict[str, dict], own_schedule_hint: str) -> None:
+    """Nothing the run is given goes unused in silence: --P where no chosen method has a P (their token counts
+    depend on the image), and, when P is given, a hyperparameter that only a method's own schedule reads
+    (EViT's keep_rate: with P it runs gtpcli's equal-P variant instead)."""
+    if not P_given:
+        return
+    if methods and all(REGISTRY[m].adaptive for m in methods):
+        card = REGISTRY[methods[0]]
+        raise GtpcliError(f"--P: {card.name} has no P (its token counts depend on the image); set "
+                          f"--hp {card.name}.{card.sweep_key}=... instead")
+    for method in methods:
+        own = [h.name for h in REGISTRY[method].hparams if h.own_schedule and h.name in chosen.get(method, {})]
+        if own:
+            raise GtpcliError(f"--hp {method}.{own[0]} sets {REGISTRY[method].title}'s own schedule, which a P "
+                              f"replaces (P runs gtpcli's equal-P variant); {own_schedule_hint}")
+
+
 def hparams(items: Iterable[str] | None, chosen: Iterable[str], flag: str = "--hp") -> dict[str, dict]:
     """`METHOD.NAME=VALUE` (or `NAME=VALUE` when exactly one of the chosen methods has NAME) to
     {method: {name: value}}, each checked by the method's own module. VALUE is read as YAML (8, 0.5, true,

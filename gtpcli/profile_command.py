@@ -78,6 +78,10 @@ def sweep_config(opts: RunConfig, world=None):
     else:
         Ps = parse_values(profile.P, f"{profile.path}: key 'P'") if profile else parse_values("0..8")
     hparams = hparam_overrides(opts, methods)
+    if opts.bins is None:  # a sweep gives every fixed-P method its P, from --P or the profile
+        from .methods import REGISTRY
+        swept = opts.P is not None or any(not REGISTRY[m].adaptive for m in methods)
+        options.used_by_P(swept, methods, hparams, "its published settings run with --bins paper")
     if opts.fidelity and opts.data is None:
         raise GtpcliError("--fidelity needs --data DIR (any folder of images)")
     if opts.limit is not None and opts.data is None:

@@ -52,7 +52,9 @@ def patched_model(run: RunConfig) -> Patched:
         raise GtpcliError(f"checkpoint not found: {run.checkpoint}")
     model = backbones.create(timm_name, run.checkpoint, pretrained=run.pretrained,
                              **backbones.constructor_kwargs(profile, size))
-    hparams = {**(profile.hparams_for(method, P) if profile else {}), **hparam_overrides(run, [method])[method]}
+    given = hparam_overrides(run, [method])
+    options.used_by_P(run.P is not None, [method], given, "leave out --P to trace that schedule")
+    hparams = {**(profile.hparams_for(method, P) if profile else {}), **given[method]}
     if card.adaptive:  # the checkpoint's own hyperparameters (TPC's `tpc` mapping), the command line over them
         from .adaptive_sweep import checkpoint_hparams
         hparams = {**(checkpoint_hparams(method, run.checkpoint) or {}), **hparams}

@@ -152,6 +152,13 @@ CASES = [
     ("resume env 5", "profile {tiny} --no-speed --resume --output {tmp}/r_env.json", "'env' is not a mapping"),
     ("resume not JSON", "profile {tiny} --no-speed --resume --output {tmp}/r_text.json", "not valid JSON"),
     ("output of another setting", "profile {tiny} --no-speed --output {tmp}/r_other.json", "measured with weights"),
+    # --- values the run would not use ----------------------------------------------------------------
+    ("profile P for tpc", "profile {tiny} --method tpc --P 2 --no-speed", "tpc has no P"),
+    ("trace P for ats", "trace {tiny} --method ats --P 2 --out {tmp}/t", "set --hp ats.layers=... instead"),
+    ("profile evit keep_rate with P", "profile {tiny} --method evit --hp evit.keep_rate=0.5 --no-speed",
+     "--hp evit.keep_rate sets EViT's own schedule, which a P replaces"),
+    ("trace evo stages with P", "trace {tiny} --method evo --hp evo.stages=1 --P 2 --out {tmp}/t",
+     "leave out --P to trace that schedule"),
 ]
 
 

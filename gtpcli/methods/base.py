@@ -29,6 +29,7 @@ class HParam:
     low: float | None = None              # inclusive lower bound (exclusive with low_open)
     high: float | None = None             # inclusive upper bound
     low_open: bool = False
+    own_schedule: bool = False            # read only by the method's own schedule, not when P is given
 
     def check(self, value: Any, where: str) -> Any:
         """The value, coerced to its kind (an int where a float is expected), or a one-line error."""

@@ -30,10 +30,10 @@ NAME = "evit"
 PAPER_DROP_LOC = "3,6,9"
 
 HPARAMS = (
-    HParam("keep_rate", 0.7, "token keeping rate k at each drop location (ignored when P is given)", float,
-           low=0, high=1, low_open=True),
+    HParam("keep_rate", 0.7, "token keeping rate k at each drop location (not with P)", float,
+           low=0, high=1, low_open=True, own_schedule=True),
     HParam("drop_loc", PAPER_DROP_LOC, "blocks that drop tokens, counted from 0, comma-separated (official "
-           "DeiT-S/B models: 3,6,9)", str),
+           "DeiT-S/B models: 3,6,9; not with P)", str, own_schedule=True),
     HParam("fuse_token", True, "fuse the inattentive tokens into one token weighted by attentiveness "
            "(false: prune them)", bool),
 )

@@ -34,9 +34,9 @@ PAPER_STAGES = "4,8"
 
 HPARAMS = (
     HParam("keep_ratio", 0.5, "selection ratio p: informative share of the image tokens in each stage "
-           "(ignored when P is given)", float, low=0, high=1, low_open=True),
+           "(not with P)", float, low=0, high=1, low_open=True, own_schedule=True),
     HParam("stages", PAPER_STAGES, "blocks where a stage starts, counted from 0, comma-separated (official "
-           "DeiT: 4,8)", str),
+           "DeiT: 4,8; not with P)", str, own_schedule=True),
     HParam("tradeoff", 0.5, "weight of the new class attention in g's moving average from the first stage on",
            float, low=0, high=1),
 )
