@@ -8,10 +8,10 @@ __version__ = "0.1.0"
 
 
 def patch(model, method: str = "gtp", **kwargs):
-    from .reduce import patch as _patch
+    from .methods.patching import patch as _patch
     return _patch(model, method, **kwargs)
 
 
 def unpatch(model):
-    from .reduce import unpatch as _unpatch
+    from .methods.patching import unpatch as _unpatch
     return _unpatch(model)

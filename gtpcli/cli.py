@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from .config import SEARCH_GUARD
+from .config.run import SEARCH_GUARD
 from .errors import GtpcliError
 from .methods import REGISTRY, scheduled
 
@@ -77,7 +77,7 @@ def friendly(command):
 
 
 def check_format(fmt: str) -> str:
-    from .report import FORMATS
+    from .report.tables import FORMATS
     if fmt not in FORMATS:
         raise GtpcliError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     return fmt
@@ -101,11 +101,11 @@ def complexity(
 ):
     """Analytic overhead of each reduction method (GTP Eq. 15, ToMe Eq. 14, TC-ViT's variants), exact sums next to the printed closed forms."""
     from . import files
-    from .analytic import Arch
-    from .complexity import MAX_ROWS, complexity_result
-    from .options import hparams, methods, positive
-    from .ranges import parse_values
-    from .report import emit, render_complexity
+    from .config.options import hparams, methods, positive
+    from .config.ranges import parse_values
+    from .cost.analytic import Arch
+    from .measure.complexity import MAX_ROWS, complexity_result
+    from .report.tables import emit, render_complexity
 
     check_format(fmt)
     if output is not None:
@@ -129,7 +129,7 @@ def complexity(
     chosen = methods(method) if method is not None else list(scheduled())
     result = complexity_result(arch, Ns, Cs, Ps, name, layers=per_layer, methods=chosen, hparams=hparams(hp, chosen))
     if plot is not None:
-        from . import plots
+        from .report import plots
         write_figure(plots.overhead([plots.Source(plot, result)]), plot)
     emit(result, fmt, output, render_complexity)
 
@@ -144,7 +144,7 @@ def write_figure(figure, path: Path) -> None:
     if path.suffix.lower() == ".json":
         files.atomic_write(path, json.dumps(figure.to_dict(), indent=2) + "\n", "--plot")
     else:
-        from .draw import save
+        from .report.draw import save
         save(figure, path)
     err.print(f"figure written: {path}", highlight=False, soft_wrap=True)
 
@@ -157,7 +157,8 @@ def plot(
     output: Path = typer.Option(..., "--output", "-o", help="The figure: .png, .svg or .pdf; .json writes the data it draws"),
 ):
     """Draw a result as the paper's figures: accuracy/speed trade-off, speed-up against the ideal, overhead curves, tokens per block, stage shares."""
-    from . import files, plots
+    from . import files
+    from .report import plots
 
     files.check_output(output, "--output", FIGURE_FORMATS)
     write_figure(plots.figure(kind, results), output)
@@ -167,8 +168,8 @@ def plot(
 @friendly
 def list_profiles(fmt: str = FormatOpt):
     """List the built-in profiles (any command also takes the path of your own profile YAML)."""
-    from .profiles import builtin_names, load_profile
-    from .report import emit, table
+    from .models.profiles import builtin_names, load_profile
+    from .report.tables import emit, table
 
     rows = []
     for name in builtin_names():
@@ -209,7 +210,7 @@ def given(ctx: typer.Context, apart: tuple[str, ...] = ()) -> dict:
 
 def run_config(ctx: typer.Context, config: Optional[Path], apart: tuple[str, ...] = ()):
     """The RunConfig of this command: defaults, then the --config file, then the typed flags."""
-    from .config import RunConfig, load
+    from .config.run import RunConfig, load
 
     return RunConfig().merged(load(config) if config is not None else {}).merged(given(ctx, apart))
 
@@ -263,11 +264,12 @@ def profile(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), updated after every point; points of earlier runs are kept " + default("gtpcli-results/MODEL.json")),
 ):
     """Sweep P over a backbone: real GMACs (fvcore), real img/s, speed-ups, and the paper's row (Table-1 style)."""
-    from .profile_command import run_profile
+    from .commands.profile import run_profile
+    from .commands.search import run_search
 
     cfg = run_config(ctx, config)
     check_format(cfg.fmt)
-    run_profile(cfg)
+    (run_search if cfg.search else run_profile)(cfg)
 
 
 @command()
@@ -295,8 +297,8 @@ def trace(
 ):
     """Where the time goes: PyTorch profiler over labelled stages, TensorBoard and Chrome traces."""
     from . import files
-    from .report import emit, render_similarity, render_trace
-    from .trace_command import similarity_result, trace_result
+    from .commands.trace import similarity_result, trace_result
+    from .report.tables import emit, render_similarity, render_trace
 
     cfg = run_config(ctx, config, apart=("out", "token_similarity"))
     check_format(cfg.fmt)
@@ -324,10 +326,12 @@ def check(
     fmt: str = FormatOpt,
 ):
     """CI regression check: exit 0 within tolerance, 1 on a regression (named on stderr), 2 on bad input."""
-    from . import files, options, regress
-    from .report import console, emit, render_check, write
-
-    from .config import RunConfig
+    from . import files
+    from .commands import check as regress
+    from .config import options
+    from .config.run import RunConfig
+    from .report.tables import console, emit, render_check
+    from .results import write
 
     check_format(fmt)
     run = RunConfig(device="cpu").merged(given(ctx, apart=("spec", "baseline", "update_baseline", "junit")))
@@ -367,12 +371,12 @@ def check(
 def _arch_for(model: str):
     """(name, Arch) for a profile name or path (no torch needed) or any timm ViT name (built on the meta
     device, without weights); unknown names get close matches."""
-    from .profiles import find_profile
+    from .models.profiles import find_profile
 
     profile = find_profile(model)
     if profile is not None:
         return profile.name, profile.arch
-    from . import backbones
+    from .models import backbones
 
     _, timm_name = backbones.resolve(model)
     return timm_name, backbones.arch_for(timm_name)

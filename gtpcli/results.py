@@ -10,13 +10,17 @@ is measured.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import yaml
 
 from . import files
 from .errors import GtpcliError
-from .report import write
+from .files import atomic_write, format_for
 
 STOCK = "stock"
 SETTING = ("model", "timm", "weights")   # top-level keys that must match (batch and image size are row axes)
@@ -153,3 +157,32 @@ class ResultFile:
         if self.kept:
             text += f"; kept {self.kept} other points already there ({self.total} in all)"
         return text
+
+
+# --- results as text: JSON, YAML, CSV (rendering for people is gtpcli/report) ---------------------------------
+
+def dumps(result: dict[str, Any], fmt: str) -> str:
+    """The result as text in a machine-readable format."""
+    if fmt == "json":
+        return json.dumps(result, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(result, sort_keys=False)
+    if fmt == "csv":
+        return rows_to_csv(result["rows"])
+    raise GtpcliError(f"unknown format {fmt!r} (choose from json, csv, yaml)")
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def write(result: dict[str, Any], path: Path, what: str = "output") -> None:
+    """Write atomically (a unique temporary file, then os.replace), so an interrupted run never leaves
+    half a file behind and two writers never share a temporary file."""
+    atomic_write(path, dumps(result, format_for(path)), what)

@@ -1,9 +1,9 @@
-"""Input-dependent cost accounting (gtpcli/measure/adaptive.py) against answers worked out by hand."""
+"""Input-dependent cost accounting (gtpcli/cost/adaptive.py) against answers worked out by hand."""
 
 import pytest
 
-from gtpcli import analytic as A
-from gtpcli.measure import adaptive as M
+from gtpcli.cost import analytic as A
+from gtpcli.cost import adaptive as M
 
 # per token n, per pair n^2, 10 fixed: small enough to do by hand
 TOY = M.Cost(per_token=lambda layer, n: n, per_pair=lambda layer, n: n * n, fixed=10)

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from gtpcli import analytic as A
+from gtpcli.cost import analytic as A
 from gtpcli.errors import GtpcliError
 
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gtpcli import analytic as A
-from gtpcli import backbones
-from gtpcli.lvvit import lvvit_m, lvvit_s
+from gtpcli.cost import analytic as A
+from gtpcli.models import backbones
+from gtpcli.models.lvvit import lvvit_m, lvvit_s
 from gtpcli.measure.flops import count_macs
-from gtpcli.profiles import builtin_names, load_profile
-from gtpcli.ranges import parse_values
-from gtpcli.reduce import patch, unpatch
+from gtpcli.models.profiles import builtin_names, load_profile
+from gtpcli.config.ranges import parse_values
+from gtpcli.methods.patching import patch, unpatch
 
 
 def model_of(name):

@@ -13,14 +13,16 @@ import yaml
 from test_tcvit import hand_attention
 
 import gtpcli
-from gtpcli import analytic as A
-from gtpcli import backbones
+from gtpcli import methods
+from gtpcli.cost import analytic as A
+from gtpcli.models import backbones
 from gtpcli import methods as registry
-from gtpcli import paper_bins as B
+from gtpcli.reference import bins as B
 from gtpcli.errors import GtpcliError
 from gtpcli.measure.flops import count_macs
-from gtpcli.methods import evit as E
-from gtpcli.methods import evo as V
+from gtpcli.methods.evit import card as E
+from gtpcli.methods.evit import patch as EP
+from gtpcli.methods.evo import card as V
 
 DEIT_S = A.Arch(N=197, C=384, L=12, H=6)
 DEIT_B = A.Arch(N=197, C=768, L=12, H=12)
@@ -30,7 +32,7 @@ def analytic_macs(model, method, hparams=None):
     arch = backbones.arch_of(model)
     removals = model.reduction.removals
     return (sum(registry.backbone_macs(arch, method, removals, hparams).values())
-            + A.implemented_overhead(arch, method, removals, hparams))
+            + methods.implemented_overhead(arch, method, removals, hparams))
 
 
 # --- EViT -------------------------------------------------------------------------------------------
@@ -40,11 +42,11 @@ def test_evit_step_by_hand_on_five_tokens():
     0.1 x_0 + 0.05 x_2 (raw weights, not normalised)."""
     x = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [3.0, -1.0], [-2.0, 4.0]]])
     a = torch.tensor([[0.1, 0.4, 0.05, 0.3, 0.15]])
-    out, keep = E.select_and_fuse(x, a, kept=3, prefix=1, fuse_token=True)
+    out, keep = EP.select_and_fuse(x, a, kept=3, prefix=1, fuse_token=True)
     assert keep.tolist() == [[1, 3, 4]]
     expected = [[9.0, 9.0], [0.0, 1.0], [3.0, -1.0], [-2.0, 4.0], [0.1 * 1 + 0.05 * 2, 0.1 * 0 + 0.05 * 2]]
     assert torch.allclose(out[0], torch.tensor(expected))
-    pruned, _ = E.select_and_fuse(x, a, kept=3, prefix=1, fuse_token=False)
+    pruned, _ = EP.select_and_fuse(x, a, kept=3, prefix=1, fuse_token=False)
     assert torch.equal(pruned, out[:, :4])
 
 
@@ -222,7 +224,7 @@ def setting_gmacs(arch, method, setting):
     else:
         removals = [setting["P"]] * arch.L
     return (sum(registry.backbone_macs(arch, method, removals).values())
-            + A.implemented_overhead(arch, method, removals)) / 1e9
+            + methods.implemented_overhead(arch, method, removals)) / 1e9
 
 
 def test_the_bins_data_is_the_transcribed_tables_with_two_ratios_corrected():
@@ -309,8 +311,9 @@ def cli(*args):
 
 # --- ATS --------------------------------------------------------------------------------------------
 
-from gtpcli.measure import adaptive  # noqa: E402
-from gtpcli.methods import ats as S  # noqa: E402
+from gtpcli.cost import adaptive  # noqa: E402
+from gtpcli.methods.ats import card as S
+from gtpcli.methods.ats import patch as SP  # noqa: E402
 
 
 def test_ats_significance_by_hand():
@@ -321,7 +324,7 @@ def test_ats_significance_by_hand():
     values[0, 0, 1] = torch.tensor([1.2, 0.0])
     values[0, 1, 1] = torch.tensor([0.0, 1.6])   # token 1: |(1.2, 0, 0, 1.6)| = 2
     values[0, 1, 2] = torch.tensor([0.6, 0.8])   # token 2: 1
-    assert torch.allclose(S.significance(first_row, values, prefix=1), torch.tensor([[1.8, 0.5]]) / 2.3)
+    assert torch.allclose(SP.significance(first_row, values, prefix=1), torch.tensor([[1.8, 0.5]]) / 2.3)
 
 
 @pytest.mark.parametrize("scores,reference,expected", [
@@ -333,13 +336,13 @@ def test_ats_significance_by_hand():
     ([0.5, 0.3, 0.2], 5, [2, 1, 0]),
 ])
 def test_ats_inverse_transform_sampling_by_hand(scores, reference, expected):
-    index, real, counts = S.inverse_transform_sample(torch.tensor([scores]), reference)
+    index, real, counts = SP.inverse_transform_sample(torch.tensor([scores]), reference)
     assert index[0][real[0]].tolist() == expected and counts.tolist() == [len(expected)]
 
 
 def test_ats_sampling_pads_a_batch_without_changing_any_image():
     batch = torch.tensor([[0.25, 0.04, 0.5, 0.15, 0.06], [0.9, 0.01, 0.02, 0.03, 0.04]])
-    index, real, counts = S.inverse_transform_sample(batch, 5)
+    index, real, counts = SP.inverse_transform_sample(batch, 5)
     assert counts.tolist() == [4, 3] and real.tolist() == [[True] * 4, [True, True, True, False]]
     assert index[1, :3].tolist() == [2, 4, 0]
 

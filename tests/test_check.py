@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from gtpcli import regress
+from gtpcli.commands import check as regress
 from gtpcli.cli import app
 
 runner = CliRunner()

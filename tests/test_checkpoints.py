@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from gtpcli import backbones
+from gtpcli.models import backbones
 from gtpcli.cli import app
 
 runner = CliRunner()

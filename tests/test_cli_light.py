@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gtpcli import analytic as A
+from gtpcli.cost import analytic as A
 from gtpcli.cli import app
 
 runner = CliRunner()

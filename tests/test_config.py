@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gtpcli.cli import app
-from gtpcli.config import RunConfig, load
+from gtpcli.config.run import RunConfig, load
 from gtpcli.errors import GtpcliError
 
 runner = CliRunner()

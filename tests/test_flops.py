@@ -9,11 +9,11 @@ from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from gtpcli import analytic as A
-from gtpcli import backbones
+from gtpcli.cost import analytic as A
+from gtpcli.models import backbones
 from gtpcli.measure import flops
 from gtpcli.measure.flops import count_macs, flop_counter_macs
-from gtpcli.reduce import patch
+from gtpcli.methods.patching import patch
 
 B, H, NQ, NK, D = 2, 3, 10, 12, 8
 ATTENTION_MACS = B * H * NQ * NK * (D + D)  # Q K^T and A V

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import gtpcli
-from gtpcli.reduce import common
-from gtpcli.reduce.common import AttentionSummary, attend, size_bias, sparsify
-from gtpcli.reduce.gtp import (GTP, Graph, build_graph, semantic_neighbours, spatial_neighbours, split, split_graph,
+from gtpcli import methods
+from gtpcli.methods import blocks as common
+from gtpcli.methods.blocks import AttentionSummary, attend, size_bias, sparsify
+from gtpcli.methods.gtp.patch import (GTP, Graph, build_graph, semantic_neighbours, spatial_neighbours, split, split_graph,
                                token_scores)
 
 # --- independent helpers --------------------------------------------------------------------------
@@ -906,7 +907,8 @@ def test_low_precision_on_cpu(dtype, vit_tiny, fresh, image, record_blocks):
 def test_cossim_macs_match_the_analytic_model(small_vit, fresh):
     """cossim compares attention rows: N_img^2 N MACs per reducing layer, which fvcore counts and the
     analytic model adds; the authors' variant costs what the paper's does."""
-    from gtpcli import analytic as A, backbones
+    from gtpcli.cost import analytic as A
+    from gtpcli.models import backbones
     from gtpcli.measure.flops import count_macs
 
     arch = backbones.arch_of(small_vit)
@@ -915,7 +917,7 @@ def test_cossim_macs_match_the_analytic_model(small_vit, fresh):
     for name, hparams in {"paper": {}, "cossim": {"selection": "cossim"}, "authors": {"variant": "authors"}}.items():
         model = gtpcli.patch(fresh(small_vit), "gtp", P=6, **hparams)
         counted[name] = count_macs(model, image).macs
-        analytic[name] = A.implemented_overhead(arch, "gtp", model.reduction.removals, hparams)
+        analytic[name] = methods.implemented_overhead(arch, "gtp", model.reduction.removals, hparams)
     assert counted["cossim"] - counted["paper"] == analytic["cossim"] - analytic["paper"] == sum(
         (n - 1) ** 2 * n for n in (65, 59, 53, 47))
     assert counted["authors"] == counted["paper"]

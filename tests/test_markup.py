@@ -7,9 +7,9 @@ import re
 
 from typer.testing import CliRunner
 
-from gtpcli import markup
+from gtpcli.report import markup
 from gtpcli.cli import app
-from gtpcli.report import render_check, render_profile
+from gtpcli.report.tables import render_check, render_profile
 
 runner = CliRunner()
 

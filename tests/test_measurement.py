@@ -9,9 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gtpcli import sweep
+from gtpcli.measure import sweep
 from gtpcli.cli import app
-from gtpcli.measure import memory, speed, trace
+from gtpcli.measure import memory
+from gtpcli.measure import speed
+from gtpcli.measure import trace
 
 runner = CliRunner()
 TINY = "deit_tiny_patch16_224"

@@ -29,7 +29,7 @@ def test_each_card_matches_its_reduction(name):
 
 
 def test_gtp_choices_are_the_implementations():
-    from gtpcli.reduce import gtp
+    from gtpcli.methods.gtp import patch as gtp
 
     card = {hp.name: hp for hp in methods.get("gtp").hparams}
     assert card["selection"].choices == gtp.SELECTIONS and card["graph"].choices == gtp.GRAPHS
@@ -60,8 +60,7 @@ def test_patch_reads_the_registry(monkeypatch):
     from timm.models.vision_transformer import VisionTransformer
 
     import gtpcli
-    from gtpcli import analytic as A
-    from gtpcli.reduce import METHODS
+    from gtpcli.methods.patching import METHODS
 
     card = replace(methods.get("tome"), name="tome2", stages=("tome2.match",))
     monkeypatch.setitem(methods.REGISTRY, "tome2", card)
@@ -69,19 +68,19 @@ def test_patch_reads_the_registry(monkeypatch):
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
     gtpcli.patch(model, "tome2", r=2)
     assert model.reduction.removals == [2, 2]
-    assert A.implemented_overhead(backbones_arch(model), "tome2", [2, 2]) > 0
+    assert methods.implemented_overhead(backbones_arch(model), "tome2", [2, 2]) > 0
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
 def backbones_arch(model):
-    from gtpcli import backbones
+    from gtpcli.models import backbones
 
     return backbones.arch_of(model)
 
 
 def test_a_text_hyperparameter_keeps_its_text_where_yaml_would_read_a_number():
-    from gtpcli import options
+    from gtpcli.config import options
 
     assert options.hparams(["evo.stages=4", "ats.layers=5", "evit.drop_loc=3, 6"], ["evo", "ats", "evit"]) == {
         "evo": {"stages": "4"}, "ats": {"layers": "5"}, "evit": {"drop_loc": "3, 6"}}

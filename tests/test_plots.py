@@ -11,10 +11,10 @@ import xml.etree.ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from gtpcli import plots
+from gtpcli.report import plots
 from gtpcli.cli import app
-from gtpcli.complexity import complexity_result
-from gtpcli.analytic import Arch
+from gtpcli.measure.complexity import complexity_result
+from gtpcli.cost.analytic import Arch
 from gtpcli.errors import GtpcliError
 
 runner = CliRunner()
@@ -193,7 +193,7 @@ def test_overhead_needs_exactly_one_swept_axis(tmp_path):
 def adaptive_row(delta, counts, hist=None):
     """An input-dependent row as /work/notes/ADAPTIVE.md describes it, built by hand: two blocks, all 5
     tokens enter the first, `counts` (one per image) the second."""
-    from gtpcli.measure.adaptive import distribution
+    from gtpcli.cost.adaptive import distribution
 
     dist = [distribution([5] * len(counts)), distribution(counts)]
     if hist is not None:

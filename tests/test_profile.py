@@ -10,12 +10,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from gtpcli import analytic as A
-from gtpcli import backbones, sweep
+from gtpcli import methods
+from gtpcli.cost import analytic as A
+from gtpcli.models import backbones
+from gtpcli.measure import sweep
 from gtpcli.cli import app
 from gtpcli.measure.flops import count_macs
-from gtpcli.profiles import load_profile
-from gtpcli.reduce import patch, unpatch
+from gtpcli.models.profiles import load_profile
+from gtpcli.methods.patching import patch, unpatch
 
 runner = CliRunner()
 TINY = ["deit_tiny_patch16_224", "--P", "0,4,8"]
@@ -46,7 +48,7 @@ def test_reduced_macs_match_backbone_plus_method_overhead(deit_s, method):
         patch(deit_s, method, P=P)
         count = count_macs(deit_s, torch.randn(1, 3, 224, 224))
         removals = deit_s.reduction.removals
-        analytic = sum(A.backbone_macs(arch, removals).values()) + A.implemented_overhead(arch, method, removals)
+        analytic = sum(A.backbone_macs(arch, removals).values()) + methods.implemented_overhead(arch, method, removals)
         assert abs(count.macs - analytic) / analytic < 1e-5, (method, P)
         assert count.counters_disagree < 1e-5  # fvcore vs FlopCounterMode on the ops both count
         unpatch(deit_s)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gtpcli import results, sweep
+from gtpcli import results
+from gtpcli.measure import sweep
 from gtpcli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

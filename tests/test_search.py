@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from gtpcli import search
+from gtpcli.measure import search
 from gtpcli.cli import app
 from gtpcli.errors import GtpcliError
 from gtpcli.methods import REGISTRY
-from gtpcli.ranges import hparam_values, parse_numbers
+from gtpcli.config.ranges import hparam_values, parse_numbers
 from test_accuracy import trained  # noqa: F401  (the digits ViT and its folders, cached)
 from test_bad_input import TINY
 
@@ -137,7 +137,7 @@ def test_search_picks_propagation_over_pruning_and_the_written_profile_reproduce
     assert best["holdout_images"] == 160 and best["holdout"] is not None and rows[None]["holdout_n"] == 160
 
     written = tmp_path / "w.yaml"
-    from gtpcli.profiles import load_profile
+    from gtpcli.models.profiles import load_profile
     assert load_profile(str(written)).per_P[14] == {"alpha": 0.5, "graph": "mixed"}
     again = json.loads(runner.invoke(app, ["profile", str(written), "--checkpoint", str(trained / "vit.pth"),
                                            "--data", str(trained / "val"), "--limit", "200", "--P", "14",
@@ -191,8 +191,10 @@ def test_resume_after_an_interruption_measures_nothing_twice(trained, tmp_path, 
 
 @pytest.mark.slow
 def test_holdout_images_are_disjoint_and_the_search_subset_is_the_limit_subset(trained):
-    from gtpcli import backbones, sweep
-    from gtpcli.measure import accuracy, speed
+    from gtpcli.models import backbones
+    from gtpcli.measure import sweep
+    from gtpcli.measure import accuracy
+    from gtpcli.measure import speed
 
     profile, timm_name = backbones.resolve(str(trained / "digits.yaml"))
     cfg = sweep.SweepConfig(profile.name, timm_name, profile, ["gtp"], [14], speed.Timing.default("cpu", "float32"),
@@ -254,7 +256,7 @@ def test_search_without_labels_ranks_by_agreement_with_the_unreduced_model(tiny)
 
 
 def test_a_search_names_the_ablation_row_it_reproduces():
-    from gtpcli.paper_ablations import comparable
+    from gtpcli.reference.ablations import comparable
 
     deit_s, deit_b = "deit_small_patch16_224", "deit_base_patch16_224"
     spatial = comparable(deit_s, {"graph": "spatial"}, {"alpha": [0.1, 0.2]})
@@ -269,7 +271,7 @@ def test_a_search_names_the_ablation_row_it_reproduces():
 
 
 def test_best_per_value_is_the_best_over_the_other_settings_with_the_table_4_row():
-    from gtpcli import sweep
+    from gtpcli.measure import sweep
     from gtpcli.measure import speed
 
     cfg = sweep.SweepConfig("deit_s", "deit_small_patch16_224", None, ["gtp"], [4, 14],

@@ -12,12 +12,14 @@ import yaml
 from timm.models.vision_transformer import VisionTransformer
 
 import gtpcli
-from gtpcli import analytic as A
-from gtpcli import backbones
+from gtpcli import methods
+from gtpcli.cost import analytic as A
+from gtpcli.models import backbones
 from gtpcli.errors import GtpcliError
 from gtpcli.measure.flops import count_macs
-from gtpcli.methods import tcvit as T
-from gtpcli.profiles import load_profile
+from gtpcli.methods.tcvit import card as T
+from gtpcli.methods.tcvit import patch as TP
+from gtpcli.models.profiles import load_profile
 
 DATA = Path(__file__).parent / "data" / "tc_vit_paper.yaml"
 
@@ -102,15 +104,15 @@ def test_w_and_d_by_hand_for_every_option():
     """Two heads whose [CLS] attends to itself differently (0.5 and 0.1), so renormalising matters."""
     A_map = torch.tensor([[[0.5, 0.1, 0.4], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]],
                           [[0.1, 0.6, 0.3], [0.0, 0.9, 0.1], [0.3, 0.3, 0.4]]], dtype=torch.float64)[None]
-    W = T.image_graph(A_map, 1)
+    W = TP.image_graph(A_map, 1)
     assert torch.allclose(W[0], torch.tensor([[0.7, 0.2], [0.2, 0.6]], dtype=torch.float64))
-    W_max = T.image_graph(A_map, 1, "max")
+    W_max = TP.image_graph(A_map, 1, "max")
     assert torch.allclose(W_max[0], torch.tensor([[0.9, 0.3], [0.3, 0.8]], dtype=torch.float64))
-    W_renorm = T.image_graph(A_map, 1, "mean", "patch_renorm")
+    W_renorm = TP.image_graph(A_map, 1, "mean", "patch_renorm")
     assert torch.allclose(W_renorm[0], torch.tensor([[0.7 / 0.9, 0.2 / 0.9], [0.2 / 0.8, 0.6 / 0.8]], dtype=torch.float64))
-    D = T.dominance(A_map, 1)
+    D = TP.dominance(A_map, 1)
     assert torch.allclose(D[0], torch.tensor([(0.2 + 2 / 3) / 2, (0.8 + 1 / 3) / 2], dtype=torch.float64))
-    D_soft = T.dominance(A_map, 1, "softmax_of_probs")
+    D_soft = TP.dominance(A_map, 1, "softmax_of_probs")
     e = math.exp
     first = (e(0.1) / (e(0.1) + e(0.4)) + e(0.6) / (e(0.6) + e(0.3))) / 2
     assert torch.allclose(D_soft[0], torch.tensor([first, 1 - first], dtype=torch.float64))
@@ -123,7 +125,7 @@ def test_defaults_are_the_papers_and_the_signature_agrees_with_the_card():
     assert {k: defaults[k] for k in ("K", "alpha", "beta")} == {"K": 2, "alpha": 500.0, "beta": 3.5}
     assert defaults["cbar"] == "col" and defaults["dominance"] == "renorm" and defaults["head_fusion"] == "mean"
     assert defaults["connectivity"] == "series" and defaults["fuse"] and not defaults["track_sizes"]
-    signature = inspect.signature(T.reduction_class().__init__).parameters
+    signature = inspect.signature(TP.TCViT.__init__).parameters
     assert {k: signature[k].default for k in defaults} == defaults
 
 
@@ -135,7 +137,7 @@ def test_k1_alpha0_and_plain_w_are_the_same_model(small_vit, fresh, image):
     for out, kept in outs[1:]:
         assert torch.equal(out, outs[0][0]) and same_kept(kept, outs[0][1])
     W = torch.rand(2, 7, 7)
-    assert torch.equal(T.series(W, 1, 500.0), W) and torch.equal(T.series(W, 3, 0.0), W)
+    assert torch.equal(TP.series(W, 1, 500.0), W) and torch.equal(TP.series(W, 3, 0.0), W)
 
 
 # --- 2. the series is Eq. 8 -------------------------------------------------------------------------
@@ -146,8 +148,8 @@ def test_series_is_the_explicit_sum_of_powers(K):
     W = W / W.sum(dim=-1, keepdim=True) * 0.9
     alpha = 7.0
     explicit = sum(alpha ** (k - 1) * torch.linalg.matrix_power(W, k) for k in range(1, K + 1))
-    assert torch.allclose(T.series(W, K, alpha), explicit, rtol=1e-12, atol=0)
-    assert torch.allclose(T.matrix_power(W, K), torch.linalg.matrix_power(W, K), rtol=1e-12)
+    assert torch.allclose(TP.series(W, K, alpha), explicit, rtol=1e-12, atol=0)
+    assert torch.allclose(TP.matrix_power(W, K), torch.linalg.matrix_power(W, K), rtol=1e-12)
 
 
 # --- 3. lazy = series at K = 2 ------------------------------------------------------------------------
@@ -173,9 +175,9 @@ def test_lazy_equals_series(cbar, name, request, fresh, image, record_blocks):
 def test_lazy_cbar_and_rows_equal_the_dense_ones():
     W = torch.rand(2, 12, 12, dtype=torch.float64)
     W = W / W.sum(dim=-1, keepdim=True) * 0.8
-    C = T.series(W, 2, 500.0)
+    C = TP.series(W, 2, 500.0)
     for how in ("col", "row", "row_offdiag"):
-        assert torch.allclose(T.lazy_cbar(W, 500.0, how), T.cbar_of(C, how), rtol=1e-12)
+        assert torch.allclose(TP.lazy_cbar(W, 500.0, how), TP.cbar_of(C, how), rtol=1e-12)
 
 
 # --- 4. Newton -------------------------------------------------------------------------------------------
@@ -185,9 +187,9 @@ def test_newton_approaches_the_series_on_a_diagonally_dominant_w():
     n = 16
     noise = torch.rand(2, n, n, dtype=torch.float64)
     W = 0.5 * torch.eye(n, dtype=torch.float64) + 0.4 * noise / noise.sum(dim=-1, keepdim=True)
-    exact = T.series(W, 2, 0.5)
-    assert float(T.newton_residual(W, 0.5).max()) < 1
-    errors = [float((T.newton(W, 2, 0.5, s) - exact).norm() / exact.norm()) for s in (1, 2, 3, 4, 6)]
+    exact = TP.series(W, 2, 0.5)
+    assert float(TP.newton_residual(W, 0.5).max()) < 1
+    errors = [float((TP.newton(W, 2, 0.5, s) - exact).norm() / exact.norm()) for s in (1, 2, 3, 4, 6)]
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
     assert errors[-1] < 1e-10
 
@@ -207,7 +209,7 @@ def test_newton_fallback_when_the_denominator_is_not_positive():
     keep, drop = torch.tensor([[0, 1]]), torch.tensor([[2]])
     rows = torch.tensor([[[0.0, -1.0, 0.0]]])           # C[2, :]: its best kept token is 0, weight 0
     self_weight = torch.tensor([[-0.5, 1.0]])            # C[0, 0] < 0: den = -0.5 <= 0
-    fused, target, fallbacks = T.fuse_tokens(x, keep, drop, rows, self_weight)
+    fused, target, fallbacks = TP.fuse_tokens(x, keep, drop, rows, self_weight)
     assert fallbacks == 1 and target.tolist() == [[0]]
     assert torch.equal(fused[0, 0], torch.tensor([1.5, 1.0]))   # plain mean of token 0 and token 2
     assert torch.equal(fused[0, 1], x[0, 1])
@@ -220,10 +222,10 @@ def test_no_fusion_is_pruning_with_the_same_selection():
     x = torch.randn(2, 11, 6)
     A_map = torch.softmax(3 * torch.randn(2, 2, 11, 11), dim=-1)
     hp = T.METHOD.resolved({})
-    fused, _, info = T.condense(x, A_map, 1, 4, hp)
-    pruned, _, info_p = T.condense(x, A_map, 1, 4, {**hp, "fuse": False})
+    fused, _, info = TP.condense(x, A_map, 1, 4, hp)
+    pruned, _, info_p = TP.condense(x, A_map, 1, 4, {**hp, "fuse": False})
     assert torch.equal(info["keep"], info_p["keep"])
-    expected = torch.cat([x[:, :1], T.take(x[:, 1:], info["keep"])], dim=1)
+    expected = torch.cat([x[:, :1], TP.take(x[:, 1:], info["keep"])], dim=1)
     assert torch.equal(pruned, expected) and not torch.equal(fused, expected)
 
 
@@ -259,7 +261,7 @@ def test_eq12_by_hand_on_five_crafted_tokens():
     A_map[0, 0, 1:, 0] = 0.1
     x = torch.arange(N * 3, dtype=torch.float64).reshape(1, N, 3) ** 1.5
     hp = T.METHOD.resolved({"K": 1, "beta": 1.0, "connectivity_dtype": "float64"})
-    out, _, info = T.condense(x, A_map, 1, 2, hp)
+    out, _, info = TP.condense(x, A_map, 1, 2, hp)
     C = W * 0.9
     cbar = C.mean(dim=0)
     D = cls_row[1:] / cls_row[1:].sum()
@@ -371,7 +373,7 @@ def test_fvcore_counts_backbone_plus_the_implemented_overhead(kwargs):
     count = count_macs(model, torch.randn(1, 3, 64, 64))
     arch = backbones.arch_of(model)
     hp = {k: v for k, v in kwargs.items() if k != "P"}
-    analytic = sum(A.backbone_macs(arch, removals).values()) + A.implemented_overhead(arch, "tcvit", removals, hp)
+    analytic = sum(A.backbone_macs(arch, removals).values()) + methods.implemented_overhead(arch, "tcvit", removals, hp)
     assert count.uncounted == []
     assert count.macs == analytic
     assert count.flop_counter_macs == count.matmul_macs  # FlopCounterMode sees the same products
@@ -475,10 +477,10 @@ def test_closed_forms_of_the_spec():
 def test_implemented_overhead_by_connectivity():
     arch = A.Arch(N=65, C=32, L=4, H=2)
     ns = [64 - 6 * l for l in range(4)]
-    assert A.implemented_overhead(arch, "tcvit", [6] * 4, {}) == sum(n**3 for n in ns)
-    assert A.implemented_overhead(arch, "tcvit", [6] * 4, {"K": 4, "connectivity": "newton", "newton_steps": 2}) == \
+    assert methods.implemented_overhead(arch, "tcvit", [6] * 4, {}) == sum(n**3 for n in ns)
+    assert methods.implemented_overhead(arch, "tcvit", [6] * 4, {"K": 4, "connectivity": "newton", "newton_steps": 2}) == \
         sum(6 * n**3 for n in ns)
-    assert A.implemented_overhead(arch, "tcvit", [6] * 4, {"connectivity": "lazy"}) == sum(7 * n * n + 6 * n for n in ns)
+    assert methods.implemented_overhead(arch, "tcvit", [6] * 4, {"connectivity": "lazy"}) == sum(7 * n * n + 6 * n for n in ns)
 
 
 # --- 11. reference rows ----------------------------------------------------------------------------------------
@@ -660,20 +662,20 @@ def test_check_gates_tcvit(tmp_path):
 
 def test_diagnose_answers_section_8(small_vit, fresh, image):
     model = fresh(small_vit)
-    found = T.diagnose(model, image(small_vit, batch=2), P=6)
+    found = TP.diagnose(model, image(small_vit, batch=2), P=6)
     assert found["blocks_x_images"] == 8 and 0 <= found["newton_can_start_share"] <= 1
     assert found["newton2_rel_error_median"] > 0 and found["newton1_rel_error_median"] > 0
     assert 0 <= found["dropped_changed_without_dominance_mean"] <= 6
-    strong = T.diagnose(fresh(small_vit), image(small_vit, batch=2), P=6, beta=1e6)
+    strong = TP.diagnose(fresh(small_vit), image(small_vit, batch=2), P=6, beta=1e6)
     assert strong["dropped_changed_without_dominance_mean"] > 0        # a dominance that decides is seen
     assert 0 <= found["dropped_changed_row_vs_col_mean"] <= 6
     assert getattr(model, "reduction", None) is None  # unpatched again
     W = torch.eye(4, dtype=torch.float64)[None] * 0.9
-    assert float(T.newton_residual(W, 0.5)) == 0.0     # a diagonal W: X_0 is the exact inverse
+    assert float(TP.newton_residual(W, 0.5)) == 0.0     # a diagonal W: X_0 is the exact inverse
 
 
 def test_runs_on_lvvit():
-    from gtpcli.lvvit import lvvit_s
+    from gtpcli.models.lvvit import lvvit_s
 
     torch.manual_seed(0)
     model = lvvit_s(depth=4).eval()

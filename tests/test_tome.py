@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import gtpcli
-from gtpcli.reduce.common import size_bias
-from gtpcli.reduce.tome import ToMe, bipartite_matching, merge
+from gtpcli.methods.blocks import size_bias
+from gtpcli.methods.tome.patch import ToMe, bipartite_matching, merge
 
 
 def block_counts(record):

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import gtpcli
-from gtpcli import backbones
+from gtpcli.models import backbones
 from gtpcli.errors import GtpcliError
-from gtpcli.measure import adaptive
-from gtpcli.methods import tpc as card
-from gtpcli.reduce import tpc as T
+from gtpcli.cost import adaptive
+from gtpcli.methods.tpc import card
+from gtpcli.methods.tpc import patch as T
 
 from conftest import _custom
 
@@ -319,7 +319,7 @@ def test_checkpoint_is_a_plain_state_dict_with_a_tpc_mapping(tmp_path):
 
 
 def test_lvvit_masked_and_gathered_agree():
-    from gtpcli.lvvit import LVViT
+    from gtpcli.models.lvvit import LVViT
 
     torch.manual_seed(0)
     model = LVViT(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5).eval()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import digits
 from gtpcli.cli import app
-from gtpcli.reduce import tpc as T
+from gtpcli.methods.tpc import patch as T
 
 pytestmark = pytest.mark.slow
 N = 65

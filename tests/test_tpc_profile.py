@@ -1,4 +1,4 @@
-"""`gtpcli profile` / `check` / `trace` with TPC-ViT: adaptive rows (gtpcli/measure/adaptive.py's contract),
+"""`gtpcli profile` / `check` / `trace` with TPC-ViT: adaptive rows (gtpcli/cost/adaptive.py's contract),
 beside fixed-P methods in one run, a --delta sweep, the untrained-controller and random-images caveats."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gtpcli.cli import app
-from gtpcli.measure.adaptive import RANDOM_SOURCE
+from gtpcli.cost.adaptive import RANDOM_SOURCE
 
 runner = CliRunner()
 PROFILE = """name: tiny_tpc

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from gtpcli.cli import app
 from gtpcli.measure.trace import labels_in
-from gtpcli.reduce.common import LABELS
+from gtpcli.methods.blocks import LABELS
 
 runner = CliRunner()
 COMMON = {"patch_embed", "attention", "mlp", "forward"}

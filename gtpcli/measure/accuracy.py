@@ -84,7 +84,7 @@ def labels_fit(classes: dict[str, int], head: int, data: Path, class_map: Path |
                "order, as timm reads it)")
     if not fidelity:
         raise GtpcliError(problem)
-    from ..backbones import note
+    from ..models.backbones import note
     note(problem.replace("; give", ": accuracy not measured, fidelity only; for accuracy give"))
     return False
 

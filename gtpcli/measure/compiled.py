@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """A freshly compiled wrapper of `model` (dynamo's caches and counters emptied first)."""
     import torch._dynamo

@@ -163,10 +163,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def fingerprint(timing: Timing, compile: str | None = None, seed: int | None = None) -> dict:
     """What a throughput figure depends on, recorded next to it (see measure/environment.py for the rest)."""
-    from .environment import facts
-
     import timm
     from timm.layers import use_fused_attn
+
+    from .environment import facts
 
     if timing.device.startswith("cuda"):
         name = torch.cuda.get_device_name(timing.device)

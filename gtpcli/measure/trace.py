@@ -18,7 +18,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
 
 from .. import methods as registry
-from ..reduce.common import LABELS
+from ..methods.blocks import LABELS
 
 FORWARD = "forward"
 STAGES = ("patch_embed", "attention", "mlp") + registry.stages()  # each method's own, from its module

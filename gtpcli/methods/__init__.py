@@ -1,9 +1,9 @@
-"""The token-reduction methods, one module each, registered in one table.
+"""The token-reduction methods, one folder each, registered in one table.
 
 `patch`, `profile`, `trace`, `check`, `complexity` and the help texts read `REGISTRY`; none of them names a
-method. Adding one: write `gtpcli/methods/<name>.py` that builds a `Method` (see `base.py`, and `tcvit.py`
-for a method whose patch lives in the same file), add it to `_MODULES`, give it a profile entry and tests.
-Importing this package never imports torch (`gtpcli complexity` and `--help` stay instant).
+method. Adding one: a folder `gtpcli/methods/<name>/` with a torch-free `card.py` that builds a `Method` (see
+`base.py`) and names its `patch.py`, its name in `_MODULES`, a profile entry and its tests (docs/architecture.md).
+Importing this package imports the cards only, never torch (`gtpcli complexity` and `--help` stay instant).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "ats", "tpc")
 
 REGISTRY: dict[str, Method] = {}
 for _module in _MODULES:
-    _method = import_module(f"{__name__}.{_module}").METHOD
+    _method = import_module(f"{__name__}.{_module}.card").METHOD
     REGISTRY[_method.name] = _method
 
 
@@ -40,7 +40,7 @@ def scheduled() -> tuple[str, ...]:
 
 
 def adaptive() -> tuple[str, ...]:
-    """The methods whose token counts depend on the image (measured by E[GMACs], gtpcli/measure/adaptive.py)."""
+    """The methods whose token counts depend on the image (measured by E[GMACs], gtpcli/cost/adaptive.py)."""
     return tuple(name for name, method in REGISTRY.items() if method.adaptive)
 
 
@@ -58,7 +58,7 @@ def implemented_overhead(arch, method: str, removals: Sequence[int], hparams: Ma
 
 def backbone_macs(arch, method: str, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
     """The backbone's analytic MACs (embed, blocks, head) under the method's token schedule."""
-    from ..analytic import backbone_macs as removed
+    from ..cost.analytic import backbone_macs as removed
 
     own = get(method).backbone_macs if method != "stock" else None
     return own(arch, removals, hparams or {}) if own is not None else removed(arch, removals)

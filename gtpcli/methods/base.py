@@ -1,9 +1,9 @@
 """What a registered reduction method declares about itself, without importing torch.
 
-A method module (`gtpcli/methods/<name>.py`) builds one `Method`: its hyperparameters with their
+A method's card (`gtpcli/methods/<name>/card.py`) builds one `Method`: its hyperparameters with their
 checks, its trace stage labels, its analytic overhead (the paper's formula and what the patched model
-runs), its `gtpcli complexity` columns, and a loader of its `Reduction` subclass (the only part that
-needs torch, imported on first use). `gtpcli/methods/__init__.py` puts every `Method` in one table.
+runs), its `gtpcli complexity` columns, and the name of its torch patch (`<name>/patch.py`, imported on
+first use: a card never imports it). `gtpcli/methods/__init__.py` puts every card in one table.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any, Callable, Mapping, Sequence
 
-from ..analytic import Arch, Number
+from ..cost.analytic import Arch, Number
 from ..errors import GtpcliError
 
 
@@ -95,7 +96,7 @@ class Method:
     summary: str                                        # one line for help texts
     hparams: tuple[HParam, ...]
     stages: tuple[str, ...]                             # trace labels, each "<name>.<stage>"
-    load: Callable[[], type]                            # the Reduction subclass (imports torch)
+    patch: str                                          # "module:Class" of its torch patch, imported on first use
     implemented_overhead: Callable[[Arch, Sequence[int], Mapping[str, Any]], int]
     complexity_row: Callable[[Arch, int, Mapping[str, Any]], dict[str, Number]]
     complexity_layers: Callable[[Arch, int, Mapping[str, Any]], list[dict[str, Number]]]
@@ -109,7 +110,7 @@ class Method:
     # removals (Evo-ViT: skipped tokens come back for the head, and a block's MLP sees what its attention saw).
     backbone_macs: Callable[[Arch, Sequence[int], Mapping[str, Any]], dict[str, int]] | None = None
     # Input-dependent methods (token counts differ per image): `adaptive` rows carry E[GMACs] and
-    # distributions (gtpcli/measure/adaptive.py) instead of one schedule; `sweep_key` is their sweep axis
+    # distributions (gtpcli/cost/adaptive.py) instead of one schedule; `sweep_key` is their sweep axis
     # in place of P (TPC: "delta"); `cost(arch, hparams)` gives their per-block MACs as an adaptive.Cost.
     # `level` "model": `load()` returns a class whose `patch(model, **hp)` / `remove(model)` replace the
     # model's forward (no per-block Reduction, no P); "block": the class is a Reduction.
@@ -119,6 +120,11 @@ class Method:
     sweep_key: str | None = None
     cost: Callable[[Arch, Mapping[str, Any]], Any] | None = None
     level: str = "block"
+
+    def load(self) -> type:
+        """The patch class (a Reduction, or a model-level patcher): imports torch, so only when asked."""
+        module, _, name = self.patch.partition(":")
+        return getattr(import_module(module), name)
 
     def require_cls(self, model) -> None:
         """A one-line error for a model without a [CLS] token, when every setting of the method reads it."""
@@ -169,7 +175,7 @@ def parse_blocks(text: str, depth: int, what: str, low: int = 0) -> tuple[int, .
 
 def image_schedule(arch: Arch, removals: Sequence[int]) -> list[tuple[int, int]]:
     """(image tokens entering the block, tokens it removes) for every block, prefix tokens excluded."""
-    from ..analytic import token_schedule
+    from ..cost.analytic import token_schedule
 
     schedule = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
     return [(N_l - arch.prefix, P) for N_l, P in zip(schedule, removals)]

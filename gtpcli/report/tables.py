@@ -1,0 +1,477 @@
+"""Rich rendering of results. Every command builds a plain result `{"rows": [...], ...}` first;
+tables and files are rendered from that object, never the other way round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..results import dumps, write
+from .layout import console, table
+
+FORMATS = ("table", "json", "csv", "yaml", "markdown", "latex")
+
+
+def emit(result: dict[str, Any], fmt: str, output: Path | None, render) -> None:
+    """Print the table (or a format) to stdout and optionally write the result to a file."""
+    if output is not None:
+        write(result, output)
+    if fmt == "table":
+        render(result, console())
+    elif fmt in ("markdown", "latex"):
+        from .markup import render as markup
+        print(markup(result, render, fmt), end="")
+    else:
+        print(dumps(result, fmt), end="")
+
+
+def thousands(value: int | float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
+def mmacs(value: int | float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:,.3f}"
+
+
+def render_complexity(result: dict[str, Any], console: Console) -> None:
+    """One column per method column the registry declares (in MMACs), the printed-minus-exact gaps, ToMe/GTP."""
+    from ..methods import REGISTRY
+
+    rows = result["rows"]
+    methods = [REGISTRY[m] for m in result.get("methods", REGISTRY) if m in REGISTRY]
+    value_columns = [c for m in methods for c in m.columns]
+    diffs = [(m.title, f"{m.name}_closed_form_diff") for m in methods if any(f"{m.name}_closed_form_diff" in r for r in rows)]
+    with_ratio = any(r.get("ratio") is not None for r in rows)
+    with_backbone = any("backbone_macs" in r for r in rows)
+    columns = [(k, "right") for k in ("N", "C", "L", "H", "P")] + [(c.header, "right") for c in value_columns]
+    if diffs:
+        columns.append(("Eq. - sum (MACs)", "right"))
+    if with_ratio:
+        columns.append(("ToMe/GTP", "right"))
+    if with_backbone:
+        columns.append(("backbone GMACs", "right"))
+    cells = []
+    for r in rows:
+        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], *(mmacs(r.get(c.key)) for c in value_columns)]
+        if diffs:
+            diff = " ".join(_diff_cell(r.get(key), title) for title, key in diffs).strip()
+            cell.append(diff or "[green]0[/]")
+        if with_ratio:
+            cell.append(f"{r['ratio']:.2f}" if r.get("ratio") else "-")
+        if with_backbone:
+            cell.append(f"{r['backbone_macs'] / 1e9:.3f}")
+        cells.append(cell)
+    title = "Extra MMACs of the reduction method itself (" + ", ".join(_sources(m) for m in methods) + ")"
+    if result.get("model"):
+        title += f" - {result['model']}"
+    tokens: dict[str, list[str]] = {}
+    for m in methods:
+        for c in m.columns:
+            tokens.setdefault(c.tokens, [])
+            if m.title not in tokens[c.tokens]:
+                tokens[c.tokens].append(m.title)
+    notes = list(result.get("notes", []))
+    if len(tokens) > 1:
+        notes.append("Token counts: " + "; ".join(f"{', '.join(t)}: {what}" for what, t in tokens.items()) + ".")
+    if result.get("hparams"):
+        notes.append("Settings: " + "; ".join(f"{m} " + ", ".join(f"{k}={v}" for k, v in values.items())
+                                               for m, values in result["hparams"].items()) + ".")
+    console.print(table(title, columns, cells, caption="\n".join(notes) or None))
+    for r in rows:
+        if "layers" in r:
+            _render_layers(r, console)
+
+
+def _sources(method) -> str:
+    return {"gtp": "GTP Eq. 15", "tome": "ToMe Eq. 14"}.get(method.name, method.title)
+
+
+def _diff_cell(diff: int | float | None, label: str) -> str:
+    return "" if not diff else f"[yellow]{label} {diff:+,}[/]"
+
+
+def _render_layers(row: dict[str, Any], console: Console) -> None:
+    """One table for the methods with few terms and the backbone; one per variant of a method with many
+    (TC-ViT: keys tcvit_<variant>_<term>)."""
+    layers = row["layers"]
+    fixed = ("layer", "N_l", "n_l")
+    keys = [k for k in dict.fromkeys(k for layer in layers for k in layer) if k not in fixed]
+    by_method: dict[str, list[str]] = {}
+    for k in keys:
+        by_method.setdefault(k.split("_")[0], []).append(k)
+    groups: dict[str, list[str]] = {}
+    for method, found in by_method.items():
+        for k in found:
+            groups.setdefault("" if len(found) <= 6 else "_".join(k.split("_")[:2]), []).append(k)
+    where = f"N={row['N']} C={row['C']} L={row['L']} H={row['H']} P={row['P']}"
+    for group, found in groups.items():
+        used = [layer for layer in layers if any(k in layer for k in found)]
+        prefix = f"{group}_" if group else ""
+        cells = [[layer["layer"], layer["N_l"], layer.get("n_l", "-"), *(thousands(layer.get(k)) for k in found)]
+                 for layer in used]
+        title = f"Per layer, {where} (MACs)" + (f": {group}" if group else "")
+        headers = [("layer", "right"), ("N_l", "right"), ("n_l", "right")] + [(k[len(prefix):], "right") for k in found]
+        console.print(table(title, headers, cells))
+
+
+def render_profile(result: dict[str, Any], console: Console) -> None:
+    """Table-1 style: one block per method (and per batch and image size of a grid), P across, measured
+    rows then the paper's reference rows. Several models' results: each its own blocks."""
+    if "results" in result:
+        for one in result["results"]:
+            render_profile(one, console)
+        return
+    combos = list(dict.fromkeys(_combo(r) for r in result["rows"]))
+    for combo in combos:
+        _render_blocks(result, [r for r in result["rows"] if _combo(r) == combo], console, grid=len(combos) > 1)
+
+
+def _combo(row: dict[str, Any]) -> tuple:
+    return row.get("batch_size"), json.dumps(row.get("img_size"))
+
+
+def _measurement(row: dict[str, Any]) -> str:
+    """How a row was timed: precision, autocast, compile mode, batch (and the batch out-of-memory left)."""
+    parts = [row.get("dtype") or "", f"autocast {row['amp']}" if row.get("amp") else "",
+             f"compiled ({row['compile']})" if row.get("compile") else "eager" if "compile" in row else ""]
+    batch = row.get("batch_size")
+    if batch is not None:
+        timed = row.get("timed_batch_size")
+        parts.append(f"batch {batch}" + (f" (timed at {timed}: out of memory)" if timed and timed != batch else ""))
+    if row.get("img_size") is not None:
+        parts.append(f"{row['img_size']} px")
+    return ", ".join(p for p in parts if p)
+
+
+def _render_blocks(result: dict[str, Any], rows: list[dict[str, Any]], console: Console, grid: bool) -> None:
+    stock = next((r for r in rows if r["method"] == "stock"), None)
+    env = result.get("env", {})
+    first = rows[0] if rows else {}
+    setting = f"{result.get('weights', 'random weights')}, {env.get('device', '?')} " + (
+        _measurement(first) if "dtype" in first else f"{env.get('dtype', '')}, batch {env.get('batch_size', '?')}")
+    if result.get("distributed"):  # several processes under torchrun: who measured what
+        setting += f"; {result['distributed']}"
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
+        block = [r for r in rows if r["method"] == method]
+        if block[0].get("adaptive"):  # input-dependent counts: E[GMACs] and distributions (report/adaptive.py)
+            from . import adaptive as adaptive_report
+
+            title = f"{result['model']} + {method} (token counts depend on the image)"
+            columns = [("", "left")] + [(r["setting"], "right") for r in block]
+            found = adaptive_report.lines(block, stock)
+            console.print(table(title, columns, [[label, *cells] for label, cells in found],
+                                caption=f"{setting}; {adaptive_report.caption(block, stock)}"))
+            adaptive_report.render_distributions(result["model"], method, block, console)
+            continue
+        lines = [
+            ("GMACs", [_num(r["gmacs"], 2) for r in block]),
+            ("img/s", [_num(r["img_s"], 1) for r in block]),
+            ("IQR img/s", [_num(r["img_s_spread"], 1) for r in block]),
+            ("speed-up vs stock", [_times(r["speedup"]) for r in block]),
+            ("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]),
+        ]
+        if any(r.get("latency_ms_p50") is not None for r in block):
+            lines.append(("ms/batch p50 / p90 / p99", [_latency(r) for r in block]))
+        memory_keys = [k for k in MEMORY_LABELS if any(r.get(k) is not None for r in block)]
+        for key in memory_keys:
+            lines.append((MEMORY_LABELS[key], [_num(r.get(key), 1) for r in block]))
+        if memory_keys:
+            lines.append(("memory saving vs stock", [_share(r.get("memory_saving")) for r in block]))
+        if any(r.get("compile_s") is not None for r in block):
+            lines.append(("compile s (apart from img/s)", [_num(r.get("compile_s"), 1) for r in block]))
+        source = next((r["paper_source"] for r in block if r.get("paper_source")), "")
+        finetuned = "finetun" in source and "no finetuning" not in source  # never side by side unlabelled
+        best_of = "best over settings" in source and not any(r.get("grid") for r in block)
+        if any(r.get("acc") is not None for r in block):
+            label = "Acc (%), no finetuning" if finetuned else "Acc (%), one setting" if best_of else "Acc (%)"
+            lines.append((label, [_num(r.get("acc"), 1) for r in block]))
+            lines.append(("Acc 95% interval", [_interval(r.get("acc_ci95")) for r in block]))
+        if any(r.get("fidelity_top1") is not None for r in block):
+            lines.append(("agrees with stock (%)", [_num(r.get("fidelity_top1"), 1) for r in block]))
+            lines.append(("KL to stock", [_num(r.get("fidelity_kl"), 4) for r in block]))
+        if any("paper_gmacs" in r for r in block):
+            digits = 2 if any(r.get("paper_gmacs") is not None and r["paper_gmacs"] < 1 for r in block) else 1
+            lines += [
+                ("paper GMACs", [_num(r.get("paper_gmacs"), digits) for r in block]),
+                ("GMACs - paper", [_delta(r.get("gmacs"), r.get("paper_gmacs")) for r in block]),
+            ]
+            if any(r.get("paper_img_s") is not None for r in block):
+                lines.append(("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]))
+            if any(r.get("paper_acc") is not None for r in block):
+                label = "paper Acc (%), finetuned" if finetuned else "paper Acc (%), best over settings" if best_of else "paper Acc (%)"
+                lines.append((label, [_num(r.get("paper_acc"), 1) for r in block]))
+        columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
+        title = f"{result['model']} + {method}" + (f", batch {first.get('batch_size')}, {first.get('img_size')} px" if grid else "")
+        settings = list(dict.fromkeys(r["setting"] for r in block if r.get("setting")))
+        if len(settings) == 1:  # e.g. "gtpcli variant: equal P, ...": never mistaken for the method's own schedule
+            title += f" ({settings[0]})"
+        caption = setting
+        if stock:
+            caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
+            if stock.get("latency_ms_p50") is not None:
+                caption += f", {_latency(stock)} ms/batch"
+            for key in (k for k in memory_keys if stock.get(k) is not None):
+                caption += f", {MEMORY_LABELS[key]} {_num(stock[key], 1)}"
+            if stock.get("compile_s") is not None:
+                caption += f", compiled in {_num(stock['compile_s'], 1)} s"
+            if stock.get("acc") is not None:
+                caption += f", Acc {stock['acc']:.1f}%"
+        if source:
+            caption += f"; paper rows: {source}"
+        if best_of and any(r.get("acc") is not None for r in block):
+            caption += ("; the paper's accuracy is the best over hyperparameter settings per P, ours one fixed setting, "
+                        "which lands at or below it: profile --search makes the comparable row")
+        console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption,
+                            paper=[at for at, (label, _) in enumerate(lines) if label.startswith("paper ")]))
+    for r in rows:
+        for warning in r.get("warnings", []):
+            point = r["setting"] if r.get("adaptive") else f"P={r['P']}"
+            console.print(f"[yellow]warning[/] {r['method']} {point}: {warning}", highlight=False)
+
+
+def render_bins(result: dict[str, Any], console: Console) -> None:
+    """GTP's Table 2/3 layout: per GMACs bin, each method at its published setting, measured GMACs next to
+    the bin's nominal value, img/s and the ratio to the slowest measured method of the bin, then the paper's
+    figures as labelled reference columns (and the published rows of methods gtpcli does not run)."""
+    from ..reference.bins import NOTES, PAPER_ONLY, TITLES, reference_rows, table_for
+
+    measured = [r for r in result["rows"] if r.get("bin_gmacs") is not None]
+    paper_only = reference_rows(result["timm"], {r["method"] for r in measured})
+    with_acc = any(r.get("acc") is not None for r in measured)
+    columns = [("GMACs bin", "right"), ("method", "left"), ("setting", "left"), ("GMACs", "right"),
+               ("img/s", "right"), ("ratio", "right")] + ([("Acc (%)", "right")] if with_acc else []) + [
+        ("paper Acc, no FT", "right"), ("paper Acc, FT", "right"), ("paper img/s (A6000)", "right"),
+        ("paper ratio", "right")]
+    cells = []
+    for nominal in table_for(result["timm"])["bins"]:
+        for r in [r for r in measured if r["bin_gmacs"] == nominal] + [r for r in paper_only if r["bin_gmacs"] == nominal]:
+            run = r in measured
+            cell = [f"{nominal:g}", TITLES.get(r["method"], r["method"]) + ("" if run else " (paper only" + (
+                        ": needs training)" if r["method"] in PAPER_ONLY else ")")),
+                    _bin_setting(r.get("bin_setting", r.get("setting", {})), r["method"]),
+                    _bin_gmacs(r), _num(r.get("img_s"), 1), _times(r.get("bin_ratio"))]
+            if with_acc:
+                cell.append(_num(r.get("acc"), 1))
+            cell += [_num(r.get("paper_acc"), 1), _num(r.get("paper_acc_ft"), 1), _num(r.get("paper_img_s"), 1),
+                     _times(r.get("paper_ratio"))]
+            cells.append(cell)
+    env = result.get("env", {})
+    caption = [f"Measured: {result.get('weights', 'random weights')}, {env.get('device', '?')} {env.get('dtype', '')}, "
+               f"batch {env.get('batch_size', '?')}; ratio = img/s over the slowest measured method of the bin, as "
+               "the paper does.",
+               f"paper columns: {table_for(result['timm'])['table']} of GTP-ViT (A6000, batch 128); no FT = without "
+               "finetuning, FT = 30 epochs of finetuning (reference figures, not results).", *NOTES.get(result["timm"], [])]
+    stock = next((r for r in result["rows"] if r["method"] == "stock"), None)
+    if stock:
+        caption.insert(1, f"stock timm: {_num(stock.get('gmacs'), 2)} GMACs, {_num(stock.get('img_s'), 1)} img/s.")
+    adaptive = next((r for r in measured if r.get("adaptive")), None)
+    if adaptive:
+        caption.insert(1, f"E = E[GMACs], the mean of per-image GMACs (+- their std) over {adaptive['images']} "
+                          f"images ({adaptive['counts_source']}); img/s batches padded to their widest image.")
+    console.print(table(f"{result['model']}: GTP's {table_for(result['timm'])['table']} bins", columns, cells,
+                        caption="\n".join(caption)))
+    for r in measured:
+        for warning in r.get("warnings", []):
+            console.print(f"[yellow]warning[/] {r['method']} {r['bin_gmacs']:g} GMACs bin: {warning}", highlight=False)
+
+
+def _bin_gmacs(row: dict[str, Any]) -> str:
+    """Measured GMACs; E[GMACs] +- std for an input-dependent method."""
+    if row.get("adaptive") and row.get("gmacs") is not None:
+        return f"E {row['gmacs']:.2f} +- {row.get('gmacs_std', 0):.2f}"
+    return _num(row.get("gmacs"), 2)
+
+
+def _bin_setting(setting: dict[str, Any], method: str) -> str:
+    names = {"P": "r" if method == "tome" else "P", "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
+    return ", ".join(f"{names.get(k, k)}={v}" for k, v in setting.items()) or "-"
+
+
+MEMORY_LABELS = {"cuda_peak_allocated_mib": "peak allocated MiB", "cuda_peak_reserved_mib": "peak reserved MiB",
+                 "rss_peak_delta_mib": "resident growth MiB"}  # what each means: measure/memory.py
+
+
+def _latency(row: dict[str, Any]) -> str:
+    values = [row.get(f"latency_ms_p{p}") for p in (50, 90, 99)]
+    return " / ".join(_num(v, 1) for v in values) if values[0] is not None else "-"
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:+.0%}"
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(bounds) -> str:
+    return "-" if not bounds else f"{bounds[0]:.1f}-{bounds[1]:.1f}"
+
+
+def _times(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _delta(value, reference) -> str:
+    if value is None or reference is None:
+        return "-"
+    gap = value - reference
+    colour = "green" if abs(gap) <= 0.1 else "red"
+    return f"[{colour}]{gap:+.2f}[/]"
+
+
+def render_trace(result: dict[str, Any], console: Console) -> None:
+    where = f"P={result['P']}" if result.get("P") is not None else f"({result.get('setting')})"
+    title = (f"{result['model']} + {result['method']} {where}: {result['forward_ms']:.1f} ms per forward "
+             f"({result['device']}, batch {result['batch_size']})")
+    cells = [[s["stage"], f"{s['ms']:.2f}", f"{s['share']:.1%}" if s["share"] is not None else "-"]
+             for s in result["stages"]]
+    caption = (f"{result['method']}'s own stages: {result['method_time_share']:.1%} of the time, "
+               f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} MMACs of "
+               f"{result['total_macs'] / 1e9:.2f} GMACs, analytic)")
+    if result.get("time_per_mac_ratio"):
+        caption += (f"; its time share is {result['time_per_mac_ratio']:.1f}x its MAC share: "
+                    + ("memory- or launch-bound" if result["time_per_mac_ratio"] > 2 else "roughly compute-bound"))
+    console.print(table(title, [("stage", "left"), ("ms", "right"), ("share", "right")], cells, caption=caption))
+    ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
+    console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))
+    console.print(f"tensorboard --logdir {result['tensorboard_dir']}    (Chrome/Perfetto: {result['chrome_trace']})",
+                  highlight=False, soft_wrap=True)
+
+
+def render_similarity(result: dict[str, Any], console: Console) -> None:
+    """Per block: stock and reduced average cosine similarity between image tokens (Fig. 6's curves)."""
+    method = result["method"]
+    cells = [[r["block"], _num(r["stock"], 4), _num(r[method], 4), f"{r['difference']:+.4f}"] for r in result["rows"]]
+    cells.append(["mean", _num(result["mean_stock"], 4), _num(result[f"mean_{method}"], 4),
+                  f"{result[f'mean_{method}'] - result['mean_stock']:+.4f}"])
+    where = f"P={result['P']}" if result.get("P") is not None else "its own schedule"
+    console.print(table(f"{result['model']}: average cosine similarity between image tokens after each block",
+                        [("block", "right"), ("stock", "right"), (f"{method} {where}", "right"), ("difference", "right")],
+                        cells, caption=f"{result['images']} images, {result['images_source']}; higher = more over-smoothed "
+                                       "(GTP Fig. 6 plots this for finetuned DeiT-S)"))
+
+
+def render_check(result: dict[str, Any], console: Console) -> None:
+    columns = [(h, "left" if h in ("model", "method", "metric", "verdict") else "right")
+               for h in ("model", "method", "P", "metric", "baseline", "now", "delta", "tolerance", "verdict")]
+    cells = []
+    for r in result["rows"]:
+        verdict = "[green]pass[/]" if r["verdict"] == "pass" else f"[red]FAIL[/] {r.get('why', '')}".strip()
+        cells.append([r["model"], r["method"], r["P"], r["metric"], _short(r["baseline"]), _short(r["now"]),
+                      _short(r["delta"]), r["tolerance"], verdict])
+    failed = sum(r["verdict"] != "pass" for r in result["rows"])
+    title = f"gtpcli check: {len(cells) - failed} passed, {failed} failed"
+    caption = None
+    if result.get("environment_differs"):
+        caption = "[yellow]baseline from a different environment:[/] " + "; ".join(result["environment_differs"])
+    console.print(table(title, columns, cells, caption=caption))
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return f"[{value[0]}..{value[-1]}] ({len(value)})" if len(value) > 4 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else thousands(value)
+
+
+def render_search(result: dict[str, Any], console: Console) -> None:
+    """`profile --search`: the best setting per P (a best-over-settings row, labelled so next to the paper's),
+    then every setting's value at every P when the grid is small enough to read."""
+    best, meta = result["best"], result["search"]
+    fidelity = meta["objective"] != "acc"
+    value = "agrees with stock (%)" if fidelity else "Acc (%)"
+    held = meta.get("holdout")
+    columns = [("P", "right"), ("settings", "right"), ("best setting", "left"), (f"{value}, best", "right"),
+               ("95% interval", "right"), ("margin to runner-up", "right"), ("tied", "right")]
+    if held:
+        columns += [(f"held-out {value}", "right"), ("held-out stock", "right"), ("optimism", "right")]
+    columns.append(("GMACs (analytic)", "right"))
+    with_paper = any(b.get("paper_acc") is not None for b in best) and not fidelity
+    if with_paper:
+        columns.append(("paper Acc (%), best over settings", "right"))
+    ablation = next((b["paper_ablation"] for b in best if b.get("paper_ablation")), None) if not fidelity else None
+    if ablation:
+        columns.append((f"paper Acc (%), {ablation.split(' (')[0]}", "right"))
+    cells = []
+    for b in best:
+        margin = "-" if b["margin"] is None else f"{b['margin']:+.2f} ({b['margin_images']} img)"
+        row = [b["P"], b["settings"], _setting(b["best"]), _num(b["value"], 2), _interval(b.get("ci95")), margin, b["tied"]]
+        if held:
+            row += [_num(b.get("holdout"), 2), _num(b.get("holdout_stock"), 2), _num(b.get("optimism"), 2)]
+        row.append(_num(b["gmacs_analytic"], 3))
+        if with_paper:
+            row.append(_num(b.get("paper_acc"), 1))
+        if ablation:
+            row.append(_num(b.get("paper_ablation_acc"), 1))
+        cells.append(row)
+    stock = next((r for r in result["rows"] if r["method"] == "stock"), {})
+    images = best[0]["images"] if best else 0
+    caption = (f"{result.get('weights')}; best over the grid {_grid(meta['grid'])} per P, chosen on {images} images "
+               f"(seed-0 subset of {result.get('data')}); unreduced model: {_num(stock.get(meta['objective']), 2)}")
+    if held:
+        caption += (f"; held-out: the winner and the unreduced model on {held} further images; optimism = "
+                    "(best - stock) chosen on minus (best - stock) held out")
+    source = next((b.get("paper_source") for b in best if b.get("paper_source")), None)
+    if with_paper and source:
+        caption += f"; paper: {source}"
+    if ablation:
+        caption += f"; paper: {ablation}"
+    console.print(table(f"{result['model']} + {meta['method']}: best over settings per P", columns, cells, caption=caption,
+                        paper=[]))
+    for b in best:
+        for name in b.get("at_edge", []):
+            console.print(f"[yellow]note[/] P={b['P']}: the best {name} ({b['best'][name]:g}) is at the edge of the "
+                          "grid; a wider range may do better", highlight=False)
+    if result.get("best_per"):
+        _render_best_per(result["best_per"], [b["P"] for b in best], value, console)
+    settings = list(dict.fromkeys(json.dumps(r["grid"], sort_keys=True) for r in result["rows"] if "grid" in r))
+    if 1 < len(settings) <= 48:
+        Ps = [b["P"] for b in best]
+        winners = {(b["P"], json.dumps(b["best"], sort_keys=True)) for b in best}
+        found = {(r["P"], json.dumps(r["grid"], sort_keys=True)): r for r in result["rows"] if "grid" in r}
+        grid_rows = []
+        for key in settings:
+            line = [_setting(json.loads(key))]
+            for P in Ps:
+                r = found.get((P, key))
+                text = _num(r.get(meta["objective"]) if r else None, 2)
+                line.append(f"{text}*" if (P, key) in winners else text)
+            grid_rows.append(line)
+        console.print(table(f"Every setting: {value} (*: the best per P)", [("setting", "left")] +
+                            [(f"P={P}", "right") for P in Ps], grid_rows))
+
+
+def _render_best_per(grouped: dict[str, Any], Ps: list[int], value: str, console: Console) -> None:
+    """Tables 4/5's layout: one line per value of the grouped hyperparameter (the best over the others), each
+    followed by the published row it reproduces, in italics."""
+    name, entries = grouped["name"], grouped["rows"]
+    lines, paper = [], []
+    for group in dict.fromkeys(e[name] for e in entries):
+        mine = {e["P"]: e for e in entries if e[name] == group}
+        tried = next(iter(mine.values()))["settings"]
+        lines.append([f"{name}={group:g}" if isinstance(group, float) else f"{name}={group}", tried,
+                      *(_num(mine[P]["value"], 2) if P in mine else "-" for P in Ps)])
+        label = next((e["paper"] for e in mine.values() if e.get("paper")), None)
+        if label:
+            paper.append(len(lines))
+            lines.append([f"paper: {label.split(' (')[0]}", "-",
+                          *(_num(mine[P].get("paper_acc"), 1) if P in mine else "-" for P in Ps)])
+    columns = [(name, "left"), ("settings", "right")] + [(f"P={P}", "right") for P in Ps]
+    caption = "paper rows: no finetuning, best over the other settings (authors' code)" if paper else None
+    console.print(table(f"Best {value} per {name}, over the other settings", columns, lines, caption=caption, paper=paper))
+
+
+def _setting(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) or "-"
+
+
+def _grid(axes: dict[str, list]) -> str:
+    return " x ".join(f"{k} {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}"
+                      for k, values in axes.items())
