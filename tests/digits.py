@@ -69,7 +69,7 @@ def train(train_dir: Path, epochs: int = 50, seed: int = 0, lr: float = 1e-3) ->
     return model.eval()
 
 
-# TPC-ViT finetuning (specs/tpc-vit.md section 7). The gate centre is scaled to this model's residual stream,
+# TPC-ViT finetuning (docs/methods/tpc.md). The gate centre is scaled to this model's residual stream,
 # measured on the validation images after each block: channel 0 averages 0.25-0.29 (90th percentile 0.5-0.65),
 # channel 1 0.0-0.05 (90th percentile 0.3-0.8), where the paper's centre of 40 at gate_scale 5 assumes values
 # near 8. A centre of 1.5 puts each gate's midpoint at t = 0.3, at channel 0's mean and above channel 1's, so a

@@ -1,4 +1,4 @@
-"""GTP's training-free baselines (specs/baselines.md): EViT and Evo-ViT against their definitions worked out by
+"""GTP's training-free baselines (docs/methods/evit.md, evo.md, ats.md): EViT and Evo-ViT against their definitions worked out by
 hand on crafted inputs and written out step by step on real blocks, their token counts and GMACs against the
 analytic model, fvcore and the bins of GTP's Tables 8/9."""
 
@@ -248,7 +248,7 @@ def test_the_bins_data_is_the_transcribed_tables_with_two_ratios_corrected():
 
 @pytest.mark.parametrize("timm_name", list(ARCHS))
 def test_every_published_setting_lands_in_its_bin_but_the_documented_misses(timm_name):
-    """specs/baselines.md's tables: EViT DeiT-S 3.48/3.04/2.64/2.31, DeiT-B 15.41/13.34/11.62/10.10/8.83;
+    """The published GMACs tables: EViT DeiT-S 3.48/3.04/2.64/2.31, DeiT-B 15.41/13.34/11.62/10.10/8.83;
     Evo-ViT DeiT-S 3.65/3.04/2.73/2.43, DeiT-B 15.14/14.00/11.67/10.49/9.33 (three misses, in NOTES)."""
     spec = {("deit_small_patch16_224", "evit"): [3.48, 3.04, 2.64, 2.31],
             ("deit_base_patch16_224", "evit"): [15.41, 13.34, 11.62, 10.10, 8.83],

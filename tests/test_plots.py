@@ -191,7 +191,7 @@ def test_overhead_needs_exactly_one_swept_axis(tmp_path):
 
 
 def adaptive_row(delta, counts, hist=None):
-    """An input-dependent row as /work/notes/ADAPTIVE.md describes it, built by hand: two blocks, all 5
+    """An input-dependent row as gtpcli/cost/adaptive.py describes it, built by hand: two blocks, all 5
     tokens enter the first, `counts` (one per image) the second."""
     from gtpcli.cost.adaptive import distribution
 

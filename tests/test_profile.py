@@ -177,3 +177,14 @@ def test_variant_flag_reaches_the_patch_and_the_result(tmp_path):
     assert [r["hparams"]["variant"] for r in gtp] == ["authors"]
     bad = profile("deit_tiny_patch16_224", "--P", "8", "--variant", "official", "--no-speed", tmp_path=tmp_path)
     assert bad.exit_code == 2 and "variant must be one of paper, authors" in bad.output
+
+
+def test_a_clamped_tome_schedule_is_said_in_its_row(tmp_path):
+    """DeiT-T has 196 image tokens: r = 60 leaves 136, then 76, and layer 2 can merge only 38 of the 60 asked.
+    The row says so (a warning the method's Reduction gives, read without naming the method)."""
+    result = profile("deit_tiny_patch16_224", "--P", "60", "--method", "tome", "--no-speed", "--no-flops",
+                     "--format", "json", tmp_path=tmp_path)
+    assert result.exit_code == 0, result.output
+    row = next(r for r in json.loads(result.stdout)["rows"] if r["method"] == "tome")
+    clamped = [w for w in row["warnings"] if w.startswith("r clamped in layers")]
+    assert clamped == [f"r clamped in layers {list(range(2, 12))}"]

@@ -1,4 +1,4 @@
-"""TC-ViT (specs/tc-vit.md section 9): the method against the paper's equations written out by hand, its
+"""TC-ViT (docs/methods/tcvit.md): the method against the paper's equations written out by hand, its
 variants against each other, its analytic overhead against fvcore and the paper's Tables 7 and 8."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def hand_attention(attn, h):
 @pytest.mark.parametrize("name,P,K,cbar", [("small_vit", 6, 2, "col"), ("reg_vit", 9, 3, "row"),
                                            ("qk_norm_vit", [10, 3, 0, 8], 2, "col")])
 def test_every_block_against_the_hand_written_step(name, P, K, cbar, request, fresh, image, record_blocks):
-    """Each block, from its recorded input: attention, then the reference step of spec section 3 in
+    """Each block, from its recorded input: attention, then the reference step of docs/methods/tcvit.md in
     float64 (W = head mean of the image block, C = sum_k alpha^(k-1) W^k, column/row mean, D renormalised,
     top n - P kept in order, each dropped token into its argmax, Eq. 12), then the MLP."""
     stock = request.getfixturevalue(name)
@@ -458,7 +458,7 @@ def test_every_variant_is_the_sum_of_its_per_layer_terms(hparams):
 
 
 def test_closed_forms_of_the_spec():
-    """Spec section 6, term by term: the dense, Newton and lazy sums as closed expressions in n_l."""
+    """The cost conventions of docs/methods/tcvit.md, term by term: the dense, Newton and lazy sums as closed expressions in n_l."""
     arch = A.Arch(N=197, C=384, L=12, H=6)
     H, C, P = 6, 384, 8
     ns = [196 - 8 * l for l in range(12)]

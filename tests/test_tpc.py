@@ -1,4 +1,4 @@
-"""TPC-ViT (gtpcli/reduce/tpc.py) against answers known in closed form (specs/tpc-vit.md section 7).
+"""TPC-ViT (gtpcli/methods/tpc/patch.py) against answers known in closed form (docs/methods/tpc.md).
 
 The crafted model: rows 0-1 of every attn.proj and mlp.fc2 and channels 0-1 of pos_embed are zero, so
 channels 0-1 of every token stay what the patch embedding wrote, and the patch embedding writes the patch's

@@ -1,4 +1,4 @@
-"""TPC-ViT proven on a model trained here (specs/tpc-vit.md section 7): the digits ViT finetuned into a TPC-ViT
+"""TPC-ViT proven on a model trained here (docs/methods/tpc.md): the digits ViT finetuned into a TPC-ViT
 in about a minute on 2 cores; inequalities only, never exact numbers."""
 
 from __future__ import annotations

@@ -153,14 +153,14 @@ def hparam_overrides(run: RunConfig, methods: list[str]) -> dict[str, dict[str, 
 def gtp_lists(hp: list[str] | None) -> tuple[dict[str, str], list[str]]:
     """`--hp gtp.NAME=a,b` (or a range) for a GTP hyperparameter: a grid axis like the flags' lists (the way
     to search `prop_attn=on,off`); returns those {NAME: text} and the other --hp items."""
-    from ..methods import REGISTRY
+    from ..methods import CENTRE, REGISTRY
 
-    known = {h.name for h in REGISTRY["gtp"].hparams}
+    known = {h.name for h in REGISTRY[CENTRE].hparams}
     lists, rest = {}, []
     for item in hp or []:
         name, _, text = str(item).partition("=")
         method, _, key = name.strip().partition(".")
-        if method == "gtp" and key in known and ("," in text or ".." in text):
+        if method == CENTRE and key in known and ("," in text or ".." in text):
             lists[key] = text
         else:
             rest.append(item)

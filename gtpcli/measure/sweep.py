@@ -130,8 +130,8 @@ def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Cal
     row["analytic_macs"] = sum(registry.backbone_macs(arch, method, removals, hparams).values()) + row["overhead_macs"]
     if method != STOCK and hasattr(model.reduction, "variant_label"):  # a baseline's own schedule or gtpcli's equal P
         row["setting"] = model.reduction.variant_label
-    if method == "tome" and model.reduction.clamped:
-        row["warnings"].append(f"r clamped in layers {[layer for layer, _, _ in model.reduction.clamped]}")
+    if method != STOCK:
+        row["warnings"] += model.reduction.warnings
     if cfg.flops:
         image = torch.randn(1, 3, *backbones.image_size(model), device=cfg.timing.device,
                             dtype=speed.dtype_of(cfg.timing.dtype))

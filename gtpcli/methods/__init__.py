@@ -15,6 +15,7 @@ from ..errors import GtpcliError
 from .base import Column, HParam, Method
 
 _MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "ats", "tpc")
+CENTRE = "gtp"  # the method gtpcli is built around: the default, with its own flags, per-P best settings and --search
 
 REGISTRY: dict[str, Method] = {}
 for _module in _MODULES:
@@ -69,5 +70,5 @@ def choices_text(sep: str = ", ") -> str:
     return sep.join(REGISTRY)
 
 
-__all__ = ["Column", "HParam", "Method", "REGISTRY", "get", "names", "scheduled", "adaptive", "stages",
+__all__ = ["Column", "HParam", "Method", "REGISTRY", "CENTRE", "get", "names", "scheduled", "adaptive", "stages",
            "implemented_overhead", "backbone_macs", "choices_text"]

@@ -164,6 +164,11 @@ class Reduction:
         self.removals = self.schedule_removals(value)  # raises before anything changes
         self._P = value
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a result row must say where the run departs from the asked setting (none by default)."""
+        return []
+
     def schedule_removals(self, P: int | Sequence[int] | None) -> list[int]:
         """Tokens removed in each layer; a schedule that empties a layer is a ValueError naming it."""
         if P is None:

@@ -58,8 +58,10 @@ class Profile:
 
     def hparams_for(self, method: str, P: int) -> dict[str, Any]:
         """The method's default hyperparameters, with the per-P best values where the profile has them."""
+        from ..methods import CENTRE
+
         chosen = dict(self.hparams.get(method, {}))
-        if method == "gtp":
+        if method == CENTRE:  # per_P holds the best settings of the method the tool is built around
             chosen.update(self.per_P.get(P, {}))
         return chosen
 

@@ -288,7 +288,12 @@ def _bin_gmacs(row: dict[str, Any]) -> str:
 
 
 def _bin_setting(setting: dict[str, Any], method: str) -> str:
-    names = {"P": "r" if method == "tome" else "P", "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
+    """A published setting as its paper writes it (ToMe's r for P: the card's alias)."""
+    from ..methods import REGISTRY
+
+    card = REGISTRY.get(method)
+    own = {api: alias for alias, api in card.aliases.items()} if card else {}
+    names = {"P": own.get("P", "P"), "keep_rate": "k", "keep_ratio": "p", "layers": "ATS blocks"}
     return ", ".join(f"{names.get(k, k)}={v}" for k, v in setting.items()) or "-"
 
 

@@ -74,6 +74,10 @@ class ToMe(Reduction):
             tokens -= allowed
         return used
 
+    @property
+    def warnings(self) -> list[str]:
+        return [f"r clamped in layers {[layer for layer, _, _ in self.clamped]}"] if self.clamped else []
+
     def reduce(self, layer, x, attention, keys):
         r, p = self.removals[layer], self.prefix
         with stage("tome.match"):
