@@ -1,6 +1,6 @@
 """Profiles: YAML files that name a backbone, its architecture, default hyperparameters and paper rows.
 
-Built-in profiles live in `profiles/` (installed as the package `gtpcli.profiles`); a user may pass the
+Built-in profiles live in `gtpcli/profiles/` (the package `gtpcli.profiles`); a user may pass the
 path of their own YAML file anywhere a profile name is accepted.
 """
 
@@ -67,9 +67,9 @@ class Profile:
 
 
 def builtin_dir() -> Path:
-    """Where the shipped profiles are: the installed package, or `profiles/` of a checkout."""
+    """Where the shipped profiles are: the installed package, or `gtpcli/profiles/` of a checkout."""
     try:
-        return Path(resources.files("gtpcli._profiles"))  # profiles/__init__.py makes this a real path
+        return Path(resources.files("gtpcli.profiles"))  # its __init__.py makes this a real path
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "profiles"
 
