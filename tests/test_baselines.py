@@ -347,33 +347,65 @@ def test_ats_sampling_pads_a_batch_without_changing_any_image():
     assert index[1, :3].tolist() == [2, 4, 0]
 
 
-def hand_sample(scores: list[float], reference: int) -> list[int]:
-    """The official steps in plain Python: zeros for missing tokens, ascending sort, rescaled CDF, points from
-    the smallest positive CDF value to 1, nearest (first on ties), unique positions in ascending order."""
-    full = [0.0] * (reference - len(scores)) + list(scores)
-    order = sorted(range(reference), key=lambda j: full[j])
+def hand_sample(scores: list[float], reference: int, width: int | None = None) -> list[int]:
+    """The official steps in plain Python: zeros for missing tokens up to `width` slots (the masked path:
+    `reference`; the DROP_TOKENS path: the width of the block's packed batch), ascending sort, rescaled CDF,
+    then that CDF padded with zeros on the left to `reference` as the packed path pads it, points from the
+    smallest positive CDF value to 1, nearest (first on ties), unique positions in ascending order."""
+    width = reference if width is None else width
+    full = [0.0] * (width - len(scores)) + list(scores)
+    order = sorted(range(width), key=lambda j: full[j])
     cdf, total = [], 0.0
     for j in order:
         total += full[j]
         cdf.append(total)
     low, high = min(cdf), max(cdf)
-    cdf = [(c - low) / (high - low) for c in cdf]
+    cdf = [0.0] * (reference - width) + [(c - low) / (high - low) for c in cdf]
     start = min(c for c in cdf if c > 0)
     ys = [start + i * (1 - start) / (reference - 1) for i in range(reference)]
     picks = sorted({min(range(reference), key=lambda j: (abs(y - cdf[j]), j)) for y in ys})
-    return [order[p] - (reference - len(scores)) for p in picks]
+    assert picks[0] >= reference - width  # the packed path's zero padding is never the nearest
+    return [order[p - (reference - width)] - (width - len(scores)) for p in picks]
 
 
-def test_ats_every_block_against_the_official_steps_written_out(small_vit, fresh, image, record_blocks):
-    """float64, ATS blocks 1-3, two images: from each block's recorded input (valid tokens only), attention,
-    S = sum_h A[CLS] ||v|| over image tokens, the Python sampling above, [CLS] first, the MLP on the rest."""
-    model = gtpcli.patch(fresh(small_vit).double(), "ats", layers="1-3")
+def test_ats_packed_sampling_drops_the_least_significant_token_by_hand():
+    """4 image tokens at the start, 3 left, S = (.5, .3, .2). Masked: slots (0, .2, .3, .5), CDF (0, .2, .5, 1)
+    stays as it is, points .2, .4667, .7333, 1 pick .2, .5, .5, 1: t2, t1, t0 all stay. Packed (the authors'
+    DeiT-S evaluation): CDF (.2, .5, 1) rescaled by its minimum to (0, .375, 1), points .375, .5833, .7917, 1
+    pick .375, .375, 1, 1: t1, t0; t2, the least significant, sits at 0 and no point reaches it."""
+    scores = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    index, real, counts = SP.inverse_transform_sample(scores, 4)
+    assert index[0][real[0]].tolist() == [2, 1, 0] and counts.tolist() == [3]
+    index, real, counts = SP.inverse_transform_sample(scores, 4, packed=True)
+    assert index[0][real[0]].tolist() == [1, 0] and counts.tolist() == [2]
+    assert hand_sample([0.5, 0.3, 0.2], 4) == [2, 1, 0] and hand_sample([0.5, 0.3, 0.2], 4, 3) == [1, 0]
+
+
+def test_ats_packed_sampling_of_a_narrower_image_is_the_masked_one():
+    """Packed to the batch's widest image (3 slots), the second image holds 2 tokens and a padding slot
+    (score 0): its CDF starts at that 0 as the masked one does, (0, .4, 1), points .4, .6, .8, 1: t1, t0.
+    The widest image alone changes: t2 is dropped as above."""
+    batch = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]], dtype=torch.float64)
+    masked = SP.inverse_transform_sample(batch, 4)
+    packed = SP.inverse_transform_sample(batch, 4, packed=True)
+    assert masked[2].tolist() == [3, 2] and packed[2].tolist() == [2, 2]
+    assert packed[0][1][packed[1][1]].tolist() == masked[0][1][masked[1][1]].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("variant,batch", [("masked", 2), ("authors_eval", 1), ("authors_eval", 2)])
+def test_ats_every_block_against_the_official_steps_written_out(variant, batch, small_vit, fresh, image,
+                                                                record_blocks):
+    """float64, ATS blocks 1-3: from each block's recorded input (valid tokens only), attention,
+    S = sum_h A[CLS] ||v|| over image tokens, the Python sampling above (authors_eval: over the slots of the
+    block's padded batch), [CLS] first, the MLP on the rest."""
+    model = gtpcli.patch(fresh(small_vit).double(), "ats", layers="1-3", variant=variant)
     with torch.no_grad(), record_blocks(model) as rec:
-        model(image(small_vit, batch=2, seed=7).double())
+        model(image(small_vit, batch=2, seed=7)[:batch].double())
         counts = model.reduction.last.counts
-        assert counts[:, 0].tolist() == [65, 65] and (counts[:, 2:] < 65).all()
+        assert counts[:, 0].tolist() == [65] * batch and (counts[:, 2:] < 65).all()
         for layer, block in enumerate(model.blocks):
-            for b in range(2):
+            width = rec["inputs"][layer].shape[1] - 1 if variant == "authors_eval" else 64
+            for b in range(batch):
                 n = int(counts[b, layer])
                 x = rec["inputs"][layer][b, :n]
                 out, weights = hand_attention(block.attn, block.norm1(x))
@@ -381,12 +413,29 @@ def test_ats_every_block_against_the_official_steps_written_out(small_vit, fresh
                 if layer >= 1:
                     v = block.attn.qkv(block.norm1(rec["inputs"][layer][b, :n]))[:, 2 * x.shape[-1]:]
                     scores = (weights[:, 0, 1:].sum(dim=0) * v[1:].norm(dim=-1)).tolist()
-                    keep = hand_sample([s / sum(scores) for s in scores], 64)
+                    keep = hand_sample([s / sum(scores) for s in scores], 64, width)
                     assert model.reduction.last.sampled[layer][b, :len(keep)].tolist() == keep
                     x = torch.cat([x[:1], x[1:][keep]])
                 x = x + block.ls2(block.mlp(block.norm2(x)))
                 assert int(counts[b, layer + 1]) == x.shape[0]
                 assert (rec["outputs"][layer][b, :x.shape[0]] - x).abs().max().item() <= 1e-9
+
+
+def test_ats_authors_eval_changes_the_tokens_at_batch_1_from_the_second_ats_block_on(small_vit, fresh, image):
+    """The first ATS block sees every slot filled under both variants: the same tokens. The second sees the
+    same input under both; the masked CDF starts at a dropped token's 0, so its first point is the least
+    significant token's value and takes it; the packed CDF puts that token at 0, where no point goes."""
+    x = image(small_vit, batch=1, seed=3)
+    runs = {}
+    for variant in S.VARIANTS:
+        model = gtpcli.patch(fresh(small_vit), "ats", layers="1-3", variant=variant)
+        with torch.no_grad():
+            model(x)
+        runs[variant] = model.reduction.last
+    masked, packed = runs["masked"], runs["authors_eval"]
+    assert torch.equal(masked.sampled[1], packed.sampled[1]) and masked.counts[0, 2] == packed.counts[0, 2] < 65
+    least = masked.sampled[2][0, 0]  # ascending significance: the first is the least significant
+    assert least not in packed.sampled[2][0] and set(packed.sampled[2][0].tolist()) != set(masked.sampled[2][0].tolist())
 
 
 def test_ats_images_do_not_depend_on_their_batch_and_batch_1_is_fvcore_exact(small_vit, fresh, image):

@@ -13,8 +13,17 @@ In each ATS block (the official default: blocks 3 to 11, counted from 0), after 
   the MLP runs on them only.
 
 So ATS is an *adaptive* method: rows carry E[GMACs] over images (gtpcli/cost/adaptive.py). Batches are
-padded to their largest count with the padding masked out of attention (the official DROP_TOKENS path);
-an image's tokens do not depend on the batch it is in.
+padded to their largest count with the padding masked out of attention.
+
+`variant` says which CDF the sampling reads (the two official paths, `DROP_TOKENS` off or on):
+- "masked" (default): the CDF over all N_ref - 1 slots, a token dropped earlier counting as a zero, as the
+  official masked execution keeps them; an image's tokens do not depend on the batch it is in;
+- "authors_eval": the CDF over the tokens the block holds, as the authors' DeiT-S evaluation config runs it
+  (`DROP_TOKENS: True` packs each batch to its widest image). Rescaled by its minimum, the least significant
+  token lands at 0 and is never sampled, where the masked CDF starts at a dropped token's 0. The two differ
+  only in an image that holds fewer than N_ref - 1 tokens and no zero slot: the widest of its batch (every
+  image at batch 1) once an earlier ATS block dropped some. A narrower image's padding is its zero slot, so
+  under "authors_eval" an image's tokens depend on its batch, as in the authors' runs.
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ from ..base import HParam, Method, parse_blocks
 
 NAME = "ats"
 OFFICIAL_LAYERS = "3-11"
+VARIANTS = ("masked", "authors_eval")
 
 HPARAMS = (
     HParam("layers", OFFICIAL_LAYERS, "ATS blocks, counted from 0 as the official code: a range 3-11 or a list "
            "3,5,7 (GTP's Tables 8/9 print ranges like 7-11)", str),
+    HParam("variant", "masked", "the CDF over every slot, dropped tokens as zeros (masked), or over the tokens "
+           "the block holds, as the authors' DeiT-S evaluation packs them (authors_eval)", str, VARIANTS),
 )
 STAGES = ("ats.score", "ats.sample", "ats.gather")
 COUNTS_NOTE = ("Per-image MACs as fvcore counts them at batch 1: every block's attention on the tokens entering "

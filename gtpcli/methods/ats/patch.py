@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..blocks import Reduction, stage
-from .card import METHOD, NAME, OFFICIAL_LAYERS, _no_schedule, ats_blocks
+from .card import METHOD, NAME, OFFICIAL_LAYERS, VARIANTS, _no_schedule, ats_blocks
 
 
 def significance(first_row, values, prefix: int):
@@ -21,16 +21,20 @@ def significance(first_row, values, prefix: int):
     return scores / scores.sum(dim=-1, keepdim=True)
 
 
-def inverse_transform_sample(scores, reference: int):
+def inverse_transform_sample(scores, reference: int, packed: bool = False):
     """The official sampling on scores (B, m), m <= reference (0 = a token dropped earlier or padding): the
-    scores padded with zeros to `reference`, sorted ascending, CDF rescaled to [0, 1], `reference` points from
-    the smallest positive CDF value to 1, each taking the nearest CDF value's token (the first one on ties),
-    duplicates collapsed. Returns (indices into the m tokens (B, k), ascending significance, padded with 0;
-    which are real (B, k); counts (B,))."""
+    scores padded with zeros to `reference` (masked), or as they are (`packed`: the official DROP_TOKENS path,
+    whose CDF covers only the tokens the block holds), sorted ascending, CDF rescaled to [0, 1], `reference`
+    points from the smallest positive CDF value to 1, each taking the nearest CDF value's token (the first one
+    on ties), duplicates collapsed. The official packed path pads the rescaled CDF with zeros to `reference`;
+    no point is nearest to a zero (every point lies at or above the smallest positive value), so leaving them
+    out picks the same tokens. Returns (indices into the m tokens (B, k), ascending significance, padded with
+    0; which are real (B, k); counts (B,))."""
     import torch
 
     B, m = scores.shape
-    full = torch.cat([scores.new_zeros(B, reference - m), scores], dim=1)
+    width = m if packed else reference
+    full = torch.cat([scores.new_zeros(B, width - m), scores], dim=1)
     ordered, order = full.sort(dim=1)
     cdf = ordered.cumsum(dim=1)
     low, high = cdf.min(dim=1, keepdim=True).values, cdf.max(dim=1, keepdim=True).values
@@ -44,9 +48,9 @@ def inverse_transform_sample(scores, reference: int):
     fresh[:, 1:] = picks[:, 1:] != picks[:, :-1]
     counts = fresh.sum(dim=1)
     k = int(counts.max())
-    slot = torch.where(fresh, picks, picks.new_full((), reference)).sort(dim=1).values[:, :k]  # unique first
-    real = slot < reference
-    tokens = order.gather(1, slot.clamp(max=reference - 1)) - (reference - m)
+    slot = torch.where(fresh, picks, picks.new_full((), width)).sort(dim=1).values[:, :k]  # unique first
+    real = slot < width
+    tokens = order.gather(1, slot.clamp(max=width - 1)) - (width - m)
     return torch.where(real, tokens, torch.zeros_like(tokens)), real, counts
 
 
@@ -85,19 +89,22 @@ class ATS(Reduction):
     """ATS blocks at `layers`; per-image counts of the last forward in `last`."""
 
     method = NAME
-    block_forward = ats_block_forward  # batches padded to their widest image (no packed path)
+    block_forward = ats_block_forward  # batches padded to their widest image, the padding masked
 
-    def __init__(self, model, layers: str = OFFICIAL_LAYERS, P=None):
+    def __init__(self, model, layers: str = OFFICIAL_LAYERS, variant: str = VARIANTS[0], P=None):
         if P is not None:
             _no_schedule()
         METHOD.require_cls(model)
-        self.hp = METHOD.validate({"layers": layers})
+        self.hp = METHOD.validate({"layers": layers, "variant": variant})
         self.blocks = ats_blocks(self.hp["layers"], len(model.blocks))
+        self.packed = self.hp["variant"] == "authors_eval"
         self.last: Trace | None = None
         super().__init__(model, 0, prop_attn=False)
 
     @property
     def variant_label(self) -> str:
+        if self.packed:
+            return f"authors' eval: ATS blocks {self.hp['layers']} (counted from 0), CDF of the packed tokens"
         return f"paper: ATS blocks {self.hp['layers']} (counted from 0)"
 
     def start(self, x):
@@ -121,7 +128,7 @@ class ATS(Reduction):
         with stage("ats.score"):
             scores = significance(seen.first_row, seen.values, p)
         with stage("ats.sample"):
-            index, real, _ = inverse_transform_sample(scores, self.tokens - p)
+            index, real, _ = inverse_transform_sample(scores, self.tokens - p, self.packed)
         with stage("ats.gather"):
             image = x[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             self.last.sampled[layer] = index
