@@ -88,6 +88,43 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Knob:
+    """The one setting a comparison at matched cost turns (gtpcli/methods/solve.py): `P`, or a hyperparameter
+    of the method's own schedule; the values it may take on a model, and the token schedule each one gives,
+    from which the analytic cost follows. A value the model cannot run is a GtpcliError of `removals`."""
+
+    name: str                                                       # "P", or one of the card's hyperparameters
+    values: Callable[[Arch], Sequence[Any]]                         # the candidates on this model, in knob order
+    removals: Callable[[Arch, Any, Mapping[str, Any]], list[int]]   # tokens each block removes at a value
+
+    def setting(self, value: Any) -> dict[str, Any]:
+        """What a run is given: {"P": 8} or {"keep_rate": 0.7}."""
+        return {self.name: value}
+
+
+def uniform_p_values(arch: Arch) -> range:
+    """P from 0 to the largest that leaves every block an image token: (N - prefix - 1) // L."""
+    return range((arch.N - arch.prefix - 1) // arch.L + 1)
+
+
+def uniform_p_removals(arch: Arch, P: int, hparams: Mapping[str, Any]) -> list[int]:
+    from ..cost.analytic import per_layer, token_schedule
+
+    token_schedule(arch.N, arch.L, P, arch.prefix)  # refuses a P that empties a block
+    return per_layer(P, arch.L)
+
+
+# The knob of a method with one P for every block (GTP, ToMe's unclamped range, TC-ViT, random, ...).
+P_KNOB = Knob("P", uniform_p_values, uniform_p_removals)
+
+
+def fractions(step: float = 0.01) -> list[float]:
+    """(0, 1] in steps: 0.01, 0.02, ... 1.0, the knob values of a keep rate."""
+    count = round(1 / step)
+    return [round((i + 1) * step, 10) for i in range(count)]
+
+
+@dataclass(frozen=True)
 class Method:
     """Everything the commands need to know about one reduction method."""
 
@@ -109,6 +146,9 @@ class Method:
     # The backbone's MACs under this method's schedule, where they are not `analytic.backbone_macs` of the
     # removals (Evo-ViT: skipped tokens come back for the head, and a block's MLP sees what its attention saw).
     backbone_macs: Callable[[Arch, Sequence[int], Mapping[str, Any]], dict[str, int]] | None = None
+    # What a comparison at matched cost turns (`Knob`). None: `P_KNOB` for a method with one token schedule
+    # per model; an input-dependent method without a knob has no analytic cost to solve for.
+    knob: Knob | None = None
     # Input-dependent methods (token counts differ per image): `adaptive` rows carry E[GMACs] and
     # distributions (gtpcli/cost/adaptive.py) instead of one schedule; `sweep_key` is their sweep axis
     # in place of P (TPC: "delta"); `cost(arch, hparams)` gives their per-block MACs as an adaptive.Cost.
@@ -125,6 +165,11 @@ class Method:
         """The patch class (a Reduction, or a model-level patcher): imports torch, so only when asked."""
         module, _, name = self.patch.partition(":")
         return getattr(import_module(module), name)
+
+    def matched_cost_knob(self) -> Knob | None:
+        """The knob a comparison at matched cost turns: the card's own, else P for a method with one token
+        schedule per model; None for an input-dependent method (no analytic cost to solve for)."""
+        return self.knob or (None if self.adaptive else P_KNOB)
 
     def require_cls(self, model) -> None:
         """A one-line error for a model without a [CLS] token, when every setting of the method reads it."""

@@ -23,7 +23,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ...cost.analytic import Arch
-from ..base import Column, HParam, Method, parse_blocks
+from ..base import Column, HParam, Knob, Method, fractions, parse_blocks
 
 NAME = "evit"
 PAPER_DROP_LOC = "3,6,9"
@@ -59,6 +59,11 @@ def keep_rate_removals(arch: Arch, keep_rate: float, drop_loc: str, fuse_token: 
             removals[block] = n - kept - (1 if fuse_token else 0)
             n -= removals[block]
     return removals
+
+
+# EViT's own schedule at matched cost: keep_rate in steps of 0.01 (drop_loc and fuse_token as given).
+KNOB = Knob("keep_rate", lambda arch: fractions(0.01),
+            lambda arch, k, hp: keep_rate_removals(arch, k, hp["drop_loc"], hp["fuse_token"]))
 
 
 def dropped(removal: int, fuse_token: bool) -> int:
@@ -110,4 +115,5 @@ METHOD = Method(
     complexity_notes=complexity_notes,
     complexity_hparams=("fuse_token",),
     needs_cls="every setting: tokens are ranked by the [CLS] token's attention",
+    knob=KNOB,
 )

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from ...cost import analytic as A
 from ...cost.analytic import Arch
 from ...errors import GtpcliError
-from ..base import Column, HParam, Method, parse_blocks
+from ..base import Column, HParam, Knob, Method, fractions, parse_blocks
 
 NAME = "evo"
 PAPER_STAGES = "4,8"
@@ -58,6 +58,10 @@ def stage_removals(arch: Arch, keep_ratio: float, stages: str) -> list[int]:
     removals = [0] * arch.L
     removals[starts[0] - 1] = n - informative
     return removals
+
+
+# Evo-ViT's own stages at matched cost: keep_ratio in steps of 0.01 (stages as given).
+KNOB = Knob("keep_ratio", lambda arch: fractions(0.01), lambda arch, p, hp: stage_removals(arch, p, hp["stages"]))
 
 
 def selections(removals: Sequence[int], stages: str | None) -> tuple[int, ...]:
@@ -105,4 +109,5 @@ METHOD = Method(
     columns=(Column("evo_macs", "Evo-ViT", "no MACs: sorting"),),
     needs_cls="every setting: tokens are ranked by the [CLS] token's attention",
     backbone_macs=backbone_macs,
+    knob=KNOB,
 )

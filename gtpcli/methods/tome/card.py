@@ -10,7 +10,7 @@ from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 from ...cost import analytic as A
-from ..base import Column, HParam, Method
+from ..base import Column, HParam, Knob, Method
 
 NAME = "tome"
 NOTE = ("Eq. 14 as printed has P^2 C coefficient (L^3/12 + L^2/12 + L/8); its own sum gives "
@@ -20,6 +20,24 @@ HPARAMS = (
     HParam("prop_attn", True, "proportional attention", bool),
 )
 
+
+
+def clamped_removals(N: int, L: int, prefix: int, P) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """ToMe never fails on a large r: each layer merges at most half of its image tokens. Returns the merges
+    per layer and the clamps, (layer, asked, used)."""
+    used, clamps, tokens = [], [], N
+    for layer, r in enumerate(A.per_layer(P, L)):
+        allowed = min(r, (tokens - prefix) // 2)
+        if allowed < r:
+            clamps.append((layer, r, allowed))
+        used.append(allowed)
+        tokens -= allowed
+    return used, clamps
+
+
+# r from 0 to half the image tokens (from there every layer merges half of its tokens, whatever r is).
+KNOB = Knob("P", lambda arch: range((arch.N - arch.prefix) // 2 + 1),
+            lambda arch, P, hparams: clamped_removals(arch.N, arch.L, arch.prefix, P)[0])
 
 
 def implemented_overhead(arch: A.Arch, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
@@ -59,4 +77,5 @@ METHOD = Method(
     columns=(Column("tome_macs", "ToMe sum"), Column("tome_macs_closed_form", "ToMe Eq.14")),
     complexity_notes=complexity_notes,
     aliases={"r": "P"},
+    knob=KNOB,
 )

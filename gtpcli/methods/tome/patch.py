@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...cost.analytic import per_layer
 from ..blocks import Reduction, stage
+from .card import clamped_removals
 
 
 def bipartite_matching(metric: torch.Tensor, r: int, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,15 +63,7 @@ class ToMe(Reduction):
         super().__init__(model, P, prop_attn)
 
     def schedule_removals(self, P: int | Sequence[int]) -> list[int]:
-        """ToMe never fails on a large r: each layer merges at most half of its image tokens."""
-        asked = per_layer(P, self.num_layers)
-        used, tokens, self.clamped = [], self.tokens, []
-        for layer, r in enumerate(asked):
-            allowed = min(r, (tokens - self.prefix) // 2)
-            if allowed < r:
-                self.clamped.append((layer, r, allowed))
-            used.append(allowed)
-            tokens -= allowed
+        used, self.clamped = clamped_removals(self.tokens, self.num_layers, self.prefix, P)
         return used
 
     @property
