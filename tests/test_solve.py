@@ -27,6 +27,21 @@ def vit_macs(entering: list[int], leaving: list[int], C: int = 384, patches: int
     return patches * C * 3 * patch * patch + blocks + 5 * C * (leaving[-1] if final is None else final) + C * classes
 
 
+@pytest.mark.parametrize("gmacs", [3.5, 3.0, 2.6, 2.3])
+def test_a_method_registered_later_is_solved_by_hand(gmacs, monkeypatch):
+    """A card added to the registry (as `random` is: one P for every block, no MACs of its own) is solved
+    with the others. Block l (from 0) sees 197 - l P tokens and its MLP 197 - (l + 1) P; P = 0..16."""
+    import dataclasses
+
+    card = dataclasses.replace(methods.get("gtp"), name="drop", title="Drop", hparams=(),
+                               implemented_overhead=lambda arch, removals, hparams: 0)
+    monkeypatch.setitem(methods.REGISTRY, "drop", card)
+    costs = {P: vit_macs([197 - l * P for l in range(12)], [197 - (l + 1) * P for l in range(12)])
+             for P in range(17)}
+    found = solve_all(DEIT_S, round(gmacs * 1e9))["drop"]
+    assert found == Setting("drop", "P", hand_nearest(gmacs * 1e9, costs), costs[found.value])
+
+
 def test_deit_s_stock_by_hand():
     """197 tokens, C = 384: a block is 12 x 197 x 147456 + 2 x 197^2 x 384 + 10 x 384 x 197 = 379,147,776
     MACs; 12 of them, the embedding 196 x 384 x 768 = 57,802,752 and the head 5 x 384 x 197 + 384,000:
