@@ -368,6 +368,38 @@ def check(
         raise typer.Exit(1)
 
 
+@command()
+@friendly
+def compare(
+    model: str = typer.Argument(..., help="Profile name, profile YAML path or timm model name"),
+    gmacs: str = typer.Option(..., "--gmacs", help="Target costs in GMACs, e.g. 3.5,3.0,2.6"),
+    method: Optional[str] = typer.Option(None, "--method", help=f"Which methods: one or a comma list of {METHODS_TEXT} " + default("all")),
+    hp: Optional[list[str]] = HpOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each target's setting per method, solved from the cost model, and the resolution baseline) and stop"),
+    fmt: str = FormatOpt,
+    output: Optional[Path] = OutputOpt,
+):
+    """Every method at matched cost: for each target GMACs, each method's nearest setting, random and resolution baselines."""
+    from . import files
+    from .commands.compare import cost_line, plan, targets
+    from .config.options import hparams, methods
+    from .report.compare import render_plan
+    from .report.tables import emit
+
+    check_format(fmt)
+    if output is not None:
+        files.check_output(output, "--output")
+    chosen = methods(method) if method is not None else list(REGISTRY)
+    wanted = targets(gmacs)
+    if not dry_run:
+        raise GtpcliError("compare measures nothing yet (it will time the plan in the profile lane's interleaved "
+                          "rounds); --dry-run prints the plan")
+    name, arch = _arch_for(model)
+    result = plan(name, arch, wanted, hparams(hp, chosen), chosen)
+    err.print(cost_line(result), highlight=False, soft_wrap=True)
+    emit(result, fmt, output, render_plan)
+
+
 def _arch_for(model: str):
     """(name, Arch) for a profile name or path (no torch needed) or any timm ViT name (built on the meta
     device, without weights); unknown names get close matches."""

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from gtpcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["complexity", "profiles", "profile", "trace", "check", "plot"]
+COMMANDS = ["complexity", "profiles", "profile", "trace", "check", "plot", "compare"]
 EXPECTED = {
     "complexity": ["Layers [default: 12, or the model's]", "Heads [default: C/64, or the model's]",
                    "Tokens removed per layer, e.g. 8, 4,8 or 0..14 [default: 8]", "--per-layer", "[default: table]", "--plot"],
@@ -30,6 +30,7 @@ EXPECTED = {
               "[default: 8; EViT, Evo-ViT and ATS: their own schedule]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]"],
     "check": ["[default: cpu]", "--update-baseline", "--junit", "--baseline"],
     "plot": ["[default: tradeoff]", "--kind", "--output", "[required]", "speedup"],
+    "compare": ["--gmacs", "[required]", "--dry-run", "[default: all]", "[default: table]"],
 }
 
 
