@@ -80,5 +80,6 @@ def cost_line(result: dict[str, Any]) -> str:
     targets_, rows = result["targets_gmacs"], result["rows"]
     methods = len({row["method"] for row in rows})
     reasons = len({skip["reason"] for skip in result["skipped"]})
-    return (f"compare {result['model']}: {len(rows)} runs to measure ({len(targets_)} targets, {methods} methods "
-            f"and baselines)" + (f"; {reasons} skipped, each said below" if reasons else ""))
+    plural = "s" if len(targets_) != 1 else ""
+    return (f"compare {result['model']}: {len(rows)} runs to measure ({len(targets_)} target{plural}, {methods} "
+            f"methods and baselines)" + (f"; {reasons} skipped, each said below" if reasons else ""))
