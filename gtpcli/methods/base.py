@@ -118,7 +118,7 @@ def uniform_p_removals(arch: Arch, P: int, hparams: Mapping[str, Any]) -> list[i
 P_KNOB = Knob("P", uniform_p_values, uniform_p_removals)
 
 
-def fractions(step: float = 0.01) -> list[float]:
+def rates(step: float = 0.01) -> list[float]:
     """(0, 1] in steps: 0.01, 0.02, ... 1.0, the knob values of a keep rate."""
     count = round(1 / step)
     return [round((i + 1) * step, 10) for i in range(count)]

@@ -23,7 +23,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ...cost.analytic import Arch
-from ..base import Column, HParam, Knob, Method, fractions, parse_blocks
+from ..base import Column, HParam, Knob, Method, parse_blocks, rates
 
 NAME = "evit"
 PAPER_DROP_LOC = "3,6,9"
@@ -62,7 +62,7 @@ def keep_rate_removals(arch: Arch, keep_rate: float, drop_loc: str, fuse_token: 
 
 
 # EViT's own schedule at matched cost: keep_rate in steps of 0.01 (drop_loc and fuse_token as given).
-KNOB = Knob("keep_rate", lambda arch: fractions(0.01),
+KNOB = Knob("keep_rate", lambda arch: rates(0.01),
             lambda arch, k, hp: keep_rate_removals(arch, k, hp["drop_loc"], hp["fuse_token"]))
 
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from ...cost import analytic as A
 from ...cost.analytic import Arch
 from ...errors import GtpcliError
-from ..base import Column, HParam, Knob, Method, fractions, parse_blocks
+from ..base import Column, HParam, Knob, Method, parse_blocks, rates
 
 NAME = "evo"
 PAPER_STAGES = "4,8"
@@ -61,7 +61,7 @@ def stage_removals(arch: Arch, keep_ratio: float, stages: str) -> list[int]:
 
 
 # Evo-ViT's own stages at matched cost: keep_ratio in steps of 0.01 (stages as given).
-KNOB = Knob("keep_ratio", lambda arch: fractions(0.01), lambda arch, p, hp: stage_removals(arch, p, hp["stages"]))
+KNOB = Knob("keep_ratio", lambda arch: rates(0.01), lambda arch, p, hp: stage_removals(arch, p, hp["stages"]))
 
 
 def selections(removals: Sequence[int], stages: str | None) -> tuple[int, ...]:
