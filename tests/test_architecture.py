@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gtpcli"
 
 # bottom to top, as docs/architecture.md lists them
 LAYERS = (
-    ("errors", "files", "distributed"),
+    ("errors", "files", "distributed", "profiles"),  # profiles: the shipped YAML files, data
     ("cost", "reference"),
     ("methods",),
     ("config",),
