@@ -44,20 +44,23 @@ def render_complexity(result: dict[str, Any], console: Console) -> None:
 
     rows = result["rows"]
     methods = [REGISTRY[m] for m in result.get("methods", REGISTRY) if m in REGISTRY]
-    value_columns = [c for m in methods for c in m.columns]
+    # the mission's pair first, with their gap and ratio, so a split or narrow table leads with them
+    pair = [c for m in methods if m.name in ("gtp", "tome") for c in m.columns]
+    others = [c for m in methods if m.name not in ("gtp", "tome") for c in m.columns]
     diffs = [(m.title, f"{m.name}_closed_form_diff") for m in methods if any(f"{m.name}_closed_form_diff" in r for r in rows)]
     with_ratio = any(r.get("ratio") is not None for r in rows)
     with_backbone = any("backbone_macs" in r for r in rows)
-    columns = [(k, "right") for k in ("N", "C", "L", "H", "P")] + [(c.header, "right") for c in value_columns]
+    columns = [(k, "right") for k in ("N", "C", "L", "H", "P")] + [(c.header, "right") for c in pair]
     if diffs:
         columns.append(("Eq. - sum (MACs)", "right"))
     if with_ratio:
         columns.append(("ToMe/GTP", "right"))
     if with_backbone:
         columns.append(("backbone GMACs", "right"))
+    columns += [(c.header, "right") for c in others]
     cells = []
     for r in rows:
-        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], *(mmacs(r.get(c.key)) for c in value_columns)]
+        cell = [r["N"], r["C"], r["L"], r["H"], r["P"], *(mmacs(r.get(c.key)) for c in pair)]
         if diffs:
             diff = " ".join(_diff_cell(r.get(key), title) for title, key in diffs).strip()
             cell.append(diff or "[green]0[/]")
@@ -65,7 +68,7 @@ def render_complexity(result: dict[str, Any], console: Console) -> None:
             cell.append(f"{r['ratio']:.2f}" if r.get("ratio") else "-")
         if with_backbone:
             cell.append(f"{r['backbone_macs'] / 1e9:.3f}")
-        cells.append(cell)
+        cells.append(cell + [mmacs(r.get(c.key)) for c in others])
     title = "Extra MMACs of the reduction method itself (" + ", ".join(_sources(m) for m in methods) + ")"
     if result.get("model"):
         title += f" - {result['model']}"
@@ -81,7 +84,7 @@ def render_complexity(result: dict[str, Any], console: Console) -> None:
     if result.get("hparams"):
         notes.append("Settings: " + "; ".join(f"{m} " + ", ".join(f"{k}={v}" for k, v in values.items())
                                                for m, values in result["hparams"].items()) + ".")
-    console.print(table(title, columns, cells, caption="\n".join(notes) or None))
+    console.print(table(title, columns, cells, caption="\n".join(notes) or None, keys=5))
     for r in rows:
         if "layers" in r:
             _render_layers(r, console)
@@ -116,7 +119,7 @@ def _render_layers(row: dict[str, Any], console: Console) -> None:
                  for layer in used]
         title = f"Per layer, {where} (MACs)" + (f": {group}" if group else "")
         headers = [("layer", "right"), ("N_l", "right"), ("n_l", "right")] + [(k[len(prefix):], "right") for k in found]
-        console.print(table(title, headers, cells))
+        console.print(table(title, headers, cells, keys=3))
 
 
 def render_profile(result: dict[str, Any], console: Console) -> None:
@@ -251,8 +254,7 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
     for nominal in table_for(result["timm"])["bins"]:
         for r in [r for r in measured if r["bin_gmacs"] == nominal] + [r for r in paper_only if r["bin_gmacs"] == nominal]:
             run = r in measured
-            cell = [f"{nominal:g}", TITLES.get(r["method"], r["method"]) + ("" if run else " (paper only" + (
-                        ": needs training)" if r["method"] in PAPER_ONLY else ")")),
+            cell = [f"{nominal:g}", TITLES.get(r["method"], r["method"]) + ("" if run else " (paper only)"),
                     _bin_setting(r.get("bin_setting", r.get("setting", {})), r["method"]),
                     _bin_gmacs(r), _num(r.get("img_s"), 1), _times(r.get("bin_ratio"))]
             if with_acc:
@@ -266,6 +268,10 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
                "the paper does.",
                f"paper columns: {table_for(result['timm'])['table']} of GTP-ViT (A6000, batch 128); no FT = without "
                "finetuning, FT = 30 epochs of finetuning (reference figures, not results).", *NOTES.get(result["timm"], [])]
+    if paper_only:   # said once here, not in every row: the method column stays narrow enough to repeat
+        untrained = [TITLES[m] for m in dict.fromkeys(r["method"] for r in paper_only) if m in PAPER_ONLY]
+        caption.append("(paper only): the published row of a method not run here" +
+                       (f"; {' and '.join(untrained)} need training." if untrained else "."))
     stock = next((r for r in result["rows"] if r["method"] == "stock"), None)
     if stock:
         caption.insert(1, f"stock timm: {_num(stock.get('gmacs'), 2)} GMACs, {_num(stock.get('img_s'), 1)} img/s.")
@@ -274,7 +280,7 @@ def render_bins(result: dict[str, Any], console: Console) -> None:
         caption.insert(1, f"E = E[GMACs], the mean of per-image GMACs (+- their std) over {adaptive['images']} "
                           f"images ({adaptive['counts_source']}); img/s batches padded to their widest image.")
     console.print(table(f"{result['model']}: GTP's {table_for(result['timm'])['table']} bins", columns, cells,
-                        caption="\n".join(caption)))
+                        caption="\n".join(caption), keys=2))
     for r in measured:
         for warning in r.get("warnings", []):
             console.print(f"[yellow]warning[/] {r['method']} {r['bin_gmacs']:g} GMACs bin: {warning}", highlight=False)
@@ -375,7 +381,7 @@ def render_check(result: dict[str, Any], console: Console) -> None:
     caption = None
     if result.get("environment_differs"):
         caption = "[yellow]baseline from a different environment:[/] " + "; ".join(result["environment_differs"])
-    console.print(table(title, columns, cells, caption=caption))
+    console.print(table(title, columns, cells, caption=caption, keys=4))
 
 
 def _short(value) -> str:
