@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
@@ -119,8 +119,8 @@ class Grid:
     def layout(self, console: Console, options: ConsoleOptions, room: int, widths: list[int]) -> list[Grid]:
         """The fewer blocks of two layouts: as built, or transposed; as built where they tie."""
         as_built = self.split(widths, room)
-        if 4 * (len(self.row_styles) + 1) >= room * len(as_built):  # transposed columns take 4 or more each
-            return as_built
+        if not self.row_styles or 4 * (len(self.row_styles) + 1) >= room * len(as_built):
+            return as_built   # no rows to turn, or too many: a transposed column takes 4 or more
         flipped = self.transposed()
         across = flipped.split(flipped.widths(console, options), room)
         return across if len(across) < len(as_built) else as_built
@@ -138,14 +138,18 @@ def width(widths: Sequence[int], chosen: Iterable[int]) -> int:
 def blocks(widths: Sequence[int], keys: int, room: int, units: list[list[int]]) -> list[list[int]]:
     """The value columns, in `units` (runs of columns that belong together), in consecutive blocks that fit
     in `room` beside the `keys` first columns: as few blocks as fit, as even in count as that allows."""
-    fits = lambda block: width(widths, [*range(keys), *block]) <= room  # noqa: E731
+    def fits(block: list[int]) -> bool:
+        return width(widths, [*range(keys), *block]) <= room
+
     fewest = pack(units, fits)
+    if len(fewest) < 2:
+        return fewest
     most = -(-sum(map(len, units)) // len(fewest))
     even = pack(units, lambda block: fits(block) and len(block) <= most)
     return even if len(even) == len(fewest) else fewest
 
 
-def pack(units: list[list[int]], ok) -> list[list[int]]:
+def pack(units: list[list[int]], ok: Callable[[list[int]], bool]) -> list[list[int]]:
     """Units in order: each joins the last block where `ok` allows, else starts one; a unit that is not ok
     even alone is packed column by column from a block of its own (a column too wide alone gets one)."""
     found: list[list[int]] = []

@@ -44,10 +44,12 @@ def render_complexity(result: dict[str, Any], console: Console) -> None:
 
     rows = result["rows"]
     methods = [REGISTRY[m] for m in result.get("methods", REGISTRY) if m in REGISTRY]
-    # the mission's pair first, with their gap and ratio, so a split or narrow table leads with them
-    pair = [c for m in methods if m.name in ("gtp", "tome") for c in m.columns]
-    others = [c for m in methods if m.name not in ("gtp", "tome") for c in m.columns]
-    diffs = [(m.title, f"{m.name}_closed_form_diff") for m in methods if any(f"{m.name}_closed_form_diff" in r for r in rows)]
+    # the methods whose papers print a closed form (GTP, ToMe) first, with its gap to the exact sum and their
+    # ratio, so a table split to fit a terminal leads with them; the other methods' columns after
+    printed = [m for m in methods if any(f"{m.name}_closed_form_diff" in r for r in rows)]
+    pair = [c for m in printed for c in m.columns]
+    others = [c for m in methods if m not in printed for c in m.columns]
+    diffs = [(m.title, f"{m.name}_closed_form_diff") for m in printed]
     with_ratio = any(r.get("ratio") is not None for r in rows)
     with_backbone = any("backbone_macs" in r for r in rows)
     columns = [(k, "right") for k in ("N", "C", "L", "H", "P")] + [(c.header, "right") for c in pair]
