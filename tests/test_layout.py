@@ -21,6 +21,7 @@ from gtpcli.cost.analytic import Arch
 from gtpcli.measure.complexity import complexity_result
 from gtpcli.models.profiles import builtin_dir, load_profile
 from gtpcli.report import markup, tables
+from gtpcli.report.compare import render_plan
 from gtpcli.report.layout import blocks
 
 runner = CliRunner()
@@ -344,3 +345,12 @@ def test_input_dependent_tables_are_whole_at_every_width(adaptive, width):
     text = assert_nothing_cut(tables.render_profile, adaptive, width)
     tpc = [r for r in adaptive["rows"] if r["method"] == "tpc"]
     assert_shown(text, [r["setting"] for r in tpc] + [f"{d['mean']:.1f}" for r in tpc for d in r["tokens_dist"]])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_compare_plan_is_whole_at_every_width(width):
+    found = runner.invoke(app, ["compare", "deit_s", "--gmacs", "3.5,3.0,2.6", "--dry-run", "--format", "json"])
+    assert found.exit_code == 0, found.output
+    plan = json.loads(found.stdout)
+    text = assert_nothing_cut(render_plan, plan, width)
+    assert_shown(text, [f"{r['gmacs']:.3f}" for r in plan["rows"]] + [r["method"] for r in plan["rows"]])
