@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import GtpcliError
 from .base import Column, HParam, Method
 
-_MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "ats", "tpc")
+_MODULES = ("gtp", "tome", "tcvit", "evit", "evo", "ats", "tpc", "random")
 CENTRE = "gtp"  # the method gtpcli is built around: the default, with its own flags, per-P best settings and --search
 
 REGISTRY: dict[str, Method] = {}
