@@ -61,29 +61,33 @@ def test_the_word_arithmetic_is_murmur3_without_overflow():
     assert [R.mix(w) for w in words[:50]] == [fmix32(w) for w in words[:50]]
 
 
-def test_no_position_is_favoured_and_blocks_draw_afresh():
-    """Over 4000 images, each of 64 positions is dropped about P/n of the time (within 5 binomial standard
-    deviations), and a block's draw is not the previous block's."""
+def dropped_mask(kept: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.ones(kept.shape[0], n, dtype=torch.bool).scatter(1, kept, False)
+
+
+def test_no_position_is_favoured_in_any_block():
+    """Over 4000 images, each of 64 positions is dropped by block 0 about P/n of the time, and by block 1 (among
+    the tokens left) about P/n of the time too (within 5 binomial standard deviations); never twice."""
     images, n, P = 4000, 64, 8
-    keys = R.mix(torch.arange(images))
-    kept = R.kept_tokens(keys, seed=0, layer=0, n=n, P=P)
-    assert kept.shape == (images, n - P) and torch.equal(kept, kept.sort(dim=1).values)
-    dropped = torch.ones(images, n, dtype=torch.bool).scatter(1, kept, False)
-    assert (dropped.sum(dim=1) == P).all()
+    scores = R.drop_order(R.mix(torch.arange(images)), seed=0, n=n)
+    first = R.kept_tokens(scores, P)
+    assert first.shape == (images, n - P) and torch.equal(first, first.sort(dim=1).values)
+    second = first.gather(1, R.kept_tokens(scores.gather(1, first), P))  # block 1's kept, as positions
+    by_first = dropped_mask(first, n)
+    by_second = dropped_mask(second, n) & ~by_first
     expected, spread = images * P / n, (images * P / n * (1 - P / n)) ** 0.5
-    assert (dropped.sum(dim=0).float() - expected).abs().max() <= 5 * spread
-    again = torch.ones(images, n, dtype=torch.bool).scatter(1, R.kept_tokens(keys, 0, 1, n, P), False)
-    both = (dropped & again).sum(dim=1).float().mean()  # independent draws share P^2/n = 1 token on average
-    assert abs(both - P * P / n) < 0.1
+    for dropped in (by_first, by_second):
+        assert (dropped.sum(dim=1) == P).all()
+        assert (dropped.sum(dim=0).float() - expected).abs().max() <= 5 * spread
 
 
 def test_seeds_any_size_give_their_own_draw():
     keys = R.mix(torch.arange(200))
-    draws = [R.kept_tokens(keys, seed, 0, 64, 8) for seed in (0, 1, 2 ** 32, 2 ** 40 + 1)]
+    draws = [R.kept_tokens(R.drop_order(keys, seed, 64), 8) for seed in (0, 1, 2 ** 32, 2 ** 40 + 1)]
     for i, first in enumerate(draws):
         for second in draws[i + 1:]:
             assert (first != second).any(dim=1).float().mean() > 0.95
-    assert torch.equal(R.kept_tokens(keys, 2 ** 40 + 1, 0, 64, 8), draws[-1])
+    assert torch.equal(R.kept_tokens(R.drop_order(keys, 2 ** 40 + 1, 64), 8), draws[-1])
 
 
 # --- the patched model ------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ hyperparameter, stage label and analytic overhead (none). The patch is `patch.py
 
 In every block with P_l > 0, between the attention residual and the MLP, P_l image tokens chosen at random
 are removed; prefix tokens ([CLS], registers, distillation) never are, and the kept ones stay in their order.
-The draw is seeded per image: it is a hash of (seed, the image's embedded tokens, block, token position), so
-an image loses the same tokens whatever batch it is in, at any position, on any number of processes.
+The draw is seeded per image: one random order of its image tokens, a hash of (seed, the image's embedded
+tokens, token position), and each block drops the P_l lowest in that order it has left. So an image loses the
+same tokens whatever batch it is in, at any position, on any number of processes.
 """
 
 from __future__ import annotations
