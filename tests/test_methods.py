@@ -37,8 +37,11 @@ def test_gtp_choices_are_the_implementations():
 
 
 def test_the_registry_names_every_method_once_and_imports_no_torch():
-    code = ("import sys, gtpcli.methods as m; "
-            "assert list(m.REGISTRY) == ['gtp', 'tome', 'tcvit', 'evit', 'evo', 'ats', 'tpc']; "
+    """Every method folder (one with a card) is in the registry under its folder's name, none twice."""
+    code = ("import sys, pathlib, gtpcli.methods as m; "
+            "folders = sorted(p.parent.name for p in pathlib.Path(m.__file__).parent.glob('*/card.py')); "
+            "assert sorted(m.REGISTRY) == sorted(m._MODULES) == folders, (list(m.REGISTRY), folders); "
+            "assert {'gtp', 'tome', 'tcvit', 'evit', 'evo', 'ats', 'tpc'} <= set(m.REGISTRY); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

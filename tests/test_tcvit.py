@@ -530,7 +530,8 @@ def test_complexity_has_three_methods_and_tcvit_settings():
     result = cli("complexity", "--N", "197", "--C", "384", "--H", "6", "--P", "8,16", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["methods"] == ["gtp", "tome", "tcvit", "evit", "evo"]  # every registered method by default
+    assert data["methods"] == list(methods.scheduled())  # every method with a P schedule, by default
+    assert {"gtp", "tome", "tcvit", "evit", "evo"} <= set(data["methods"]) and not set(methods.adaptive()) & set(data["methods"])
     assert data["tokens"]["tcvit_macs"].startswith("n_l") and data["tokens"]["gtp_macs"].startswith("N_l")
     arch = A.Arch(N=197, C=384, L=12, H=6)
     for row in data["rows"]:
