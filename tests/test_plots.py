@@ -380,6 +380,6 @@ def test_complexity_and_plot_data_import_neither_torch_nor_matplotlib(measured):
     code = ("import sys; from typer.testing import CliRunner; from gtpcli.cli import app; "
             "r = CliRunner().invoke(app, ['complexity', '--N', '785', '--C', '768']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['plot', '--help']); assert r.exit_code == 0, r.output; "
-            f"from gtpcli import plots; plots.figure('tradeoff', [{str(measured)!r}]); "
+            f"from gtpcli.report import plots; plots.figure('tradeoff', [{str(measured)!r}]); "
             "assert not {'torch', 'timm', 'matplotlib'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
