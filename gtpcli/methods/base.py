@@ -141,6 +141,7 @@ class Method:
     complexity_notes: Callable[[Sequence[Mapping[str, Any]]], list[str]] = lambda rows: []
     complexity_once: Callable[[Arch, Mapping[str, Any]], dict[str, Number]] | None = None  # per image, not per layer
     complexity_hparams: tuple[str, ...] = ()            # hyperparameters the analytic overhead depends on
+    complexity_source: str | None = None                # where its overhead's closed form is printed ("GTP Eq. 15")
     aliases: Mapping[str, str] = field(default_factory=dict)   # other keyword -> API keyword (ToMe's r -> P)
     needs_cls: str | None = None                        # why some settings need a [CLS] token (docs)
     # The backbone's MACs under this method's schedule, where they are not `analytic.backbone_macs` of the
@@ -160,11 +161,28 @@ class Method:
     sweep_key: str | None = None
     cost: Callable[[Arch, Mapping[str, Any]], Any] | None = None
     level: str = "block"
+    # A method that saves its hyperparameters with its trained weights (TPC-ViT's `tpc` mapping): the
+    # "module:function" reading them from a checkpoint file (None when it has none), imported on first use
+    # like `patch`, and the warning for a run whose checkpoint carries none (an untrained controller).
+    checkpoint_hparams: str | None = None
+    untrained: str | None = None
 
     def load(self) -> type:
         """The patch class (a Reduction, or a model-level patcher): imports torch, so only when asked."""
-        module, _, name = self.patch.partition(":")
-        return getattr(import_module(module), name)
+        return _named(self.patch)
+
+    def saved_hparams(self, checkpoint) -> dict[str, Any] | None:
+        """The hyperparameters saved in `checkpoint` for this method, or None (no file, no mapping, or a
+        method that saves none)."""
+        if checkpoint is None or self.checkpoint_hparams is None:
+            return None
+        return _named(self.checkpoint_hparams)(checkpoint)
+
+    def untrained_warning(self, checkpoint) -> str | None:
+        """The one warning line for a learned method run without its trained hyperparameters, or None."""
+        if self.untrained is None or self.saved_hparams(checkpoint) is not None:
+            return None
+        return self.untrained
 
     def matched_cost_knob(self) -> Knob | None:
         """The knob a comparison at matched cost turns: the card's own, else P for a method with one token
@@ -195,6 +213,12 @@ class Method:
     def resolved(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults, overridden by `values` (validated)."""
         return {**self.defaults(), **self.validate(values)}
+
+
+def _named(path: str) -> Any:
+    """The object a "module:name" string names, imported now."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
 
 
 def _suggest(name: str, choices: list[str]) -> str:

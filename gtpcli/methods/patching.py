@@ -5,11 +5,12 @@ Which methods exist is the registry's business (`gtpcli.methods.REGISTRY`); this
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from torch import nn
 
 from .. import methods as registry
+from ..errors import GtpcliError
 from .blocks import Reduction, patch_blocks, unpatch_blocks
 
 
@@ -51,9 +52,43 @@ def patch(model: nn.Module, method: str = "gtp", **kwargs) -> nn.Module:
     return patch_blocks(model, card.load()(model, **kwargs))
 
 
+def controller(model: nn.Module):
+    """What holds a patched model's state and its last forward's record (`.last`): the model-level method's
+    submodule (TPC-ViT's `model.tpc`), or the blocks' Reduction; None for a stock model."""
+    for card in registry.REGISTRY.values():
+        if card.level == "model" and card.name in getattr(model, "_modules", {}):
+            return model._modules[card.name]
+    return getattr(model, "reduction", None)
+
+
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo `patch`: the stock timm forward again."""
     for card in registry.REGISTRY.values():
         if card.level == "model" and card.name in getattr(model, "_modules", {}):
             card.load().remove(model)
     return unpatch_blocks(model)
+
+
+def apply(model: nn.Module, method: str, P: int | None, hparams: Mapping[str, Any]) -> nn.Module:
+    """Patch the model at one point of a sweep; an impossible P or a bad hyperparameter is the user's error,
+    said in one line. An input-dependent method takes no P (its point is in `hparams`)."""
+    adaptive = registry.get(method).adaptive
+    try:
+        return patch(model, method, **hparams) if adaptive else patch(model, method, P=P, **hparams)
+    except (ValueError, TypeError) as exc:
+        raise GtpcliError(f"{method}: {exc}" if adaptive else f"{method} at P={P}: {exc}") from None
+
+
+def attach(model: nn.Module, method: str | None, P: int | None = None,
+           hparams: Mapping[str, Any] | None = None) -> Callable[[], Any]:
+    """Patch `model` at this point now (None: the stock model), and return what puts it back into this point
+    later, between the slices of interleaved timing: a block swap onto the same Reduction (cheap, and the
+    objects a compiled model's guards saw), or a model-level method's patch again. Weights are never copied."""
+    unpatch(model)
+    if method is None:
+        return lambda: unpatch(model)
+    apply(model, method, P, hparams or {})
+    if registry.get(method).level == "block":
+        reduction = model.reduction
+        return lambda: patch_blocks(model, reduction)
+    return lambda: apply(model, method, P, hparams or {})

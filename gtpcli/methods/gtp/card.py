@@ -73,5 +73,6 @@ METHOD = Method(
     complexity_layers=complexity_layers,
     columns=(Column("gtp_macs", "GTP sum"), Column("gtp_macs_closed_form", "GTP Eq.15")),
     complexity_once=complexity_once,
+    complexity_source="GTP Eq. 15",
     needs_cls="selection 'cls' reads the [CLS] token's attention",
 )

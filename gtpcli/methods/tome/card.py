@@ -76,6 +76,7 @@ METHOD = Method(
     complexity_layers=complexity_layers,
     columns=(Column("tome_macs", "ToMe sum"), Column("tome_macs_closed_form", "ToMe Eq.14")),
     complexity_notes=complexity_notes,
+    complexity_source="ToMe Eq. 14",
     aliases={"r": "P"},
     knob=KNOB,
 )

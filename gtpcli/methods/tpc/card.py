@@ -56,6 +56,7 @@ HPARAMS = (
            "linear layers on the packed active tokens and attention padded per image", str, BATCHINGS),
 )
 
+UNTRAINED = "gates not trained: token counts reflect an untrained controller"
 STAGES = ("tpc.gates", "tpc.stabilizer", "tpc.gather")
 COUNTS_NOTE = ("MACs as fvcore counts them: matmuls and LayerNorms on the active tokens; the gates, TDR, ACT "
                "sums and the stabiliser's key norms and top-kappa are elementwise work fvcore does not count; "
@@ -102,4 +103,6 @@ METHOD = Method(
     sweep_key="delta",
     cost=cost,
     level="model",
+    checkpoint_hparams="gtpcli.methods.tpc.patch:checkpoint_hparams",
+    untrained=UNTRAINED,
 )

@@ -30,9 +30,8 @@ from torch import nn
 
 from ...errors import GtpcliError
 from ..blocks import stage
-from .card import METHOD
+from .card import METHOD, UNTRAINED  # noqa: F401  (UNTRAINED: the warning without a trained mapping)
 
-UNTRAINED = "gates not trained: token counts reflect an untrained controller"
 SAVED = ("gate_scale", "gate_center", "delta", "xi", "kappa", "gate_dims", "stabilizer", "target_depth")
 
 
