@@ -57,7 +57,8 @@ def sweep_config(opts: RunConfig, world=None):
     if opts.compile and opts.warmup == 0:
         raise GtpcliError("--compile needs --warmup >= 1 (the first pass compiles; it is timed apart)")
     batches, sizes = axis(opts.batch_size, "--batch-size"), axis(opts.img_size, "--img-size")
-    for flag, value, low in (("--runs", opts.runs, 1), ("--warmup", opts.warmup, 0), ("--limit", opts.limit, 1)):
+    for flag, value, low in (("--runs", opts.runs, 1), ("--rounds", opts.rounds, 1), ("--warmup", opts.warmup, 0),
+                             ("--limit", opts.limit, 1)):
         options.at_least(value, low, flag)
     profile, timm_name = backbones.resolve(opts.model)
     if opts.pretrained and opts.checkpoint is not None:
@@ -66,11 +67,8 @@ def sweep_config(opts: RunConfig, world=None):
         raise GtpcliError(f"checkpoint not found: {opts.checkpoint}")
     device = speed.resolve_device(opts.device)
     timing = speed.Timing.default(distributed.device_for(world, device) if world else device, opts.dtype, amp)
-    overrides = {k: v for k, v in (("batch_size", batches and batches[0]), ("runs", opts.runs),
-                                   ("warmup", opts.warmup)) if v is not None}
-    if opts.runs is not None:
-        overrides["min_seconds"] = 0.0  # --runs N times exactly N batches, not "N and at least 6 s"
-    timing = replace(timing, **overrides)
+    overrides = {k: v for k, v in (("batch_size", batches and batches[0]), ("warmup", opts.warmup)) if v is not None}
+    timing = replace(timing, **overrides).budget(opts.runs, opts.rounds)
     if opts.method is not None:
         methods = options.methods(opts.method)
     else:
@@ -330,7 +328,7 @@ def _run_profile(opts: RunConfig, world, cfgs: list, several: bool) -> dict[str,
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with stopping_on_signals() as held, Progress(*columns, console=err, transient=True,
                                                  disable=not world.main) as progress:
-        task = progress.add_task(cfg.model, total=sum(len(sweep.my_points(c, world)) for c in cfgs))
+        task = progress.add_task(cfg.model, total=sum(sweep.steps(c, world) for c in cfgs))
         before: list[dict[str, Any]] = []  # the rows of the grid's earlier combinations
         current = cfg
 
@@ -339,11 +337,13 @@ def _run_profile(opts: RunConfig, world, cfgs: list, several: bool) -> dict[str,
                 if store is not None:
                     store.save(before + so_far)
                 rows[:] = before + so_far
-            progress.update(task, completed=len(rows))
+
+        started = []  # the steps begun: each point, then each timing round
 
         def starting(label: str) -> None:
             where = f" batch {current.timing.batch_size}" + (f", {current.img_size} px" if current.img_size else "")
-            progress.update(task, description=f"{cfg.model}{where if len(cfgs) > 1 else ''}: {label}")
+            progress.update(task, completed=len(started), description=f"{cfg.model}{where if len(cfgs) > 1 else ''}: {label}")
+            started.append(label)
 
         def sweeping():
             nonlocal before, current

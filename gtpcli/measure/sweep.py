@@ -1,8 +1,10 @@
 """`gtpcli profile` as data: sweep P over a backbone for each method, one plain row per point.
 
-The stock timm model is measured first, in the same run, so every speed-up is a ratio of two figures
-taken under the same conditions. Each finished row is handed to `on_row` at once (the CLI saves it),
-so an interrupted sweep keeps what it measured and can resume.
+Every point of a combination (batch size, image size), fixed-P and input-dependent alike, is measured by
+`measure_point` (its token schedule or its per-image counts, MACs, accuracy); then all of them are timed
+together with the stock model in the same interleaved rounds, on one set of weights (measure/throughput.py),
+so every speed-up is a ratio of two figures taken side by side. The rows are handed to `on_row` as they grow
+(the CLI saves them), so an interrupted sweep keeps what it measured and can resume.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from ..cost import analytic as A
 from ..cost.adaptive import point_label
 from ..distributed import World
 from ..errors import GtpcliError
-from ..methods.patching import METHODS, patch, unpatch
+from ..methods.patching import METHODS, apply, unpatch
 from ..models import backbones
 from ..models.profiles import Profile
-from . import accuracy, compiled, flops, memory, speed
+from . import accuracy, flops, memory, speed
 
 STOCK = "stock"
 MACS_TOLERANCE = 0.01  # counted vs analytic, and fvcore vs FlopCounterMode
 RANDOM_WEIGHTS_SEED = 0  # without a checkpoint, so that processes of one torchrun run measure one model
-NOISY = 0.2  # an IQR above this share of the median img/s is flagged
 
 
 @dataclass
@@ -54,12 +55,15 @@ class SweepConfig:
     shard_points: bool = False      # under torchrun: whole points per process, instead of images
     class_map: Path | None = None   # --data's class names to the head's indices (timm's .txt class map)
     sweeps: dict[str, list] = field(default_factory=dict)  # adaptive methods' own axes: {"delta": [0.01, ...]}
+    only: list[tuple] | None = None  # these (method, P, setting) points instead of the sweep (gtpcli bench)
 
     def points(self) -> list[tuple[str, int | None, dict[str, Any], float | None]]:
         """(method, P, the point's own setting, its GMACs bin), the stock model first. An input-dependent
         method has no P: its points are the values of its own axis (TPC: delta), its default without one."""
         if self.bins is not None:
             return [(STOCK, 0, {}, None)] + list(self.bins)
+        if self.only is not None:
+            return [(STOCK, 0, {}, None)] + [(method, P, setting, None) for method, P, setting in self.only]
         swept = []
         for m in self.methods:
             card = registry.get(m)
@@ -74,10 +78,7 @@ class SweepConfig:
         """The profile's values, then (an adaptive method's) those saved in the checkpoint file, then the
         command line, then the point's own setting."""
         chosen = self.profile.hparams_for(method, P) if self.profile else {}
-        saved = {}
-        if method in registry.REGISTRY and registry.get(method).adaptive:
-            from .adaptive_sweep import checkpoint_hparams
-            saved = checkpoint_hparams(method, self.checkpoint) or {}
+        saved = (registry.get(method).saved_hparams(self.checkpoint) or {}) if method in registry.REGISTRY else {}
         found = {**chosen, **saved, **self.hparams.get(method, {}), **(setting or {})}
         return {key: list(v) if isinstance(v, tuple) else v for key, v in found.items()}  # as JSON gives it back
 
@@ -97,59 +98,59 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
 
 
-def apply(model, method: str, P: int | None, hparams: dict[str, Any]) -> None:
-    """Patch the model; an impossible P or a bad hyperparameter is the user's error, said in one line.
-    An input-dependent method takes no P (its point is in `hparams`)."""
-    adaptive = registry.get(method).adaptive
-    try:
-        patch(model, method, **hparams) if adaptive else patch(model, method, P=P, **hparams)
-    except (ValueError, TypeError) as exc:
-        raise GtpcliError(f"{method}: {exc}" if adaptive else f"{method} at P={P}: {exc}") from None
-
-
 def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Callable[[str], None],
                   quality: Callable[[Any], dict] = lambda model: {}, setting: dict[str, Any] | None = None,
                   bin_gmacs: float | None = None) -> dict[str, Any]:
-    """One row: token schedule, counted and analytic MACs, throughput, and accuracy when data is given."""
-    hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
+    """One row, all but its throughput (timed with the other points, measure/throughput.py): parameters,
+    what the point costs (its token schedule and counted MACs, or for an input-dependent method its
+    per-image counts over images), accuracy when data is given, and what the method noticed."""
+    card = None if method == STOCK else registry.get(method)
+    hparams = cfg.hparams_for(method, P, setting) if card else {}
     unpatch(model)
-    if method != STOCK:
-        patch(model, method, P=P, **hparams)
-    arch = backbones.arch_of(model)
-    removals = model.reduction.removals if method != STOCK else [0] * arch.L
+    if card:
+        apply(model, method, P, hparams)
     row: dict[str, Any] = {
         "model": cfg.model, "method": method, "P": P, "hparams": hparams,
-        "tokens": A.token_schedule(arch.N, arch.L, removals, arch.prefix),
         "params": sum(p.numel() for p in model.parameters()),
-        "overhead_macs": registry.implemented_overhead(arch, method, removals, hparams),
         "macs": None, "gmacs": None, "img_s": None, "img_s_spread": None, "speedup": None, "warnings": [],
         **axes(cfg, side(backbones.image_size(model))),
     }
     if bin_gmacs is not None:  # --bins paper: the bin and the method's published setting for it
         row["bin_gmacs"], row["bin_setting"] = bin_gmacs, {**({"P": P} if P is not None else {}), **(setting or {})}
-    row["analytic_macs"] = sum(registry.backbone_macs(arch, method, removals, hparams).values()) + row["overhead_macs"]
+    if card is not None and card.adaptive:
+        from .adaptive_sweep import image_costs
+        found = image_costs(model, cfg, card, hparams)
+    else:
+        found = schedule_costs(model, cfg, method, hparams) | quality(model)
+    row["warnings"] += found.pop("warnings", [])
+    row |= found
+    reduction = getattr(model, "reduction", None) if card is not None else None
+    row["warnings"] += getattr(reduction, "warnings", [])  # where the run departs from the asked setting
+    if hasattr(reduction, "diagnostics"):  # what the method noticed while it ran
+        found = reduction.diagnostics()
+        row["warnings"] += found.pop("warnings", [])
+        row |= found
+    return row
+
+
+def schedule_costs(model, cfg: SweepConfig, method: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A fixed schedule's costs: tokens per block, the analytic MACs with the method's own overhead, and
+    (unless --no-flops) the MACs counted on the model, checked against them."""
+    arch = backbones.arch_of(model)
+    removals = model.reduction.removals if method != STOCK else [0] * arch.L
+    found: dict[str, Any] = {
+        "tokens": A.token_schedule(arch.N, arch.L, removals, arch.prefix),
+        "overhead_macs": registry.implemented_overhead(arch, method, removals, hparams), "warnings": []}
+    found["analytic_macs"] = sum(registry.backbone_macs(arch, method, removals, hparams).values()) + found["overhead_macs"]
     if method != STOCK and hasattr(model.reduction, "variant_label"):  # a baseline's own schedule or gtpcli's equal P
-        row["setting"] = model.reduction.variant_label
-    if method != STOCK:
-        row["warnings"] += model.reduction.warnings
+        found["setting"] = model.reduction.variant_label
     if cfg.flops:
         image = torch.randn(1, 3, *backbones.image_size(model), device=cfg.timing.device,
                             dtype=speed.dtype_of(cfg.timing.dtype))
         count = flops.count_macs(model, image)
-        row |= {"macs": count.macs, "gmacs": round(count.macs / 1e9, 4), "flop_counter_macs": count.flop_counter_macs}
-        row["warnings"] += macs_warnings(count, row["analytic_macs"])
-    row |= quality(model)
-    if method != STOCK and hasattr(model.reduction, "diagnostics"):  # what the method noticed while it ran
-        found = model.reduction.diagnostics()
-        row["warnings"] += found.pop("warnings", [])
-        row |= found
-    if cfg.speed:
-        row |= throughput(model, cfg, warn)
-        row["warnings"] += row.pop("compile_findings", [])
-        if row["img_s_spread"] > NOISY * row["img_s"]:
-            row["warnings"].append(f"noisy timing: IQR is {row['img_s_spread'] / row['img_s']:.0%} of the median "
-                                   "(is the machine busy? try more --runs)")
-    return row
+        found |= {"macs": count.macs, "gmacs": round(count.macs / 1e9, 4), "flop_counter_macs": count.flop_counter_macs}
+        found["warnings"] += macs_warnings(count, found["analytic_macs"])
+    return found
 
 
 def macs_warnings(count: flops.MacCount, analytic: int) -> list[str]:
@@ -164,41 +165,6 @@ def macs_warnings(count: flops.MacCount, analytic: int) -> list[str]:
     return found
 
 
-def throughput(model, cfg: SweepConfig, warn: Callable[[str], None]) -> dict[str, Any]:
-    """Median img/s and IQR, latency percentiles, peak memory and, compiled, the compile time and what dynamo
-    did. On out-of-memory the batch is halved, and stays halved for the later points of this sweep, so stock
-    and reduced models are compared at equal batches."""
-    size = backbones.image_size(model)
-    while True:
-        timing = cfg.timing if cfg.working_batch is None else replace(cfg.timing, batch_size=cfg.working_batch)
-        torch.manual_seed(cfg.seed)
-        try:
-            found: dict[str, Any] = {}
-            runner = model
-            if cfg.compile is not None:
-                runner = compiled.compile_model(model, cfg.compile)
-                first = speed.first_pass(runner, size, timing)
-                warm = compiled.stats()
-            t = speed.measure(runner, size, timing)
-            if cfg.compile is not None:
-                after = compiled.stats()
-                found = {"compile_s": round(max(first - timing.batch_size / t.img_s, 0.0), 2), **warm,
-                         "recompiled": after["graphs"] > warm["graphs"], "compile_findings": compiled.findings(warm, after)}
-            p50, p90, p99 = t.latency_ms
-            return {"img_s": round(t.img_s, 2), "img_s_spread": round(t.spread, 2), "img_s_q1": round(t.q1, 2),
-                    "img_s_q3": round(t.q3, 2), "runs": t.runs, "timed_batch_size": t.batch_size,
-                    "latency_ms_p50": round(p50, 3), "latency_ms_p90": round(p90, 3), "latency_ms_p99": round(p99, 3),
-                    **t.memory, **found}
-        except RuntimeError as exc:
-            if not speed.is_out_of_memory(exc) or timing.batch_size == 1:
-                raise
-            if timing.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            cfg.working_batch = timing.batch_size // 2
-            warn(f"out of memory at batch {timing.batch_size}; this and the later points of batch "
-                 f"{cfg.timing.batch_size} are timed at batch {cfg.working_batch}")
-
-
 def axes(cfg: SweepConfig, img_size: int | list[int]) -> dict[str, Any]:
     """The measurement's own setting, recorded with every row (batch and image size are sweep axes)."""
     return {"batch_size": cfg.timing.batch_size, "img_size": img_size, "dtype": cfg.timing.dtype,
@@ -210,13 +176,17 @@ def side(size: tuple[int, int]) -> int | list[int]:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Speed-up against the stock model of the same run, and against each method's own P = 0."""
+    """The memory saving over the stock model, and the speed-ups the rounds did not give: those of rows
+    timed before interleaved rounds existed (no `rounds`), or against a P = 0 timed in other rounds, as
+    ratios of the two img/s."""
     stock_row = next((r for r in rows if r["method"] == STOCK), {})
     stock = stock_row.get("img_s")
     for row in rows:
         own_p0 = next((r["img_s"] for r in rows if r["method"] == row["method"] and r["P"] == 0), None)
-        row["speedup"] = _ratio(row["img_s"], stock)
-        row["speedup_vs_p0"] = _ratio(row["img_s"], own_p0)
+        if row.get("rounds") is None:
+            row["speedup"] = _ratio(row["img_s"], stock)
+        if row.get("rounds") is None or row.get("speedup_vs_p0") is None:
+            row["speedup_vs_p0"] = _ratio(row["img_s"], own_p0)
         used = memory.key(row)
         if used is not None and stock_row.get(used):
             row["memory_saving"] = round(1 - row[used] / stock_row[used], 3)
@@ -243,11 +213,11 @@ def _ratio(value, base):
 
 def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: SweepConfig,
                img_size: int | list[int] | None = None) -> bool:
-    """Whether a saved row measured this point under this configuration (for --resume)."""
+    """Whether a saved row measured this point under this configuration (for --resume), all but its
+    throughput: a point not (or not fully) timed is timed again with the others (measure/throughput.py)."""
     return (row.get("model") == cfg.model and row.get("method") == method and row.get("P") == P
             and row.get("hparams") == hparams
             and row.get("batch_size") == cfg.timing.batch_size and row.get("img_size") == img_size
-            and (not cfg.speed or row.get("img_s") is not None)
             and (not cfg.flops or row.get("macs") is not None)
             and (not cfg.data or "acc" in row or "fidelity_top1" in row))
 
@@ -255,10 +225,13 @@ def same_point(row: dict[str, Any], method: str, P: int, hparams: dict, cfg: Swe
 def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[dict]], None],
         advance: Callable[[str], None], warn: Callable[[str], None], model=None,
         world: World = World()) -> list[dict[str, Any]]:
-    """Measure every point not already in `saved`; after each, `on_row` gets all rows so far.
-    `model` is what `build(cfg)` returned, if the caller built it already. Of several processes, each
-    measures its share of every point's images and rank 0 alone counts MACs and times it (the others
-    wait), or, with `cfg.shard_points`, each measures whole points of its own, every `world.size`-th."""
+    """Measure every point not already in `saved`, then time those not yet timed, together, in interleaved
+    rounds; `on_row` gets all rows after each point and each round. `model` is what `build(cfg)` returned,
+    if the caller built it already. Of several processes, each measures its share of every point's images
+    and rank 0 alone counts MACs and times them (the others wait), or, with `cfg.shard_points`, each
+    measures and times whole points of its own, every `world.size`-th, beside its own stock model."""
+    from . import throughput
+
     model = build(cfg) if model is None else model
     sharing = World() if cfg.shard_points else world  # the processes that split a point's images
     quality = quality_meter(model, cfg, sharing) if cfg.data else (lambda model: {})
@@ -267,44 +240,36 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
     warned: set[str] = set()
     size = side(backbones.image_size(model))
     for method, P, setting, bin_gmacs in my_points(cfg, world):
-        hparams = cfg.hparams_for(method, P, setting) if method != STOCK else {}
+        card = None if method == STOCK else registry.get(method)
+        hparams = cfg.hparams_for(method, P, setting) if card else {}
         done = next((r for r in saved if same_point(r, method, P, hparams, cfg, size)
                      and r.get("bin_gmacs") == bin_gmacs), None)
-        adaptive = method != STOCK and registry.get(method).adaptive
-        label = (f"{method} P={P}" if not adaptive else f"{method} {point_label(setting) or 'default'}") \
-            if bin_gmacs is None \
-            else f"{method} {bin_gmacs:g} GMACs bin"
-        advance(label + (" (resumed)" if done else ""))
-        if adaptive and not sharing.main:
+        advance(point_name(card, method, P, setting, bin_gmacs) + (" (resumed)" if done else ""))
+        if card is not None and card.adaptive and not sharing.main:
             continue  # an adaptive point shares no images: rank 0 measures it whole
-        if adaptive:
-            from . import adaptive_sweep
-            untrained = adaptive_sweep.untrained(method, cfg.checkpoint)
-            if untrained and method not in warned:  # one line per method, not one per point
-                warned.add(method)
-                warn(untrained)
-            rows.append(done or adaptive_row(adaptive_sweep.measure_point(model, cfg, method, setting, hparams,
-                                                                          bool(untrained)), cfg, size))
-            if bin_gmacs is not None:  # --bins paper: ATS at its published blocks, compared by E[GMACs]
-                rows[-1] |= {"bin_gmacs": bin_gmacs, "bin_setting": dict(setting)}
-        else:
-            rows.append(done or measure_point(model, measuring, method, P, warn, quality, setting, bin_gmacs))
+        untrained = card.untrained_warning(cfg.checkpoint) if card else None
+        if untrained and method not in warned:  # one line per method, not one per point
+            warned.add(method)
+            warn(untrained)
+        rows.append(done or measure_point(model, measuring, method, P, warn, quality, setting, bin_gmacs))
         if cfg.shard_points and world.size > 1 and not done:
             rows[-1]["measured_by"] = world.label(cfg.timing.device)
         on_row(with_columns(rows, cfg))
+    if measuring.speed:
+        throughput.time_rows(model, cfg, rows, advance, warn, lambda: on_row(with_columns(rows, cfg)))
     return rows
 
 
-def adaptive_row(row: dict[str, Any], cfg: SweepConfig, img_size) -> dict[str, Any]:
-    """An input-dependent method's row with the sweep's axes; its batching modes time the eager model
-    without autocast, which the row says when --amp or --compile was asked for."""
-    timed = row.get("batch_size")
-    row |= axes(cfg, img_size) | ({"timed_batch_size": timed} if timed is not None else {})
-    if cfg.timing.amp or cfg.compile:
-        row["amp"] = row["compile"] = None  # what the timing really was
-        row["warnings"].append("timed eager without autocast: --amp and --compile do not reach the batching modes "
-                               "of input-dependent methods")
-    return row
+def point_name(card, method: str, P: int | None, setting: dict[str, Any], bin_gmacs: float | None) -> str:
+    """How the progress line names a point: "gtp P=8", "tpc delta=0.01", "ats 3.0 GMACs bin"."""
+    if bin_gmacs is not None:
+        return f"{method} {bin_gmacs:g} GMACs bin"
+    return f"{method} {point_label(setting) or 'default'}" if card is not None and card.adaptive else f"{method} P={P}"
+
+
+def steps(cfg: SweepConfig, world: World = World()) -> int:
+    """The progress of one sweep: each of its points, then each timing round."""
+    return len(my_points(cfg, world)) + (cfg.timing.timed_rounds if cfg.speed else 0)
 
 
 def my_points(cfg: SweepConfig, world: World) -> list[tuple]:
