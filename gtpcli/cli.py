@@ -245,7 +245,8 @@ def profile(
     batch_size: Optional[str] = typer.Option(None, help="Images per timed batch, or a list to sweep (1,8,32,128; stock at each) " + default("128 on CUDA as in the paper, 16 on CPU"), rich_help_panel=RUN),
     img_size: Optional[str] = typer.Option(None, help="Input resolution, or a list to sweep (224,384; stock at each) " + default("the model's"), rich_help_panel=RUN),
     seed: int = typer.Option(0, help="torch's seed before each point is timed (its random input batch)", rich_help_panel=RUN),
-    runs: Optional[int] = typer.Option(None, help="Timed batches per point " + default("30 on CUDA; on CPU 3, and more until 6 s have passed"), rich_help_panel=RUN),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per point, spread over the rounds " + default("30 on CUDA, 20 on CPU"), rich_help_panel=RUN),
+    rounds: Optional[int] = typer.Option(None, help="Interleaved rounds: each times the stock model and every point for an equal slice, in a shuffled order; img/s is the median over rounds, a speed-up the median of per-round ratios; 1 = the sequential order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per point " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure throughput (--no-speed: skip it)", rich_help_panel=RUN),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count MACs (--no-flops: skip it)", rich_help_panel=RUN),
@@ -288,7 +289,8 @@ def trace(
     img_size: Optional[int] = typer.Option(None, help="Input resolution " + default("the model's")),
     checkpoint: Optional[Path] = typer.Option(None, help="Local weights; random otherwise"),
     pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache)"),
-    steps: int = typer.Option(3, help="Profiled forward passes (after 1 skipped and 1 warm-up)"),
+    steps: int = typer.Option(3, help="Profiled forward passes (after 1 skipped and 1 warm-up), in the trace files and in each profiled pass of the stage shares"),
+    rounds: Optional[int] = typer.Option(None, help="Profiled passes of the stock model and of the method, alternating in a shuffled order; each stage's time is its median over them " + default("3")),
     out: Path = typer.Option(Path("gtpcli-results/trace"), "--out", help="Directory for the TensorBoard profile and trace.json (created if missing)"),
     token_similarity: bool = typer.Option(False, "--token-similarity", help="Instead of timing: over-smoothing as in GTP's Fig. 6, the average cosine similarity between image tokens after each block, stock and reduced"),
     data: Optional[Path] = typer.Option(None, help="--token-similarity: images to measure on (any folder; random images otherwise)"),
@@ -363,7 +365,9 @@ def check(
     for r in failed:
         at = r["P"] if isinstance(r["P"], str) else f"P={r['P']}"   # an adaptive method's point: "delta=0.01"
         status.print(f"regression: {r['model']} {r['method']} {at} {r['metric']}: baseline {r['baseline']}, "
-                     f"now {r['now']} (tolerance {r['tolerance']})", highlight=False, soft_wrap=True)
+                     f"now {r['now']} (tolerance {r['tolerance']}"
+                     + (", from the rounds' spread)" if r.get("tolerance_from") == "spread" else ")"),
+                     highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -398,6 +402,34 @@ def compare(
     result = plan(name, arch, wanted, hparams(hp, chosen), chosen)
     err.print(cost_line(result), highlight=False, soft_wrap=True)
     emit(result, fmt, output, render_plan)
+
+
+@command()
+@friendly
+def bench(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, "--quick", help="The first case only (DeiT-S, batch 16, P = 8)"),
+    tcvit: bool = typer.Option(False, "--tcvit", help="Instead: GTP, ToMe and TC-ViT's series, lazy and newton solvers at equal P, each solver against the series"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per case " + default("as profile: 10")),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per configuration " + default("as profile: 20 on CPU")),
+    output: Path = typer.Option(Path("gtpcli-results/bench.json"), "--output", "-o", help="The rows and the targets (.json or .yaml)"),
+    fmt: str = FormatOpt,
+):
+    """GTP's speed targets (a benchmark, never a test): each case a plain `gtpcli profile` run, stock timm and the methods in the same interleaved rounds."""
+    from . import files
+    from .commands.bench import bench_result, render_bench
+    from .config.run import RunConfig
+    from .report.tables import console, emit
+
+    check_format(fmt)
+    files.check_output(output, "--output", ("json", "yaml"))
+    run = RunConfig(device="cpu").merged(given(ctx, apart=("quick", "tcvit", "output")))
+    status = console(stderr=True)
+    with status.status("benchmarking") as progress:
+        result = bench_result(run, quick, tcvit, lambda label: progress.update(label),
+                              lambda text: status.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True))
+    emit(result, fmt, output, render_bench)
 
 
 def _arch_for(model: str):

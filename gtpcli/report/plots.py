@@ -17,6 +17,7 @@ from ..errors import GtpcliError
 
 STOCK = "stock"
 IQR_NOTE = "; bars: interquartile range of the timed batches"
+ROUNDS_NOTE = "; speed-ups: median of the per-round ratios to stock in interleaved rounds, bars: their quartiles"
 LOG_SPREAD = 20  # an axis whose values span more than this factor is drawn on a log scale
 
 
@@ -316,10 +317,9 @@ def speedup(sources: Sequence[Source]) -> Figure:
                 continue
             timed = [r for r in block if r.get("img_s") is not None]
             counted = [r for r in block if r.get("gmacs")]
+            ys, bounds = measured_speedups(timed, stock)
             series.append(Series(f"{title_of(method)} measured ({device}{_suffix(sources, at)})",
-                                 [r["P"] for r in timed], [round(r["img_s"] / stock["img_s"], 4) for r in timed],
-                                 "line", method, at,
-                                 ybounds=[[round(v / stock["img_s"], 4) for v in b] for b in iqr(timed)]))
+                                 [r["P"] for r in timed], ys, "line", method, at, ybounds=bounds))
             series.append(Series(f"{title_of(method)} ideal (GMACs ratio)", [r["P"] for r in counted],
                                  [round(stock["gmacs"] / r["gmacs"], 4) for r in counted], "ideal", method, at))
             paper = [r for r in block if r.get("paper_img_s") is not None]
@@ -336,7 +336,20 @@ def speedup(sources: Sequence[Source]) -> Figure:
     series.append(Series("stock", Ps, [1.0] * len(Ps), "reference", STOCK))
     panel = Panel("Speed-up over the stock model", "P (tokens removed per block)", "speed-up over stock (x)", series)
     skipped = f"; not on the P axis (own schedules): {', '.join(own)}" if own else ""
-    return Figure("speedup", "Measured against ideal speed-up", [panel], caption(sources) + IQR_NOTE + skipped)
+    rounds = all(r.get("speedup_q1") is not None for s in sources for r in s.data["rows"]
+                 if r["method"] != STOCK and r.get("img_s") is not None)
+    return Figure("speedup", "Measured against ideal speed-up", [panel],
+                  caption(sources) + (ROUNDS_NOTE if rounds else IQR_NOTE) + skipped)
+
+
+def measured_speedups(timed: Sequence[dict], stock: dict) -> tuple[list[float], list[list[float]]]:
+    """Each row's speed-up over stock and its bars: the median of the per-round ratios and their quartiles
+    where the rows were timed in interleaved rounds; for older rows the ratio of the two img/s, with the
+    timed batches' IQR over the stock median."""
+    if timed and all(r.get("speedup_q1") is not None and r.get("speedup") is not None for r in timed):
+        return [r["speedup"] for r in timed], [[r["speedup_q1"], r["speedup_q3"]] for r in timed]
+    return ([round(r["img_s"] / stock["img_s"], 4) for r in timed],
+            [[round(v / stock["img_s"], 4) for v in b] for b in iqr(timed)])
 
 
 # --- overhead ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..cost.adaptive import MODES, RANDOM_SOURCE
 from ..results import dumps, write
 from .layout import console, table
 
@@ -93,7 +94,7 @@ def render_complexity(result: dict[str, Any], console: Console) -> None:
 
 
 def _sources(method) -> str:
-    return {"gtp": "GTP Eq. 15", "tome": "ToMe Eq. 14"}.get(method.name, method.title)
+    return method.complexity_source or method.title
 
 
 def _diff_cell(diff: int | float | None, label: str) -> str:
@@ -154,6 +155,9 @@ def _measurement(row: dict[str, Any]) -> str:
 
 
 def _render_blocks(result: dict[str, Any], rows: list[dict[str, Any]], console: Console, grid: bool) -> None:
+    """One table per method, one column per point: every line whose figures the rows hold (an
+    input-dependent method's E[GMACs] and distributions, throughput and the rounds' quartiles, memory,
+    accuracy, the paper's figures); then per-block token distributions where the rows carry them."""
     stock = next((r for r in rows if r["method"] == "stock"), None)
     env = result.get("env", {})
     first = rows[0] if rows else {}
@@ -163,80 +167,188 @@ def _render_blocks(result: dict[str, Any], rows: list[dict[str, Any]], console: 
         setting += f"; {result['distributed']}"
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "stock"):
         block = [r for r in rows if r["method"] == method]
-        if block[0].get("adaptive"):  # input-dependent counts: E[GMACs] and distributions (report/adaptive.py)
-            from . import adaptive as adaptive_report
-
-            title = f"{result['model']} + {method} (token counts depend on the image)"
-            columns = [("", "left")] + [(r["setting"], "right") for r in block]
-            found = adaptive_report.lines(block, stock)
-            console.print(table(title, columns, [[label, *cells] for label, cells in found],
-                                caption=f"{setting}; {adaptive_report.caption(block, stock)}"))
-            adaptive_report.render_distributions(result["model"], method, block, console)
-            continue
-        lines = [
-            ("GMACs", [_num(r["gmacs"], 2) for r in block]),
-            ("img/s", [_num(r["img_s"], 1) for r in block]),
-            ("IQR img/s", [_num(r["img_s_spread"], 1) for r in block]),
-            ("speed-up vs stock", [_times(r["speedup"]) for r in block]),
-            ("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]),
-        ]
-        if any(r.get("latency_ms_p50") is not None for r in block):
-            lines.append(("ms/batch p50 / p90 / p99", [_latency(r) for r in block]))
-        memory_keys = [k for k in MEMORY_LABELS if any(r.get(k) is not None for r in block)]
-        for key in memory_keys:
-            lines.append((MEMORY_LABELS[key], [_num(r.get(key), 1) for r in block]))
-        if memory_keys:
-            lines.append(("memory saving vs stock", [_share(r.get("memory_saving")) for r in block]))
-        if any(r.get("compile_s") is not None for r in block):
-            lines.append(("compile s (apart from img/s)", [_num(r.get("compile_s"), 1) for r in block]))
         source = next((r["paper_source"] for r in block if r.get("paper_source")), "")
-        finetuned = "finetun" in source and "no finetuning" not in source  # never side by side unlabelled
-        best_of = "best over settings" in source and not any(r.get("grid") for r in block)
-        if any(r.get("acc") is not None for r in block):
-            label = "Acc (%), no finetuning" if finetuned else "Acc (%), one setting" if best_of else "Acc (%)"
-            lines.append((label, [_num(r.get("acc"), 1) for r in block]))
-            lines.append(("Acc 95% interval", [_interval(r.get("acc_ci95")) for r in block]))
-        if any(r.get("fidelity_top1") is not None for r in block):
-            lines.append(("agrees with stock (%)", [_num(r.get("fidelity_top1"), 1) for r in block]))
-            lines.append(("KL to stock", [_num(r.get("fidelity_kl"), 4) for r in block]))
-        if any("paper_gmacs" in r for r in block):
-            digits = 2 if any(r.get("paper_gmacs") is not None and r["paper_gmacs"] < 1 for r in block) else 1
-            lines += [
-                ("paper GMACs", [_num(r.get("paper_gmacs"), digits) for r in block]),
-                ("GMACs - paper", [_delta(r.get("gmacs"), r.get("paper_gmacs")) for r in block]),
-            ]
-            if any(r.get("paper_img_s") is not None for r in block):
-                lines.append(("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]))
-            if any(r.get("paper_acc") is not None for r in block):
-                label = "paper Acc (%), finetuned" if finetuned else "paper Acc (%), best over settings" if best_of else "paper Acc (%)"
-                lines.append((label, [_num(r.get("paper_acc"), 1) for r in block]))
-        columns = [("", "left")] + [(f"P={r['P']}", "right") for r in block]
+        lines = _cost_lines(block, stock) + _speed_lines(block) + _quality_lines(block, source) + _paper_lines(block, source)
         title = f"{result['model']} + {method}" + (f", batch {first.get('batch_size')}, {first.get('img_size')} px" if grid else "")
-        settings = list(dict.fromkeys(r["setting"] for r in block if r.get("setting")))
+        settings = list(dict.fromkeys(r["setting"] for r in block if r.get("setting") and not r.get("adaptive")))
         if len(settings) == 1:  # e.g. "gtpcli variant: equal P, ...": never mistaken for the method's own schedule
             title += f" ({settings[0]})"
-        caption = setting
-        if stock:
-            caption += f"; stock timm: {_num(stock['gmacs'], 2)} GMACs, {_num(stock['img_s'], 1)} img/s (IQR {_num(stock['img_s_spread'], 1)})"
-            if stock.get("latency_ms_p50") is not None:
-                caption += f", {_latency(stock)} ms/batch"
-            for key in (k for k in memory_keys if stock.get(k) is not None):
-                caption += f", {MEMORY_LABELS[key]} {_num(stock[key], 1)}"
-            if stock.get("compile_s") is not None:
-                caption += f", compiled in {_num(stock['compile_s'], 1)} s"
-            if stock.get("acc") is not None:
-                caption += f", Acc {stock['acc']:.1f}%"
-        if source:
-            caption += f"; paper rows: {source}"
-        if best_of and any(r.get("acc") is not None for r in block):
-            caption += ("; the paper's accuracy is the best over hyperparameter settings per P, ours one fixed setting, "
-                        "which lands at or below it: profile --search makes the comparable row")
-        console.print(table(title, columns, [[label, *cells] for label, cells in lines], caption=caption,
+        if any(r.get("tokens_dist") for r in block):
+            title += " (token counts depend on the image)"
+        caption = "; ".join(part for part in (setting, _stock_caption(block, stock), _timing_caption(block, env),
+                                              _images_caption(block, method), _paper_caption(block, source)) if part)
+        console.print(table(title, [("", "left")] + [(_point(r), "right") for r in block],
+                            [[label, *cells] for label, cells in lines], caption=caption,
                             paper=[at for at, (label, _) in enumerate(lines) if label.startswith("paper ")]))
+        _render_distributions(result["model"], method, block, console)
     for r in rows:
         for warning in r.get("warnings", []):
-            point = r["setting"] if r.get("adaptive") else f"P={r['P']}"
-            console.print(f"[yellow]warning[/] {r['method']} {point}: {warning}", highlight=False)
+            console.print(f"[yellow]warning[/] {r['method']} {_point(r)}: {warning}", highlight=False)
+
+
+def _point(row: dict[str, Any]) -> str:
+    """A point's column header: P, or an input-dependent method's own setting ("delta=0.01")."""
+    return row["setting"] if row.get("adaptive") else f"P={row['P']}"
+
+
+def _digits(rows: list[dict[str, Any]], stock: dict[str, Any] | None) -> int:
+    """Enough decimals that a small model's GMACs are not all 0.00."""
+    smallest = min([r["gmacs"] for r in rows + ([stock] if stock else []) if r.get("gmacs")], default=1.0)
+    return 2 if smallest >= 1 else 3 if smallest >= 0.1 else 4
+
+
+def _cost_lines(block: list[dict[str, Any]], stock: dict[str, Any] | None) -> list[tuple[str, list[str]]]:
+    """GMACs; for counts that depend on the image, E[GMACs] with its spread, percentiles, the cost at the mean
+    counts and the gap to it (Jensen), the mean tokens per block and each batching mode's executed MACs."""
+    if not any(r.get("gmacs_std") is not None for r in block):
+        return [("GMACs", [_num(r["gmacs"], 2) for r in block])]
+    d = _digits(block, stock)
+    found = [
+        ("E[GMACs] ± std", [f"{_num(r['gmacs'], d)} ± {_num(r['gmacs_std'], d)}" for r in block]),
+        ("GMACs p5 / p50 / p95", [" / ".join(_num(r[k], d) for k in ("gmacs_p5", "gmacs_p50", "gmacs_p95")) for r in block]),
+        ("GMACs at mean tokens", [_num(r["gmacs_at_mean_tokens"], d) for r in block]),
+        ("Jensen gap (E - at mean)", [f"{_num(r['jensen_gap_gmacs'], d)} ({r['jensen_gap_gmacs'] / r['gmacs_at_mean_tokens']:+.2%})"
+                                      for r in block]),
+    ]
+    if any(r.get("useful_gmacs") != r["gmacs"] for r in block):   # where the output stops changing ([CLS] halts)
+        found.append(("useful GMACs (to [CLS] halt)", [_num(r.get("useful_gmacs"), d) for r in block]))
+    found.append(("mean tokens per block", [" ".join(f"{n:.0f}" for n in r["tokens"]) for r in block]))
+    if stock and stock.get("gmacs"):
+        found.append(("E[GMACs] / stock", [f"{r['gmacs'] / stock['gmacs']:.2f}x" for r in block]))
+    for mode in MODES:
+        cells = [r.get("batching", {}).get(mode) for r in block]
+        if any(c and c.get("img_s") is not None for c in cells):
+            size = next(c["batch_size"] for c in cells if c)
+            found.append((f"img/s {mode} (batch {size})", [_num(c and c.get("img_s"), 1) for c in cells]))
+        found.append((f"{mode}: executed / ideal GMACs", [
+            "-" if not c else f"{_num(c['executed_gmacs'], d)} / {_num(c['ideal_gmacs'], d)} ({c['ratio']:.2f}x)"
+            for c in cells]))
+    return found
+
+
+def _speed_lines(block: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """img/s and its spread, the speed-ups (with the rounds' quartiles, flagged `!` where the rounds disagree),
+    latency, peak memory and compile time, each where the rows hold it."""
+    found = [
+        ("img/s", [_num(r.get("img_s"), 1) for r in block]),
+        ("IQR img/s", [_num(r.get("img_s_spread"), 1) for r in block]),
+        ("speed-up vs stock", [_times(r.get("speedup")) + ("!" if r.get("rounds_disagree") else "") for r in block]),
+    ]
+    if any(r.get("speedup_q1") is not None for r in block):
+        found.append(("speed-up quartiles", [_range(r.get("speedup_q1"), r.get("speedup_q3")) for r in block]))
+    if any(r.get("P") is not None for r in block):
+        found.append(("speed-up vs P=0", [_times(r.get("speedup_vs_p0")) for r in block]))
+    if any(r.get("latency_ms_p50") is not None for r in block):
+        found.append(("ms/batch p50 / p90 / p99", [_latency(r) for r in block]))
+    memory_keys = [k for k in MEMORY_LABELS if any(r.get(k) is not None for r in block)]
+    for key in memory_keys:
+        found.append((MEMORY_LABELS[key], [_num(r.get(key), 1) for r in block]))
+    if memory_keys:
+        found.append(("memory saving vs stock", [_share(r.get("memory_saving")) for r in block]))
+    if any(r.get("compile_s") is not None for r in block):
+        found.append(("compile s (apart from img/s)", [_num(r.get("compile_s"), 1) for r in block]))
+    return found
+
+
+def _finetuned(source: str) -> bool:
+    return "finetun" in source and "no finetuning" not in source  # never side by side unlabelled
+
+
+def _best_of(block: list[dict[str, Any]], source: str) -> bool:
+    return "best over settings" in source and not any(r.get("grid") for r in block)
+
+
+def _quality_lines(block: list[dict[str, Any]], source: str) -> list[tuple[str, list[str]]]:
+    found = []
+    if any(r.get("acc") is not None for r in block):
+        label = "Acc (%), no finetuning" if _finetuned(source) else "Acc (%), one setting" if _best_of(block, source) else "Acc (%)"
+        found.append((label, [_num(r.get("acc"), 1) for r in block]))
+        if any(r.get("acc_ci95") for r in block):
+            found.append(("Acc 95% interval", [_interval(r.get("acc_ci95")) for r in block]))
+    if any(r.get("fidelity_top1") is not None for r in block):
+        found.append(("agrees with stock (%)", [_num(r.get("fidelity_top1"), 1) for r in block]))
+        found.append(("KL to stock", [_num(r.get("fidelity_kl"), 4) for r in block]))
+    return found
+
+
+def _paper_lines(block: list[dict[str, Any]], source: str) -> list[tuple[str, list[str]]]:
+    if not any("paper_gmacs" in r for r in block):
+        return []
+    digits = 2 if any(r.get("paper_gmacs") is not None and r["paper_gmacs"] < 1 for r in block) else 1
+    found = [("paper GMACs", [_num(r.get("paper_gmacs"), digits) for r in block]),
+             ("GMACs - paper", [_delta(r.get("gmacs"), r.get("paper_gmacs")) for r in block])]
+    if any(r.get("paper_img_s") is not None for r in block):
+        found.append(("paper img/s (A6000)", [_num(r.get("paper_img_s"), 1) for r in block]))
+    if any(r.get("paper_acc") is not None for r in block):
+        label = ("paper Acc (%), finetuned" if _finetuned(source) else "paper Acc (%), best over settings"
+                 if _best_of(block, source) else "paper Acc (%)")
+        found.append((label, [_num(r.get("paper_acc"), 1) for r in block]))
+    return found
+
+
+def _stock_caption(block: list[dict[str, Any]], stock: dict[str, Any] | None) -> str:
+    """The stock model's own figures, measured in the same run."""
+    if not stock:
+        return ""
+    text = (f"stock timm: {_num(stock.get('gmacs'), _digits(block, stock))} GMACs, {_num(stock.get('img_s'), 1)} img/s "
+            f"(IQR {_num(stock.get('img_s_spread'), 1)})")
+    if stock.get("latency_ms_p50") is not None:
+        text += f", {_latency(stock)} ms/batch"
+    for key in (k for k in MEMORY_LABELS if stock.get(k) is not None and any(r.get(k) is not None for r in block)):
+        text += f", {MEMORY_LABELS[key]} {_num(stock[key], 1)}"
+    if stock.get("compile_s") is not None:
+        text += f", compiled in {_num(stock['compile_s'], 1)} s"
+    if stock.get("acc") is not None:
+        text += f", Acc {stock['acc']:.1f}%"
+    return text
+
+
+def _timing_caption(block: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    """How the speed figures were taken: interleaved rounds, or the sequential order (docs/timing.md)."""
+    timed = next((r for r in block if r.get("rounds")), None)
+    if timed is None:
+        return ""
+    if timed["rounds"] == 1:
+        return ("timed in the sequential order (--rounds 1): each point's batches in turn, stock first; img/s the "
+                "median over batches, speed-ups the ratios of those medians, so a slow phase of the machine lands in them")
+    margin = env.get("disagree_margin")
+    return (f"timed in {timed['rounds']} interleaved rounds (stock and every point, {env.get('batches_per_round', '?')} "
+            "batch(es) each per round, in a shuffled order): img/s the median over rounds, a speed-up the median of "
+            "the per-round ratios to stock, with its quartiles" +
+            (f"; ! where they lie more than {margin:.0%} of it apart (the rounds disagree)" if margin is not None else ""))
+
+
+def _images_caption(block: list[dict[str, Any]], method: str) -> str:
+    """Where an input-dependent method's counts come from, and what they can be trusted for."""
+    first = next((r for r in block if r.get("counts_source")), None)
+    if first is None:
+        return ""
+    parts = [f"{first['images']} images, {first['counts_source']}"]
+    if first["counts_source"] == RANDOM_SOURCE:
+        parts.append("give --data DIR for the real distribution")
+    if any(r.get("untrained_controller") for r in block):
+        parts.append(f"untrained controller (no {method} mapping in the checkpoint)")
+    parts.append("E[GMACs] = mean of per-image GMACs, never the GMACs at the mean counts")
+    return "; ".join(parts)
+
+
+def _paper_caption(block: list[dict[str, Any]], source: str) -> str:
+    parts = [f"paper rows: {source}"] if source else []
+    if _best_of(block, source) and any(r.get("acc") is not None for r in block):
+        parts.append("the paper's accuracy is the best over hyperparameter settings per P, ours one fixed setting, "
+                     "which lands at or below it: profile --search makes the comparable row")
+    return "; ".join(parts)
+
+
+def _render_distributions(model: str, method: str, block: list[dict[str, Any]], console: Console) -> None:
+    """Per point whose counts depend on the image: the tokens entering each block over its images."""
+    for r in (r for r in block if r.get("tokens_dist")):
+        cells = [[str(layer + 1), f"{dist['mean']:.1f}", f"{dist['std']:.1f}", str(dist["min"]), f"{dist['p50']:g}",
+                  str(dist["max"])] for layer, dist in enumerate(r["tokens_dist"])]
+        columns = [("block", "right"), ("mean", "right"), ("std", "right"), ("min", "right"), ("p50", "right"),
+                   ("max", "right")]
+        console.print(table(f"{model} + {method} {r['setting']}: tokens entering each block over {r['images']} "
+                            "images", columns, cells))
 
 
 def render_bins(result: dict[str, Any], console: Console) -> None:
@@ -314,12 +426,20 @@ def _latency(row: dict[str, Any]) -> str:
     return " / ".join(_num(v, 1) for v in values) if values[0] is not None else "-"
 
 
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:+.0%}"
 
 
 def _num(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _range(low, high) -> str:
+    return "-" if low is None or high is None else f"{low:.2f}-{high:.2f}"
 
 
 def _interval(bounds) -> str:
@@ -339,18 +459,37 @@ def _delta(value, reference) -> str:
 
 
 def render_trace(result: dict[str, Any], console: Console) -> None:
+    """Each stage's time and share with the method, beside the stock model's where the trace has it (stage
+    medians over interleaved profiled passes), then the top operators and where the trace files are."""
     where = f"P={result['P']}" if result.get("P") is not None else f"({result.get('setting')})"
     title = (f"{result['model']} + {result['method']} {where}: {result['forward_ms']:.1f} ms per forward "
              f"({result['device']}, batch {result['batch_size']})")
-    cells = [[s["stage"], f"{s['ms']:.2f}", f"{s['share']:.1%}" if s["share"] is not None else "-"]
-             for s in result["stages"]]
+    stock = {s["stage"]: s for s in result.get("stock_stages", [])}
+    columns = [("stage", "left"), ("ms", "right"), ("share", "right")]
+    if stock:
+        columns += [("share quartiles", "right"), ("stock ms", "right"), ("stock share", "right")]
+    cells = []
+    for s in result["stages"]:
+        line = [s["stage"], f"{s['ms']:.2f}", _percent(s["share"])]
+        if stock:
+            other = stock.get(s["stage"], {})
+            line += [f"{_percent(s.get('share_q1'))}-{_percent(s.get('share_q3'))}",
+                     _num(other.get("ms"), 2), _percent(other.get("share"))]
+        cells.append(line)
     caption = (f"{result['method']}'s own stages: {result['method_time_share']:.1%} of the time, "
                f"{result['method_macs_share']:.2%} of the MACs ({result['method_macs'] / 1e6:.1f} MMACs of "
                f"{result['total_macs'] / 1e9:.2f} GMACs, analytic)")
     if result.get("time_per_mac_ratio"):
         caption += (f"; its time share is {result['time_per_mac_ratio']:.1f}x its MAC share: "
                     + ("memory- or launch-bound" if result["time_per_mac_ratio"] > 2 else "roughly compute-bound"))
-    console.print(table(title, [("stage", "left"), ("ms", "right"), ("share", "right")], cells, caption=caption))
+    if stock:
+        caption += (f"; each stage's median over {result['rounds']} profiled passes of {result['steps']} forwards, the "
+                    f"stock model's and the method's alternating in a shuffled order; stock timm: "
+                    f"{result['stock_forward_ms']:.1f} ms per forward; the method's forward {result['forward_speedup']:.2f}x "
+                    "as fast (median of the per-pass ratios" +
+                    (f", quartiles {_range(result.get('forward_speedup_q1'), result.get('forward_speedup_q3'))})"
+                     if result.get("forward_speedup_q1") is not None else ")"))
+    console.print(table(title, columns, cells, caption=caption))
     ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
     console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))
     console.print(f"tensorboard --logdir {result['tensorboard_dir']}    (Chrome/Perfetto: {result['chrome_trace']})",
@@ -376,14 +515,15 @@ def render_check(result: dict[str, Any], console: Console) -> None:
     cells = []
     for r in result["rows"]:
         verdict = "[green]pass[/]" if r["verdict"] == "pass" else f"[red]FAIL[/] {r.get('why', '')}".strip()
+        tolerance = f"{r['tolerance']} ({r['tolerance_from']})" if r.get("tolerance_from") else r["tolerance"]
         cells.append([r["model"], r["method"], r["P"], r["metric"], _short(r["baseline"]), _short(r["now"]),
-                      _short(r["delta"]), r["tolerance"], verdict])
+                      _short(r["delta"]), tolerance, verdict])
     failed = sum(r["verdict"] != "pass" for r in result["rows"])
     title = f"gtpcli check: {len(cells) - failed} passed, {failed} failed"
-    caption = None
+    notes = list(result.get("notes", []))
     if result.get("environment_differs"):
-        caption = "[yellow]baseline from a different environment:[/] " + "; ".join(result["environment_differs"])
-    console.print(table(title, columns, cells, caption=caption, keys=4))
+        notes.append("[yellow]baseline from a different environment:[/] " + "; ".join(result["environment_differs"]))
+    console.print(table(title, columns, cells, caption="\n".join(notes) or None, keys=4))
 
 
 def _short(value) -> str:
