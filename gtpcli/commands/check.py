@@ -2,7 +2,8 @@
 
 Deterministic metrics (MACs, parameters, token schedule, the method's analytic overhead) must match
 within a tiny relative tolerance, in either direction. Speed is compared only as the speed-up over the
-stock model measured in the same run (absolute img/s differ between machines), and only a drop fails.
+stock model timed in the same interleaved rounds (absolute img/s differ between machines), and only a drop
+fails: one larger than the rounds' own spread (`speed_tolerance`), unless the spec sets a tolerance.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from ..errors import GtpcliError
 from ..files import atomic_write, load_data
 
 DETERMINISTIC = {"macs": 0.0, "params": 0.0, "tokens": 0.0, "overhead_macs": 0.0}
-HIGHER_IS_BETTER = {"speedup": 0.15}
+HIGHER_IS_BETTER = {"speedup": None}  # None: derived from the rounds' spread, see speed_tolerance
 METRICS = {**DETERMINISTIC, **HIGHER_IS_BETTER}
+SPREAD_FLOOR = 0.05  # the smallest speed-up tolerance derived from the rounds
 SPEC_KEYS = {"models": list, "methods": list, "P": (str, int, list), "metrics": list, "tolerances": dict,
              "speed": dict, "delta": (str, int, float, list), "data": str}
-SPEED_KEYS = {"batch_size": 1, "runs": 1, "warmup": 0}  # key: smallest value
+SPEED_KEYS = {"batch_size": 1, "runs": 1, "rounds": 1, "warmup": 0}  # key: smallest value
 BASELINE_FORMATS = ("json", "yaml")
 STOCK = "stock"
 # What each metric can change with, so that a baseline from another machine is flagged only where it
@@ -83,14 +85,19 @@ def load_spec(path: Path) -> CheckSpec:
             raise GtpcliError(f"{path}: unknown key 'check.speed.{key}' (expected {', '.join(SPEED_KEYS)})")
         if not isinstance(value, int) or isinstance(value, bool) or value < SPEED_KEYS[key]:
             raise GtpcliError(f"{path}: key 'check.speed.{key}' must be an integer >= {SPEED_KEYS[key]}, got {value!r}")
-    tolerances = {**METRICS, **spec.get("tolerances", {})}
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in tolerances.values()):
+    given = spec.get("tolerances", {})
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in given.values()):
         raise GtpcliError(f"{path}: key 'check.tolerances' must map metrics to numbers >= 0")
+    tolerances = {**METRICS, **given}
     sweeps = {}
-    if "delta" in spec:  # TPC's halting thresholds, as --delta reads them
-        from ..methods import get
+    if "delta" in spec:  # the halting threshold of the chosen input-dependent method swept by delta, as --delta reads it
+        from ..methods import REGISTRY
 
-        delta = next(h for h in get("tpc").hparams if h.name == "delta")
+        owner = next((REGISTRY[m] for m in methods if m in REGISTRY and REGISTRY[m].sweep_key == "delta"), None)
+        if owner is None:
+            raise GtpcliError(f"{path}: key 'check.delta' is the sweep axis of a method with a delta threshold "
+                              "(tpc): add it to 'check.methods'")
+        delta = next(h for h in owner.hparams if h.name == "delta")
         sweeps["delta"] = threshold_values(delta, spec["delta"], f"{path}: key 'check.delta'")
     data = Path(spec["data"]) if "data" in spec else None
     if data is not None and not data.is_dir():
@@ -106,10 +113,9 @@ def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, A
     from ..measure import speed, sweep
     from ..models import backbones
 
+    fixed = {key: value for key, value in spec.speed.items() if key in ("batch_size", "warmup")}
     timing = replace(speed.Timing.default(speed.resolve_device(run.device), run.dtype, amp(run.amp, run.dtype)),
-                     **spec.speed)
-    if "runs" in spec.speed:
-        timing = replace(timing, min_seconds=0.0)  # `runs: N` times exactly N batches
+                     **fixed).budget(spec.speed.get("runs"), spec.speed.get("rounds"))
     import torch
 
     rows = []
@@ -126,8 +132,15 @@ def measure(spec: CheckSpec, run: RunConfig, on_point) -> tuple[list[dict[str, A
 
 def verdicts(spec: CheckSpec, rows: list[dict], env: dict, baseline: dict) -> dict[str, Any]:
     """The whole check as data: one verdict per metric, and the environment differences that matter."""
-    return {"rows": compare(spec, rows, baseline["rows"]), "env": env,
-            "environment_differs": environment_gaps(env, baseline.get("env", {}), spec.metrics)}
+    found = compare(spec, rows, baseline["rows"])
+    notes = [SPREAD_NOTE] if any(v.get("tolerance_from") == "spread" for v in found) else []
+    return {"rows": found, "env": env, "environment_differs": environment_gaps(env, baseline.get("env", {}), spec.metrics),
+            "notes": notes}
+
+
+SPREAD_NOTE = (f"speed-up tolerance (spread): the interquartile range over median of this run's per-round speed-ups "
+               f"plus the baseline's, at least {SPREAD_FLOOR:.0%}; a smaller drop is within what the rounds show as "
+               "noise (set check.tolerances.speedup to fix it)")
 
 
 def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dict[str, Any]]:
@@ -144,8 +157,28 @@ def compare(spec: CheckSpec, rows: list[dict], baseline: list[dict]) -> list[dic
         for metric in spec.metrics:
             if row["method"] == STOCK and metric in HIGHER_IS_BETTER:
                 continue
-            verdicts.append(judge(key, metric, base.get(metric), row.get(metric), spec.tolerances[metric]))
+            tolerance = spec.tolerances[metric]
+            if tolerance is None:  # a speed-up: the rounds say how far it may move by chance
+                tolerance = speed_tolerance(row, base)
+                verdicts.append(judge(key, metric, base.get(metric), row.get(metric), tolerance) | {"tolerance_from": "spread"})
+            else:
+                verdicts.append(judge(key, metric, base.get(metric), row.get(metric), tolerance))
     return verdicts
+
+
+def speed_tolerance(row: dict, base: dict) -> float:
+    """How far a speed-up may drop before it is called a regression, from the noise both measurements show:
+    the spread of this run's per-round speed-ups (interquartile range over median) plus the baseline's, at
+    least SPREAD_FLOOR. A row without quartiles (the sequential order, an older baseline) counts its img/s
+    spread instead, or nothing."""
+    return round(max(SPREAD_FLOOR, relative_spread(row) + relative_spread(base)), 3)
+
+
+def relative_spread(row: dict) -> float:
+    for low, middle, high in (("speedup_q1", "speedup", "speedup_q3"), ("img_s_q1", "img_s", "img_s_q3")):
+        if all(isinstance(row.get(k), (int, float)) for k in (low, middle, high)) and row[middle]:
+            return (row[high] - row[low]) / row[middle]
+    return 0.0
 
 
 def point(row: dict) -> int | str:
