@@ -55,22 +55,28 @@ def patched_model(run: RunConfig) -> Patched:
     given = hparam_overrides(run, [method])
     options.used_by_P(run.P is not None, [method], given, "leave out --P to trace that schedule")
     hparams = {**(profile.hparams_for(method, P) if profile else {}), **given[method]}
-    if card.adaptive:  # the checkpoint's own hyperparameters (TPC's `tpc` mapping), the command line over them
-        from ..measure.adaptive_sweep import checkpoint_hparams
-        hparams = {**(checkpoint_hparams(method, run.checkpoint) or {}), **hparams}
+    hparams = {**(card.saved_hparams(run.checkpoint) or {}), **hparams}  # a trained method's own (TPC's mapping) under the command line's
     sweep.apply(model, method, P, hparams)
     timing = speed.Timing(device, run.dtype, batch_size=batch, amp=amp)
     return Patched(model.to(device, speed.dtype_of(run.dtype)), method, P, hparams,
                    profile.name if profile else timm_name, device, batch, timing)
 
 
+TRACE_ROUNDS = 3  # interleaved profiled passes of the stock model and of the method, by default
+
+
 def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
-    """Trace one (method, P) of `run` (P defaults to 8, the method to gtp), writing the traces under `out`."""
+    """Trace one (method, P) of `run` (P defaults to 8, the method to gtp), writing the traces under `out`; the
+    stage shares come from interleaved profiled passes of the stock model and the method (`--rounds`)."""
     import torch
 
+    from ..config import options
     from ..measure import speed, trace
+    from ..methods.patching import attach
     from ..models import backbones
 
+    rounds = run.rounds if run.rounds is not None else TRACE_ROUNDS
+    options.at_least(rounds, 1, "--rounds")
     patched = patched_model(run)
     model, method, P, hparams, device, batch = (patched.model, patched.method, patched.P, patched.hparams,
                                                 patched.device, patched.batch)
@@ -80,32 +86,26 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         recorded = trace.record(model, x, out, active=run.steps, autocast=patched.timing.autocast)
     except OSError as exc:
         raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
-
-    arch = backbones.arch_of(model)
-    if card.adaptive:  # the traced images' own counts: their mean per-image MACs, all of it the backbone's
-        from ..cost import adaptive
-        from ..measure.adaptive_sweep import last_trace
-
-        cost = card.cost(arch, hparams)
-        counts = last_trace(model).counts.tolist()
-        backbone, own = round(sum(adaptive.image_macs(cost, c) for c in counts) / len(counts)), 0
-    else:
-        removals = model.reduction.removals
-        backbone = sum(registry.backbone_macs(arch, method, removals, hparams).values())
-        own = registry.implemented_overhead(arch, method, removals, hparams)
-    forward = recorded.stage_ms.get(trace.FORWARD, 0.0)
-    stages = [{"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None}
-              for name, ms in recorded.stage_ms.items() if name != trace.FORWARD]
-    other = forward - sum(s["ms"] for s in stages)
-    stages.append({"stage": "other", "ms": round(other, 3), "share": round(other / forward, 4) if forward else None})
+    backbone, own = _macs(model, card, method, hparams)  # of the traced images, before the stock passes
+    setting = adaptive_setting(card, hparams) if card.adaptive else getattr(model.reduction, "variant_label", None)
+    reduced = attach(model, method, P, hparams)
+    passes = trace.interleaved({"stock": attach(model, None), method: reduced}, model, x, rounds, run.steps,
+                               patched.timing.autocast, run.seed)
+    reduced()  # the model as it was traced
+    forward, stages = trace.shares(passes[method])
+    stock_forward, stock_stages = trace.shares(passes["stock"])
+    faster = speed.ratio([1 / p[trace.FORWARD] for p in passes["stock"]], [1 / p[trace.FORWARD] for p in passes[method]])
     method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     return {
         "model": patched.name, "method": method, "P": None if card.adaptive else P,
-        "setting": adaptive_setting(card, hparams) if card.adaptive else getattr(model.reduction, "variant_label", None),
-        "device": device,
+        "setting": setting, "device": device,
         "batch_size": batch, "dtype": run.dtype, "amp": patched.timing.amp,
         "time": "device (CUDA kernels under each label)" if device.startswith("cuda") else "CPU",
-        "forward_ms": round(forward, 3), "stages": stages,
+        "rounds": rounds, "steps": run.steps,
+        "forward_ms": forward, "stages": stages,
+        "stock_forward_ms": stock_forward, "stock_stages": stock_stages,
+        "forward_speedup": round(faster.median, 3), "forward_speedup_q1": _rounded(faster.q1),
+        "forward_speedup_q3": _rounded(faster.q3),
         "method_time_share": round(method_time / forward, 4) if forward else None,
         "method_macs_share": round(own / (backbone + own), 4),
         # far above 1: the method's own stages are memory- or launch-bound, not compute-bound
@@ -115,6 +115,28 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
         "rows": stages, "config": run.record(),
     }
+
+
+def _macs(model, card, method: str, hparams: dict[str, Any]) -> tuple[float, int]:
+    """(the backbone's MACs, the method's own) of the patched model, analytic; an input-dependent method's from
+    the counts of the images it ran last (their mean per-image MACs, all of them the backbone's)."""
+    from ..models import backbones
+
+    arch = backbones.arch_of(model)
+    if card.adaptive:
+        from ..cost import adaptive
+        from ..measure.adaptive_sweep import last_trace
+
+        cost = card.cost(arch, hparams)
+        counts = last_trace(model).counts.tolist()
+        return round(sum(adaptive.image_macs(cost, c) for c in counts) / len(counts)), 0
+    removals = model.reduction.removals
+    return (sum(registry.backbone_macs(arch, method, removals, hparams).values()),
+            registry.implemented_overhead(arch, method, removals, hparams))
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def similarity_result(run: RunConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -26,17 +27,26 @@ STAGES = ("patch_embed", "attention", "mlp") + registry.stages()  # each method'
 
 @contextmanager
 def labelled(model: nn.Module):
-    """Turn on the blocks' stage labels and label the patch embedding, for the duration only."""
+    """Turn on the patched blocks' stage labels and label the patch embedding and, in stock blocks (which
+    label nothing themselves), attention (norm1 to its drop path) and the MLP (norm2 to its drop path), so
+    the stock model's stages stand beside a method's: for the duration only."""
     open_labels = []
-    pre = model.patch_embed.register_forward_pre_hook(lambda m, a: open_labels.append(_enter("patch_embed")))
-    post = model.patch_embed.register_forward_hook(lambda m, a, out: open_labels.pop().__exit__(None, None, None))
+    spans = [(model.patch_embed, model.patch_embed, "patch_embed")]
+    for block in getattr(model, "blocks", []):
+        if getattr(block, "reduction", None) is None and all(hasattr(block, name) for name in
+                                                             ("norm1", "drop_path1", "norm2", "drop_path2")):
+            spans += [(block.norm1, block.drop_path1, "attention"), (block.norm2, block.drop_path2, "mlp")]
+    hooks = []
+    for first, last, name in spans:
+        hooks.append(first.register_forward_pre_hook(lambda m, a, name=name: open_labels.append(_enter(name))))
+        hooks.append(last.register_forward_hook(lambda m, a, out: open_labels.pop().__exit__(None, None, None)))
     LABELS["on"] = True
     try:
         yield
     finally:
         LABELS["on"] = False
-        pre.remove()
-        post.remove()
+        for hook in hooks:
+            hook.remove()
 
 
 @contextmanager
@@ -74,14 +84,48 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3) -> dict[str, float]:
+def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3, autocast=nullcontext) -> dict[str, float]:
     """Milliseconds per forward pass spent in each labelled stage, and in the whole forward."""
-    with torch.inference_mode(), labelled(model), quiet_native_stderr():
+    with torch.inference_mode(), autocast(), labelled(model), quiet_native_stderr():
         model(x)  # warm-up outside the profile
         with profile(activities=_activities(x)) as prof:
             for _ in range(steps):
                 _step(model, x)
     return per_step(prof.key_averages(), steps, x.is_cuda)
+
+
+def interleaved(setups: dict[str, Callable[[], object]], model: nn.Module, x: torch.Tensor, rounds: int, steps: int,
+                autocast=nullcontext, seed: int = 0) -> dict[str, list[dict[str, float]]]:
+    """Stage milliseconds of each setup (entered by its callable: the stock model, the method) from `rounds`
+    profiled passes of `steps` forwards each, the setups alternating in an order shuffled per round (the
+    schedule of the timing loop), so a slow phase of the machine falls on both alike."""
+    from .speed import schedule
+
+    labels = list(setups)
+    found: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    for order in schedule(len(labels), rounds, seed):
+        for at in order:
+            setups[labels[at]]()
+            found[labels[at]].append(stage_times(model, x, steps, autocast))
+    return found
+
+
+def shares(passes: list[dict[str, float]]) -> tuple[float, list[dict[str, float]]]:
+    """The forward time and each stage's share of it over profiled passes: each stage's median milliseconds
+    (what no label covers as "other"), its share of their sum, and the quartiles of its per-pass shares."""
+    from .speed import quartiles
+
+    names = [name for name in dict.fromkeys(k for one in passes for k in one) if name != FORWARD]
+    per_pass = [{**{name: one.get(name, 0.0) for name in names},
+                 "other": max(one.get(FORWARD, 0.0) - sum(one.get(name, 0.0) for name in names), 0.0)} for one in passes]
+    medians = {name: quartiles([one[name] for one in per_pass])[1] for name in names + ["other"]}
+    forward = sum(medians.values())
+    stages = []
+    for name, ms in medians.items():
+        spread = quartiles([one[name] / sum(one.values()) if sum(one.values()) else 0.0 for one in per_pass])
+        stages.append({"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None,
+                       "share_q1": round(spread[0], 4), "share_q3": round(spread[2], 4)})
+    return round(forward, 3), stages
 
 
 def per_step(events, steps: int, on_device: bool) -> dict[str, float]:
