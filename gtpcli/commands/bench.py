@@ -1,186 +1,154 @@
-"""Benchmark of GTP and ToMe against the stock model (not a test): `python -m gtpcli.bench`
-(`--tcvit`: GTP, ToMe and TC-ViT at equal P, and TC-ViT's exact series against its lazy path).
+"""`gtpcli bench`: the speed targets of GTP, checked with the tool users have (a benchmark, never a test).
 
-Every configuration of a backbone (stock timm with its fused attention, GTP and ToMe at each P) is timed
-in interleaved rounds, so a slow phase of the machine hits all of them alike; each speed-up is the median
-of per-round ratios, with its quartiles, and flagged when the rounds disagree. Next to it: the ideal
-speed-up GMACs(stock)/GMACs(P) (fvcore), the share of it reached, GTP's img/s against ToMe's at equal P,
-the share of forward time in each method's own stages (profiler), and whether issue 18's targets are met.
-Writes JSON next to the printed tables.
+Each case is a plain `gtpcli profile` run (its command is printed with the result): the stock model and the
+methods at one P, timed in the same interleaved rounds on one set of weights (docs/timing.md), with their
+counted GMACs. Read off its rows: the ideal speed-up GMACs(stock) / GMACs(P) and the share of it reached,
+GTP's img/s over ToMe's as the median of their per-round ratios, and the p50-latency speed-up at batch 1;
+then whether each target is met. `--tcvit`: GTP, ToMe and TC-ViT's three connectivity solvers at equal P,
+each solver against the exact series, in the same rounds.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
-import torch
-
-from ..measure import flops, speed, trace
-from ..methods.patching import patch
-from ..models import backbones
-from ..report.tables import console, table
+from ..config.run import RunConfig
 
 STOCK = "stock"
-# (timm model, batch size, P values, the P whose stage shares are profiled)
-CASES = [("deit_small_patch16_224", 16, [8, 14], 8), ("deit_small_patch16_224", 32, [8, 14], 8),
-         ("vit_base_patch8_224", 4, [20], 20)]
 
 
-def bench_case(name: str, batch: int, Ps: list[int], share_P: int, rounds: int) -> list[dict]:
-    """One row per configuration of one backbone and batch size, all timed in the same interleaved rounds."""
-    model = backbones.create(name).eval()
-    size = backbones.image_size(model)
-    configs = {STOCK: model}
-    for method in ("gtp", "tome"):
-        for P in Ps:
-            configs[f"{method} P={P}"] = patch(copy.deepcopy(model), method, P=P)
-    seconds = speed.interleaved(configs, size, speed.Timing("cpu", "float32", batch_size=batch, warmup=1), rounds)
-    one = torch.randn(1, 3, *size)
-    stock_macs = flops.count_macs(model, one).macs
-    rows = []
-    for label, patched in configs.items():
-        method, P = (STOCK, 0) if label == STOCK else (label.split()[0], int(label.split("=")[1]))
-        macs = flops.count_macs(patched, one).macs
-        speedup = speed.ratio(seconds[STOCK], seconds[label])
-        row = {"model": name, "batch": batch, "config": label, "method": method, "P": P, "rounds": rounds,
-               "img_s": round(batch / sorted(seconds[label])[len(seconds[label]) // 2], 2),
-               "speedup": round(speedup.median, 3), "speedup_q1": round(speedup.q1, 3),
-               "speedup_q3": round(speedup.q3, 3), "wide": speedup.wide, "gmacs": round(macs / 1e9, 3),
-               "ideal_speedup": round(stock_macs / macs, 3)}
-        row["share_of_ideal"] = round(row["speedup"] / row["ideal_speedup"], 3)
-        if method == "gtp":
-            versus = speed.ratio(seconds[f"tome P={P}"], seconds[label])
-            row["vs_tome"], row["vs_tome_q1"], row["vs_tome_q3"] = (round(v, 3) for v in (versus.median, versus.q1, versus.q3))
-        if method != STOCK and P == share_P:
-            stage_ms = trace.stage_times(patched, torch.randn(batch, 3, *size), steps=2)
-            own = sum(v for k, v in stage_ms.items() if k.startswith(method + "."))
-            row["stage_ms"] = {k: round(v, 2) for k, v in stage_ms.items()}
-            row["own_stage_share"] = round(own / stage_ms[trace.FORWARD], 4)
-        rows.append(row)
-        console(stderr=True).print(f"{name} batch {batch} {label}: {row['img_s']} img/s, {row['speedup']}x stock",
-                                   highlight=False)
+@dataclass(frozen=True)
+class Case:
+    """One `gtpcli profile` run and the targets read off its GTP row: (column, at least, what it says)."""
+
+    model: str
+    batch: int
+    methods: str
+    P: int
+    goals: tuple[tuple[str, float, str], ...] = ()
+
+    def command(self, rounds: int | None, runs: int | None) -> str:
+        extra = (f" --rounds {rounds}" if rounds else "") + (f" --runs {runs}" if runs else "")
+        return f"gtpcli profile {self.model} --method {self.methods} --P {self.P} --batch-size {self.batch}{extra}"
+
+
+CASES = (
+    Case("deit_s", 16, "gtp,tome", 8, (("share_of_ideal", 0.95, "GTP's share of the ideal speed-up (GMACs ratio)"),
+                                       ("vs_tome", 1.0, "GTP's img/s over ToMe's (median of per-round ratios)"))),
+    Case("vit_base_patch8_224", 4, "gtp,tome", 20, (("speedup", 1.05, "GTP's speed-up over stock"),
+                                                    ("vs_tome", 0.9, "GTP's img/s over ToMe's (median of per-round ratios)"))),
+    Case("deit_s", 1, "gtp", 8, (("latency_share_of_ideal", 0.85,
+                                  "GTP's p50-latency speed-up over stock, as a share of the ideal"),)),
+)
+TCVIT_CASES = (Case("deit_s", 16, "gtp,tome,tcvit", 8), Case("deit_s", 16, "gtp,tome,tcvit", 14),
+               Case("vit_base_patch8_224", 2, "gtp,tome,tcvit", 20))
+TCVIT_SOLVERS = ({}, {"connectivity": "lazy"}, {"connectivity": "newton"})
+
+
+def bench_result(run: RunConfig, quick: bool, tcvit: bool, advance: Callable[[str], None],
+                 warn: Callable[[str], None]) -> dict[str, Any]:
+    """Every case measured as `gtpcli profile` measures it, its columns, and the targets as data."""
+    cases = (TCVIT_CASES if tcvit else CASES)[:1 if quick else None]
+    rows, found, commands = [], [], []
+    for case in cases:
+        measured = case_rows(run, case, tcvit, advance, warn)
+        rows += measured
+        found += targets(case, measured)
+        commands.append(case.command(run.rounds, run.runs) + ("  (TC-ViT three times: series, lazy, newton)" if tcvit else ""))
+    return {"rows": rows, "targets": found, "commands": commands}
+
+
+def case_rows(run: RunConfig, case: Case, tcvit: bool, advance: Callable[[str], None],
+              warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The profile rows of one case, with the columns its targets read."""
+    from ..measure import sweep
+    from .profile import sweep_config
+
+    cfg = sweep_config(replace(run, model=case.model, method=case.methods, P=str(case.P), batch_size=str(case.batch)))
+    if tcvit:  # TC-ViT's solvers side by side: three points of one method, which a plain sweep has not
+        cfg = replace(cfg, only=[("gtp", case.P, {}), ("tome", case.P, {})] +
+                      [("tcvit", case.P, solver) for solver in TCVIT_SOLVERS])
+    rows = sweep.run(cfg, [], lambda rows: None, lambda label: advance(f"{case.model} batch {case.batch}: {label}"),
+                     warn)
+    return with_columns([{**row, "case": f"{row['model']} batch {case.batch}"} for row in rows])
+
+
+def with_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ideal speed-up and its share reached, the p50-latency speed-up, and per-round ratios between methods
+    timed in the same rounds: GTP over ToMe, each TC-ViT solver over its exact series."""
+    stock = next(r for r in rows if r["method"] == STOCK)
+    tome = next((r for r in rows if r["method"] == "tome"), None)
+    series = next((r for r in rows if r["method"] == "tcvit" and "connectivity" not in r["hparams"]), None)
+    for row in rows:
+        solver = row["hparams"].get("connectivity", "series") if row["method"] == "tcvit" else None
+        row["config"] = row["method"] + (f" {solver}" if solver else "")
+        if row.get("gmacs") and stock.get("gmacs"):
+            row["ideal_speedup"] = round(stock["gmacs"] / row["gmacs"], 3)
+            row["share_of_ideal"] = round(row["speedup"] / row["ideal_speedup"], 3) if row.get("speedup") else None
+        if row.get("latency_ms_p50") and stock.get("latency_ms_p50"):
+            row["latency_speedup"] = round(stock["latency_ms_p50"] / row["latency_ms_p50"], 3)
+            if row.get("ideal_speedup"):
+                row["latency_share_of_ideal"] = round(row["latency_speedup"] / row["ideal_speedup"], 3)
+        if row["method"] == "gtp" and tome is not None:
+            row |= versus("vs_tome", tome, row)
+        if solver is not None and series is not None:
+            row |= versus("vs_series", series, row)
     return rows
 
 
-def targets(rows: list[dict]) -> list[dict]:
-    """Issue 18's targets, each with the measured value and whether it is met."""
-    out = []
+def versus(key: str, reference: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """`row` over `reference` as the median of their per-round ratios (and its quartiles), when both were
+    timed in the same interleaved rounds."""
+    from ..measure import speed
 
-    def add(what: str, value: float, goal: float, at_most: bool = False):
-        met = value <= goal if at_most else value >= goal
-        out.append({"target": what, "measured": value, "goal": f"{'<=' if at_most else '>='} {goal}", "met": met})
-
-    for r in (r for r in rows if r["method"] == "gtp"):
-        where = f"{r['model'].split('_patch')[0]} b{r['batch']} P={r['P']}"
-        if "own_stage_share" in r:
-            add(f"{where}: share of forward time in GTP's own stages", r["own_stage_share"], 0.05, at_most=True)
-        if r["model"].startswith("vit_base_patch8"):
-            add(f"{where}: GTP speed-up over stock", r["speedup"], 1.0)
-            add(f"{where}: GTP img/s over ToMe's", r["vs_tome"], 0.85)
-        else:
-            add(f"{where}: GTP img/s over ToMe's", r["vs_tome"], 0.95)
-            add(f"{where}: GTP's share of the ideal speed-up", r["share_of_ideal"], 0.90)
-    return out
+    ours, theirs = row.get("round_img_s") or [], reference.get("round_img_s") or []
+    if len(ours) < 2 or len(ours) != len(theirs):
+        return {}
+    found = speed.ratio(theirs, ours)
+    return {key: round(found.median, 3), f"{key}_q1": round(found.q1, 3), f"{key}_q3": round(found.q3, 3)}
 
 
-def render(rows: list[dict], goals: list[dict]) -> None:
-    columns = [("model", "left"), ("batch", "right"), ("config", "left"), ("img/s", "right"),
-               ("speed-up (IQR over rounds)", "left"), ("ideal", "right"), ("of ideal", "right"),
-               ("GTP/ToMe", "right"), ("own stages", "right"), ("stage ms per forward", "left")]
+def targets(case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The case's targets: what its GTP row measured against each goal, and whether it is met."""
+    gtp = next((r for r in rows if r["method"] == "gtp"), {})
+    return [{"target": f"{case.model} batch {case.batch} P={case.P}: {what}", "column": column,
+             "measured": gtp.get(column), "goal": f">= {goal}",
+             "met": gtp.get(column) is not None and gtp[column] >= goal} for column, goal, what in case.goals]
+
+
+def render_bench(result: dict[str, Any], console) -> None:
+    """The cases' rows, the targets, and the profile command of each case."""
+    from ..report.tables import table
+
+    columns = [("case", "left"), ("config", "left"), ("P", "right"), ("GMACs", "right"), ("img/s", "right"),
+               ("speed-up (quartiles)", "left"), ("ideal", "right"), ("of ideal", "right"), ("p50 ms", "right"),
+               ("vs ToMe", "right"), ("vs series", "right")]
     cells = []
-    for r in rows:
-        stages = ", ".join(f"{k} {v}" for k, v in r.get("stage_ms", {}).items() if "." in k)
-        cells.append([r["model"], r["batch"], r["config"], r["img_s"],
-                      f"{r['speedup']:.2f}x ({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}){' wide' if r['wide'] else ''}",
-                      f"{r['ideal_speedup']:.2f}x", f"{r['share_of_ideal']:.0%}",
-                      f"{r['vs_tome']:.2f}x" if "vs_tome" in r else "-",
-                      f"{r['own_stage_share']:.1%}" if "own_stage_share" in r else "-", stages or "-"])
-    out = console()
-    out.print(table(f"GTP and ToMe on CPU, {rows[0]['rounds']} interleaved rounds (speed-ups: median of "
-                    "per-round ratios to stock timm, fused attention)", columns, cells))
-    out.print(table("Targets (issue 18)", [("target", "left"), ("measured", "right"), ("goal", "right"),
-                                           ("met", "left")],
-                    [[g["target"], f"{g['measured']:.3f}", g["goal"], "yes" if g["met"] else "NO"] for g in goals]))
+    for r in result["rows"]:
+        cells.append([r["case"], r["config"], r["P"], _fmt(r.get("gmacs"), "{:.2f}"), _fmt(r.get("img_s"), "{:.1f}"),
+                      _speedup(r), _fmt(r.get("ideal_speedup"), "{:.2f}x"), _fmt(r.get("share_of_ideal"), "{:.0%}"),
+                      _fmt(r.get("latency_ms_p50"), "{:.1f}"), _fmt(r.get("vs_tome"), "{:.2f}x"),
+                      _fmt(r.get("vs_series"), "{:.2f}x")])
+    rounds = next((r["rounds"] for r in result["rows"] if r.get("rounds")), "?")
+    console.print(table(f"gtpcli bench: {rounds} interleaved rounds per case", columns, cells,
+                        caption="speed-ups: median of per-round ratios to stock timm (! where the rounds disagree); "
+                                "vs ToMe, vs series: median of per-round ratios in the same rounds"))
+    if result["targets"]:
+        console.print(table("Targets", [("target", "left"), ("measured", "right"), ("goal", "right"), ("met", "left")],
+                            [[g["target"], _fmt(g["measured"], "{:.3f}"), g["goal"], "yes" if g["met"] else "NO"]
+                             for g in result["targets"]]))
+    console.print("\n".join(["each case as a plain profile run:", *result["commands"]]), highlight=False, soft_wrap=True)
 
 
-# TC-ViT (`--tcvit`): the three methods at equal P, and TC-ViT's exact dense series against its lazy path
-TCVIT_CASES = [("deit_small_patch16_224", 16, 8), ("deit_small_patch16_224", 16, 14), ("vit_base_patch8_224", 2, 20)]
+def _speedup(row: dict[str, Any]) -> str:
+    if row.get("speedup") is None:
+        return "-"
+    text = f"{row['speedup']:.2f}x"
+    if row.get("speedup_q1") is not None:
+        text += f" ({row['speedup_q1']:.2f}-{row['speedup_q3']:.2f})"
+    return text + ("!" if row.get("rounds_disagree") else "")
 
 
-def bench_tcvit(name: str, batch: int, P: int, rounds: int) -> list[dict]:
-    """Stock, GTP, ToMe, TC-ViT series / lazy / newton at one P, timed in the same interleaved rounds;
-    lazy against series as a per-round ratio; the share of forward time in TC-ViT's own stages."""
-    model = backbones.create(name).eval()
-    size = backbones.image_size(model)
-    configs = {STOCK: model}
-    for label, method, hparams in (("gtp", "gtp", {}), ("tome", "tome", {}), ("tcvit series", "tcvit", {}),
-                                   ("tcvit lazy", "tcvit", {"connectivity": "lazy"}),
-                                   ("tcvit newton", "tcvit", {"connectivity": "newton"})):
-        configs[label] = patch(copy.deepcopy(model), method, P=P, **hparams)
-    seconds = speed.interleaved(configs, size, speed.Timing("cpu", "float32", batch_size=batch, warmup=1), rounds)
-    one = torch.randn(1, 3, *size)
-    rows = []
-    for label, patched in configs.items():
-        speedup = speed.ratio(seconds[STOCK], seconds[label])
-        row = {"model": name, "batch": batch, "P": P, "config": label, "rounds": rounds,
-               "img_s": round(batch / sorted(seconds[label])[len(seconds[label]) // 2], 2),
-               "speedup": round(speedup.median, 3), "speedup_q1": round(speedup.q1, 3),
-               "speedup_q3": round(speedup.q3, 3), "gmacs": round(flops.count_macs(patched, one).macs / 1e9, 3)}
-        if label.startswith("tcvit"):
-            versus = speed.ratio(seconds["tcvit series"], seconds[label])
-            row["vs_series"], row["vs_series_q1"], row["vs_series_q3"] = (round(v, 3) for v in
-                                                                          (versus.median, versus.q1, versus.q3))
-            stage_ms = trace.stage_times(patched, torch.randn(batch, 3, *size), steps=2)
-            own = sum(v for k, v in stage_ms.items() if k.startswith("tcvit."))
-            row["stage_ms"] = {k: round(v, 2) for k, v in stage_ms.items()}
-            row["own_stage_share"] = round(own / stage_ms[trace.FORWARD], 4)
-        rows.append(row)
-        console(stderr=True).print(f"{name} batch {batch} P={P} {label}: {row['img_s']} img/s", highlight=False)
-    return rows
-
-
-def render_tcvit(rows: list[dict]) -> None:
-    columns = [("model", "left"), ("batch", "right"), ("P", "right"), ("config", "left"), ("GMACs", "right"),
-               ("img/s", "right"), ("vs stock (IQR)", "left"), ("vs TC-ViT series (IQR)", "left"),
-               ("own stages", "right"), ("stage ms per forward", "left")]
-    cells = []
-    for r in rows:
-        stages = ", ".join(f"{k.split('.')[1]} {v}" for k, v in r.get("stage_ms", {}).items() if k.startswith("tcvit."))
-        cells.append([r["model"].split("_patch")[0], r["batch"], r["P"], r["config"], r["gmacs"], r["img_s"],
-                      f"{r['speedup']:.2f}x ({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f})",
-                      f"{r['vs_series']:.2f}x ({r['vs_series_q1']:.2f}-{r['vs_series_q3']:.2f})" if "vs_series" in r else "-",
-                      f"{r['own_stage_share']:.1%}" if "own_stage_share" in r else "-", stages or "-"])
-    console().print(table(f"GTP, ToMe and TC-ViT on CPU at equal P, {rows[0]['rounds']} interleaved rounds "
-                          "(medians of per-round ratios)", columns, cells))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="DeiT-S at batch 16 only")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per backbone")
-    parser.add_argument("--output", type=Path, default=Path("gtpcli-results/bench.json"))
-    parser.add_argument("--tcvit", action="store_true", help="the three methods at equal P, TC-ViT series vs lazy")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    if args.tcvit:
-        rows = []
-        for name, batch, P in TCVIT_CASES[:1] if args.quick else TCVIT_CASES:
-            rows += bench_tcvit(name, batch, P, args.rounds if "patch8" not in name else max(3, args.rounds // 2))
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.with_name(args.output.stem + "-tcvit.json").write_text(json.dumps({"rows": rows}, indent=2))
-        render_tcvit(rows)
-        return
-    rows = []
-    for case in CASES[:1] if args.quick else CASES:
-        rows += bench_case(*case, rounds=args.rounds if "patch8" not in case[0] else max(3, args.rounds // 2))
-    goals = targets(rows)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows, "targets": goals}, indent=2))
-    render(rows, goals)
-
-
-if __name__ == "__main__":
-    main()
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
