@@ -169,8 +169,8 @@ def test_interleaved_profile_rows_carry_the_rounds_and_one_model_serves_every_po
 def test_bench_runs_its_cases_as_profile_runs_and_reads_the_targets_off_the_rows(tmp_path, monkeypatch):
     from gtpcli.commands import bench
 
-    case = bench.Case("deit_tiny_patch16_224", 1, "gtp,tome", 4, (("vs_tome", 0.0, "GTP over ToMe"),
-                                                                  ("share_of_ideal", 100.0, "out of reach")))
+    case = bench.Case("deit_tiny_patch16_224", 1, 4, (("gtp", {}), ("tome", {})), (("vs_tome", "gtp", "tome"),),
+                      (("gtp", "vs_tome", 0.0, "GTP over ToMe"), ("gtp", "share_of_ideal", 100.0, "out of reach")))
     monkeypatch.setattr(bench, "CASES", (case,))
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "--runs", "3", "--output", str(out)])

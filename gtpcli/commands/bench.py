@@ -15,35 +15,48 @@ from typing import Any, Callable
 
 from ..config.run import RunConfig
 
-STOCK = "stock"
-
 
 @dataclass(frozen=True)
 class Case:
-    """One `gtpcli profile` run and the targets read off its GTP row: (column, at least, what it says)."""
+    """One `gtpcli profile` run at one P: its points (method, setting), the per-round ratios taken between
+    them (column, config, over config) and the targets read off them (config, column, at least, what)."""
 
     model: str
     batch: int
-    methods: str
     P: int
-    goals: tuple[tuple[str, float, str], ...] = ()
+    points: tuple[tuple[str, dict[str, Any]], ...]
+    versus: tuple[tuple[str, str, str], ...] = ()
+    goals: tuple[tuple[str, str, float, str], ...] = ()
 
     def command(self, rounds: int | None, runs: int | None) -> str:
+        methods = ",".join(dict.fromkeys(method for method, _ in self.points))
         extra = (f" --rounds {rounds}" if rounds else "") + (f" --runs {runs}" if runs else "")
-        return f"gtpcli profile {self.model} --method {self.methods} --P {self.P} --batch-size {self.batch}{extra}"
+        settings = [config(method, setting) for method, setting in self.points if setting]
+        return (f"gtpcli profile {self.model} --method {methods} --P {self.P} --batch-size {self.batch}{extra}"
+                + (f"  (and, in the same rounds, {', '.join(settings)})" if settings else ""))
 
 
+def config(method: str, setting: dict[str, Any]) -> str:
+    """A point's name in the bench: the method, and the values of its own setting ("tcvit lazy")."""
+    return " ".join([method, *map(str, setting.values())])
+
+
+GTP, TOME, TCVIT = "gtp", "tome", "tcvit"
+AGAINST_TOME = (("vs_tome", GTP, TOME),)
 CASES = (
-    Case("deit_s", 16, "gtp,tome", 8, (("share_of_ideal", 0.95, "GTP's share of the ideal speed-up (GMACs ratio)"),
-                                       ("vs_tome", 1.0, "GTP's img/s over ToMe's (median of per-round ratios)"))),
-    Case("vit_base_patch8_224", 4, "gtp,tome", 20, (("speedup", 1.05, "GTP's speed-up over stock"),
-                                                    ("vs_tome", 0.9, "GTP's img/s over ToMe's (median of per-round ratios)"))),
-    Case("deit_s", 1, "gtp", 8, (("latency_share_of_ideal", 0.85,
-                                  "GTP's p50-latency speed-up over stock, as a share of the ideal"),)),
+    Case("deit_s", 16, 8, ((GTP, {}), (TOME, {})), AGAINST_TOME,
+         ((GTP, "share_of_ideal", 0.95, "GTP's share of the ideal speed-up (GMACs ratio)"),
+          (GTP, "vs_tome", 1.0, "GTP's img/s over ToMe's (median of per-round ratios)"))),
+    Case("vit_base_patch8_224", 4, 20, ((GTP, {}), (TOME, {})), AGAINST_TOME,
+         ((GTP, "speedup", 1.05, "GTP's speed-up over stock"),
+          (GTP, "vs_tome", 0.9, "GTP's img/s over ToMe's (median of per-round ratios)"))),
+    Case("deit_s", 1, 8, ((GTP, {}),), (),
+         ((GTP, "latency_share_of_ideal", 0.85, "GTP's p50-latency speed-up over stock, as a share of the ideal"),)),
 )
-TCVIT_CASES = (Case("deit_s", 16, "gtp,tome,tcvit", 8), Case("deit_s", 16, "gtp,tome,tcvit", 14),
-               Case("vit_base_patch8_224", 2, "gtp,tome,tcvit", 20))
-TCVIT_SOLVERS = ({}, {"connectivity": "lazy"}, {"connectivity": "newton"})
+SOLVERS = ((TCVIT, {}), (TCVIT, {"connectivity": "lazy"}), (TCVIT, {"connectivity": "newton"}))
+TCVIT_CASES = tuple(Case(model, batch, P, ((GTP, {}), (TOME, {})) + SOLVERS,
+                         AGAINST_TOME + tuple(("vs_series", config(*solver), TCVIT) for solver in SOLVERS))
+                    for model, batch, P in (("deit_s", 16, 8), ("deit_s", 16, 14), ("vit_base_patch8_224", 2, 20)))
 
 
 def bench_result(run: RunConfig, quick: bool, tcvit: bool, advance: Callable[[str], None],
@@ -52,37 +65,34 @@ def bench_result(run: RunConfig, quick: bool, tcvit: bool, advance: Callable[[st
     cases = (TCVIT_CASES if tcvit else CASES)[:1 if quick else None]
     rows, found, commands = [], [], []
     for case in cases:
-        measured = case_rows(run, case, tcvit, advance, warn)
+        measured = case_rows(run, case, advance, warn)
         rows += measured
         found += targets(case, measured)
-        commands.append(case.command(run.rounds, run.runs) + ("  (TC-ViT three times: series, lazy, newton)" if tcvit else ""))
+        commands.append(case.command(run.rounds, run.runs))
     return {"rows": rows, "targets": found, "commands": commands}
 
 
-def case_rows(run: RunConfig, case: Case, tcvit: bool, advance: Callable[[str], None],
+def case_rows(run: RunConfig, case: Case, advance: Callable[[str], None],
               warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The profile rows of one case, with the columns its targets read."""
+    """The profile rows of one case (stock first, then its points in order), with the columns its targets read."""
     from ..measure import sweep
     from .profile import sweep_config
 
-    cfg = sweep_config(replace(run, model=case.model, method=case.methods, P=str(case.P), batch_size=str(case.batch)))
-    if tcvit:  # TC-ViT's solvers side by side: three points of one method, which a plain sweep has not
-        cfg = replace(cfg, only=[("gtp", case.P, {}), ("tome", case.P, {})] +
-                      [("tcvit", case.P, solver) for solver in TCVIT_SOLVERS])
+    methods = ",".join(dict.fromkeys(method for method, _ in case.points))
+    cfg = sweep_config(replace(run, model=case.model, method=methods, P=str(case.P), batch_size=str(case.batch)))
+    cfg = replace(cfg, only=[(method, case.P, setting) for method, setting in case.points])
     rows = sweep.run(cfg, [], lambda rows: None, lambda label: advance(f"{case.model} batch {case.batch}: {label}"),
                      warn)
-    return with_columns([{**row, "case": f"{row['model']} batch {case.batch}"} for row in rows])
+    labels = ["stock"] + [config(method, setting) for method, setting in case.points]
+    return with_columns(case, [{**row, "case": f"{row['model']} batch {case.batch}", "config": label}
+                               for row, label in zip(rows, labels)])
 
 
-def with_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ideal speed-up and its share reached, the p50-latency speed-up, and per-round ratios between methods
-    timed in the same rounds: GTP over ToMe, each TC-ViT solver over its exact series."""
-    stock = next(r for r in rows if r["method"] == STOCK)
-    tome = next((r for r in rows if r["method"] == "tome"), None)
-    series = next((r for r in rows if r["method"] == "tcvit" and "connectivity" not in r["hparams"]), None)
+def with_columns(case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ideal speed-up and its share reached, the p50-latency speed-up, and the case's per-round ratios
+    between its points (GTP over ToMe, a TC-ViT solver over the exact series)."""
+    stock, by = rows[0], {row["config"]: row for row in rows}
     for row in rows:
-        solver = row["hparams"].get("connectivity", "series") if row["method"] == "tcvit" else None
-        row["config"] = row["method"] + (f" {solver}" if solver else "")
         if row.get("gmacs") and stock.get("gmacs"):
             row["ideal_speedup"] = round(stock["gmacs"] / row["gmacs"], 3)
             row["share_of_ideal"] = round(row["speedup"] / row["ideal_speedup"], 3) if row.get("speedup") else None
@@ -90,10 +100,9 @@ def with_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["latency_speedup"] = round(stock["latency_ms_p50"] / row["latency_ms_p50"], 3)
             if row.get("ideal_speedup"):
                 row["latency_share_of_ideal"] = round(row["latency_speedup"] / row["ideal_speedup"], 3)
-        if row["method"] == "gtp" and tome is not None:
-            row |= versus("vs_tome", tome, row)
-        if solver is not None and series is not None:
-            row |= versus("vs_series", series, row)
+    for column, ours, theirs in case.versus:
+        if ours in by and theirs in by and ours != theirs:
+            by[ours] |= versus(column, by[theirs], by[ours])
     return rows
 
 
@@ -110,11 +119,14 @@ def versus(key: str, reference: dict[str, Any], row: dict[str, Any]) -> dict[str
 
 
 def targets(case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The case's targets: what its GTP row measured against each goal, and whether it is met."""
-    gtp = next((r for r in rows if r["method"] == "gtp"), {})
-    return [{"target": f"{case.model} batch {case.batch} P={case.P}: {what}", "column": column,
-             "measured": gtp.get(column), "goal": f">= {goal}",
-             "met": gtp.get(column) is not None and gtp[column] >= goal} for column, goal, what in case.goals]
+    """The case's targets: what its rows measured against each goal, and whether it is met."""
+    by = {row["config"]: row for row in rows}
+    found = []
+    for label, column, goal, what in case.goals:
+        measured = by.get(label, {}).get(column)
+        found.append({"target": f"{case.model} batch {case.batch} P={case.P}: {what}", "column": column,
+                      "measured": measured, "goal": f">= {goal}", "met": measured is not None and measured >= goal})
+    return found
 
 
 def render_bench(result: dict[str, Any], console) -> None:
