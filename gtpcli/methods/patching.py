@@ -90,5 +90,5 @@ def attach(model: nn.Module, method: str | None, P: int | None = None,
     apply(model, method, P, hparams or {})
     if registry.get(method).level == "block":
         reduction = model.reduction
-        return lambda: patch_blocks(model, reduction)
+        return lambda: patch_blocks(unpatch(model), reduction)
     return lambda: apply(model, method, P, hparams or {})

@@ -30,7 +30,7 @@ from torch import nn
 
 from ...errors import GtpcliError
 from ..blocks import stage
-from .card import METHOD, UNTRAINED  # noqa: F401  (UNTRAINED: the warning without a trained mapping)
+from .card import METHOD
 
 SAVED = ("gate_scale", "gate_center", "delta", "xi", "kappa", "gate_dims", "stabilizer", "target_depth")
 
@@ -347,7 +347,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra) -> None:
 
 def checkpoint_hparams(path: str | Path) -> dict[str, Any] | None:
     """The `tpc` mapping saved with a checkpoint, checked; None when the file has none (an untrained
-    controller: the caller warns with UNTRAINED)."""
+    controller: the caller warns with the card's `untrained` line)."""
     path = Path(path)
     if path.suffix not in (".pt", ".pth", ".bin", ".tar", ""):
         return None
