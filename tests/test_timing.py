@@ -182,3 +182,30 @@ def test_bench_runs_its_cases_as_profile_runs_and_reads_the_targets_off_the_rows
     assert gtp["vs_tome"] == pytest.approx(speed.ratio(tome["round_img_s"], gtp["round_img_s"]).median, abs=2e-3)
     assert gtp["ideal_speedup"] == pytest.approx(stock["gmacs"] / gtp["gmacs"], abs=1e-3)
     assert [(t["measured"], t["met"]) for t in data["targets"]] == [(gtp["vs_tome"], True), (gtp["share_of_ideal"], False)]
+
+
+def test_every_point_entered_in_any_order_computes_what_its_own_patched_copy_computes(small_vit, fresh, image):
+    """One set of weights serves every point of the rounds: entering a point (a block swap, or a model-level
+    patch) in a shuffled order gives exactly the forward of a copy patched with that point alone."""
+    import torch
+
+    from gtpcli.methods.patching import apply, attach
+
+    points = [(None, None, {}), ("gtp", 2, {}), ("tpc", None, {"gate_center": -2.0, "kappa": 16}), ("tome", 2, {}),
+              ("evit", 2, {})]
+    x = image(small_vit, batch=2)
+    with torch.inference_mode():
+        alone = []
+        for method, P, hparams in points:
+            copy = fresh(small_vit)
+            if method is not None:
+                apply(copy, method, P, hparams)
+            alone.append(copy(x))
+        shared = fresh(small_vit)
+        weights = [p.data_ptr() for p in shared.parameters()]
+        enters = [attach(shared, method, P, hparams) for method, P, hparams in points]
+        for order in speed.schedule(len(points), 4, seed=3):
+            for at in order:
+                enters[at]()
+                assert torch.equal(shared(x), alone[at]), points[at]
+        assert [p.data_ptr() for p in shared.parameters()] == weights
