@@ -244,7 +244,7 @@ def profile(
     compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs", rich_help_panel=RUN),
     batch_size: Optional[str] = typer.Option(None, help="Images per timed batch, or a list to sweep (1,8,32,128; stock at each) " + default("128 on CUDA as in the paper, 16 on CPU"), rich_help_panel=RUN),
     img_size: Optional[str] = typer.Option(None, help="Input resolution, or a list to sweep (224,384; stock at each) " + default("the model's"), rich_help_panel=RUN),
-    seed: int = typer.Option(0, help="torch's seed before each point is timed (its random input batch)", rich_help_panel=RUN),
+    seed: int = typer.Option(0, help="Seed of the timed random input batch and of the order of each timing round", rich_help_panel=RUN),
     runs: Optional[int] = typer.Option(None, help="Timed batches per point, spread over the rounds " + default("30 on CUDA, 20 on CPU"), rich_help_panel=RUN),
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds: each times the stock model and every point for an equal slice, in a shuffled order; img/s is the median over rounds, a speed-up the median of per-round ratios; 1 = the sequential order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per point " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from gtpcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["complexity", "profiles", "profile", "trace", "check", "plot", "compare"]
+COMMANDS = ["complexity", "profiles", "profile", "trace", "check", "plot", "compare", "bench"]
 EXPECTED = {
     "complexity": ["Layers [default: 12, or the model's]", "Heads [default: C/64, or the model's]",
                    "Tokens removed per layer, e.g. 8, 4,8 or 0..14 [default: 8]", "--per-layer", "[default: table]", "--plot"],
@@ -23,14 +23,17 @@ EXPECTED = {
                 "the paper, 16 on CPU]", "Input resolution, or a list to sweep (224,384; stock at each) [default: the "
                 "model's]", "--amp", "--compile", "--compile-mode", "--config", "--seed", "[default: the profile's, or 0..8]",
                 "[default: the profile's, or gtp]", "[default: gtpcli-results/MODEL.json]", "[default: auto]",
-                "[default: 30 on CUDA; on CPU 3, and more until 6 s have passed]", "[default: 10 on CUDA, 1 on CPU]",
+                "[default: 30 on CUDA, 20 on CPU]", "[default: 10, at most one per timed batch]", "--rounds",
+                "[default: 10 on CUDA, 1 on CPU]",
                 "--prop-attn", "--no-prop-attn", "--strict", "--no-strict", "--no-speed", "--no-flops", "--resume",
                 "--fidelity"],
     "trace": ["Images per forward pass [default: 128 on CUDA, 16 on CPU]", "Input resolution [default: the model's]",
-              "[default: 8; EViT, Evo-ViT and ATS: their own schedule]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]"],
+              "[default: 8; EViT, Evo-ViT and ATS: their own schedule]", "[default: gtp]", "[default: gtpcli-results/trace]", "[default: 3]",
+              "--rounds"],
     "check": ["[default: cpu]", "--update-baseline", "--junit", "--baseline"],
     "plot": ["[default: tradeoff]", "--kind", "--output", "[required]", "speedup"],
     "compare": ["--gmacs", "[required]", "--dry-run", "[default: all]", "[default: table]"],
+    "bench": ["--quick", "--tcvit", "--rounds", "--runs", "[default: cpu]", "[default: gtpcli-results/bench.json]"],
 }
 
 

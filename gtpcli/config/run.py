@@ -58,7 +58,7 @@ class RunConfig:
     compile_mode: str = "default"          # torch.compile's mode
     batch_size: Optional[str] = None       # one or a list ("1,8,32"): a sweep axis; None: 128 on CUDA, 16 on CPU
     img_size: Optional[str] = None         # one or a list ("224,384"): a sweep axis; None: the model's
-    seed: int = 0                          # torch's seed before each point is timed (its random input batch)
+    seed: int = 0                          # the timed random input batch and the order of each timing round
     runs: Optional[int] = None             # timed batches per configuration, spread over the rounds
     rounds: Optional[int] = None           # interleaved timing rounds (docs/timing.md); 1: the sequential order
     warmup: Optional[int] = None

@@ -50,7 +50,7 @@ class SweepConfig:
     pretrained: bool = False        # timm's published weights for timm_name (through its hub)
     compile: str | None = None      # torch.compile mode, or None for eager
     working_batch: int | None = None  # set when out-of-memory halved the batch: later points start there
-    seed: int = 0                   # torch's seed before each point is timed (random weights have their own fixed seed)
+    seed: int = 0                   # the timed input batch and the rounds' order (random weights have their own fixed seed)
     bins: list[tuple] | None = None  # --bins paper: (method, P, setting, nominal GMACs), see paper_bins.points
     shard_points: bool = False      # under torchrun: whole points per process, instead of images
     class_map: Path | None = None   # --data's class names to the head's indices (timm's .txt class map)
