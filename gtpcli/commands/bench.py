@@ -159,7 +159,7 @@ def _speedup(row: dict[str, Any]) -> str:
     text = f"{row['speedup']:.2f}x"
     if row.get("speedup_q1") is not None:
         text += f" ({row['speedup_q1']:.2f}-{row['speedup_q3']:.2f})"
-    return text + ("!" if row.get("rounds_disagree") else "")
+    return text + (" !" if row.get("rounds_disagree") else "")
 
 
 def _fmt(value, pattern: str) -> str:

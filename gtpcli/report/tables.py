@@ -232,7 +232,7 @@ def _speed_lines(block: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     found = [
         ("img/s", [_num(r.get("img_s"), 1) for r in block]),
         ("IQR img/s", [_num(r.get("img_s_spread"), 1) for r in block]),
-        ("speed-up vs stock", [_times(r.get("speedup")) + ("!" if r.get("rounds_disagree") else "") for r in block]),
+        ("speed-up vs stock", [_times(r.get("speedup")) + (" !" if r.get("rounds_disagree") else "") for r in block]),
     ]
     if any(r.get("speedup_q1") is not None for r in block):
         found.append(("speed-up quartiles", [_range(r.get("speedup_q1"), r.get("speedup_q3")) for r in block]))
