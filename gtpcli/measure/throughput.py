@@ -38,9 +38,10 @@ def time_rows(model, cfg, rows: list[dict[str, Any]], advance: Callable[[str], N
     needs timing) and write their columns into `rows`, calling `save` after each round. On out-of-memory the
     batch is halved for every configuration alike and the rounds start again; the later combinations of
     this sweep start at the halved batch."""
-    todo = [at for at, row in enumerate(rows) if needs_timing(row, cfg.timing)]
-    measured = {at: rows[at] for at in todo}  # each row as measured, before any round wrote into it
-    while todo:
+    measured = {at: row for at, row in enumerate(rows) if needs_timing(row, cfg.timing)}  # as before any round
+    if not measured:
+        return
+    while True:
         timing = cfg.timing if cfg.working_batch is None else replace(cfg.timing, batch_size=cfg.working_batch)
         try:
             return _time(model, cfg, timing, rows, measured, advance, save)
@@ -56,32 +57,15 @@ def time_rows(model, cfg, rows: list[dict[str, Any]], advance: Callable[[str], N
 
 def _time(model, cfg, timing: speed.Timing, rows: list[dict[str, Any]], measured: dict[int, dict[str, Any]],
           advance: Callable[[str], None], save: Callable[[], None]) -> None:
+    """One try at the rounds, at `timing`'s batch size."""
     torch.manual_seed(cfg.seed)
     x = torch.randn(timing.batch_size, 3, *backbones.image_size(model), device=timing.device,
                     dtype=speed.dtype_of(timing.dtype))
     runner = compiled.compile_model(model, cfg.compile, len(measured) + 1) if cfg.compile else model
-    setups = [speed.Setup(STOCK, runner, [x], attach(model, None))]
-    modes: dict[int, dict[str, str]] = {}  # row -> {batching mode: its setup}, input-dependent points
-    sample = None
-    for at, row in measured.items():
-        card = None if row["method"] == STOCK else registry.get(row["method"])
-        if card is None:
-            continue
-        if not card.adaptive:
-            setups.append(speed.Setup(str(at), runner, [x], attach(model, row["method"], row["P"], row["hparams"])))
-            continue
-        sample = adaptive_sweep.timing_sample(model, cfg) if sample is None else sample
-        modes[at] = {}
-        for mode, hparams, size in adaptive_sweep.timed_modes(card, row["hparams"], timing.batch_size):
-            chunks = [sample[start:start + size] for start in range(0, len(sample), size)]
-            setups.append(speed.Setup(f"{at} {mode}", model, chunks, attach(model, row["method"], None, hparams)))
-            modes[at][mode] = f"{at} {mode}"
-    main = {at: STOCK if row["method"] == STOCK else
-            modes[at][adaptive_sweep.main_mode(row["hparams"])] if at in modes else str(at)
-            for at, row in measured.items()}
+    setups, main, modes = _setups(model, cfg, timing, measured, runner, x)
     warm = first_passes([s for s in setups if s.run is runner], timing) if cfg.compile else {}
     warmed = compiled.snapshot() if cfg.compile else None
-    reference = {at: _own_p0(rows, at, main) for at in measured}
+    reference = {at: _own_p0(measured, at, main) for at in measured}
 
     def on_round(done: int, timed: dict[str, speed.Timed]) -> None:
         recompiled = compiled.stats(warmed)["graphs"] if cfg.compile else 0
@@ -100,12 +84,39 @@ def _time(model, cfg, timing: speed.Timing, rows: list[dict[str, Any]], measured
     speed.rounds(setups, timing, seed=cfg.seed, on_round=on_round)
 
 
-def _own_p0(rows: list[dict[str, Any]], at: int, main: dict[int, str]) -> str | None:
+def _setups(model, cfg, timing: speed.Timing, measured: dict[int, dict[str, Any]], runner, x):
+    """The configurations of the rounds: the stock model first, then each row's point in order (one per
+    batching mode for an input-dependent point, on the images its counts came from); with, per row, the
+    setup whose img/s is the row's own, and an input-dependent row's setup per mode."""
+    setups = [speed.Setup(STOCK, runner, [x], attach(model, None))]
+    main: dict[int, str] = {}
+    modes: dict[int, dict[str, str]] = {}
+    sample = None
+    for at, row in measured.items():
+        card = None if row["method"] == STOCK else registry.get(row["method"])
+        if card is None:
+            main[at] = STOCK
+        elif not card.adaptive:
+            setups.append(speed.Setup(str(at), runner, [x], attach(model, row["method"], row["P"], row["hparams"])))
+            main[at] = str(at)
+        else:
+            sample = adaptive_sweep.timing_sample(model, cfg) if sample is None else sample
+            modes[at] = {}
+            for mode, hparams, size in adaptive_sweep.timed_modes(card, row["hparams"], timing.batch_size):
+                chunks = [sample[start:start + size] for start in range(0, len(sample), size)]
+                setups.append(speed.Setup(f"{at} {mode}", model, chunks, attach(model, row["method"], None, hparams)))
+                modes[at][mode] = f"{at} {mode}"
+            main[at] = modes[at][adaptive_sweep.main_mode(row["hparams"])]
+    return setups, main, modes
+
+
+def _own_p0(measured: dict[int, dict[str, Any]], at: int, main: dict[int, str]) -> str | None:
     """The setup of the same method's P = 0, when it is timed in these rounds (a fixed-P point's own baseline)."""
-    row = rows[at]
+    row = measured[at]
     if row["method"] == STOCK or row["P"] is None:
         return None
-    return next((main[other] for other in main if rows[other]["method"] == row["method"] and rows[other]["P"] == 0), None)
+    return next((main[other] for other, found in measured.items()
+                 if found["method"] == row["method"] and found["P"] == 0), None)
 
 
 def first_passes(setups: list[speed.Setup], timing: speed.Timing) -> dict[str, tuple[float, dict[str, Any]]]:
