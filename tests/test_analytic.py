@@ -77,5 +77,5 @@ def test_backbone_macs_of_deit_small_by_hand():
 def test_backbone_macs_shrink_with_p_as_the_schedule_says():
     arch = A.Arch(N=197, C=384, L=12, H=6)
     full, reduced = A.backbone_macs(arch, 0)["blocks"], A.backbone_macs(arch, 8)["blocks"]
-    expected = sum(sum(A.block_terms(n, 8, 384, 4.0).values()) for n in range(197, 197 - 12 * 8, -8))
+    expected = sum(sum(A.block_terms(n, 8, A.Arch(N=197, C=384)).values()) for n in range(197, 197 - 12 * 8, -8))
     assert reduced == expected < full

@@ -203,7 +203,7 @@ def test_evo_schedule_by_hand():
     and all 197 tokens are back for the head."""
     removals = V.stage_removals(DEIT_S, 0.7, "4,8")
     assert removals == [0, 0, 0, 59] + [0] * 8
-    blocks = 4 * sum(A.block_terms(197, 0, 384, 4.0).values()) + 8 * sum(A.block_terms(138, 0, 384, 4.0).values())
+    blocks = 4 * sum(A.block_terms(197, 0, A.Arch(N=197, C=384)).values()) + 8 * sum(A.block_terms(138, 0, A.Arch(N=197, C=384)).values())
     macs = V.backbone_macs(DEIT_S, removals)
     assert macs["blocks"] == blocks and macs["head"] == A.backbone_macs(DEIT_S, 0)["head"]
 

@@ -58,14 +58,13 @@ class Cost:
 
 
 def vit_cost(arch: Arch) -> Cost:
-    """A plain pre-norm ViT block on n tokens, as fvcore counts it (analytic.block_terms with P = 0), and
+    """A pre-norm block on n tokens, as fvcore counts it (analytic.block_terms with P = 0), and
     patch embedding plus head as `fixed` (head on the [CLS] token only)."""
-    from .analytic import embed_macs
+    from .analytic import embed_macs, token_macs
 
-    C, hidden = arch.C, int(arch.C * arch.mlp_ratio)
-    head = NORM_MACS_PER_ELEMENT * C + C * arch.num_classes
-    return Cost(per_token=lambda layer, n: 4 * n * C * C + 2 * n * C * hidden + 2 * NORM_MACS_PER_ELEMENT * n * C,
-                per_pair=lambda layer, n: 2 * n * n * C,
+    attention, pair, mlp = token_macs(arch)
+    head = NORM_MACS_PER_ELEMENT * arch.C + arch.C * arch.num_classes
+    return Cost(per_token=lambda layer, n: (attention + mlp) * n, per_pair=lambda layer, n: pair * n * n,
                 fixed=embed_macs(arch) + head)
 
 

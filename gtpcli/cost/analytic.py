@@ -18,7 +18,10 @@ Number = int | Fraction
 
 @dataclass(frozen=True)
 class Arch:
-    """The facts about a plain ViT that its MAC count depends on."""
+    """The facts about a ViT that its MAC count depends on: a plain ViT by default; the other fields describe
+    today's backbones (EVA-02, DINOv3, PE, SigLIP: SwiGLU MLPs, extra norms, attention-pool heads, rotary
+    position embeddings). Norm fields are fvcore's MACs per normalised element (5 for an affine LayerNorm,
+    4 without affine, 0 for a norm fvcore does not count)."""
 
     N: int
     C: int
@@ -32,6 +35,20 @@ class Arch:
     stem: str = "patch"         # "patch": one strided conv; "conv4": LV-ViT's 4-layer convolutional stem
     pooled_norm: bool = False   # the final LayerNorm runs on the pooled vector only (timm's GAP models)
     aux_head: bool = False      # LV-ViT's token-labeling head on every remaining image token
+    mlp_hidden: int | None = None  # the MLP's hidden width, fc2's input (None: int(C * mlp_ratio))
+    mlp_gated: bool = False     # SwiGLU/GLU: fc1 gives twice the hidden width (values and gates)
+    mlp_norm: int = 0           # a norm inside the MLP, per hidden element (EVA's scale_mlp)
+    attn_norm: int = 0          # norms of an attention token beyond norm1, per channel (q/k norms, EVA's inner norm)
+    attn_gate: bool = False     # a C x C gate projection per attention token
+    norm_pre: int = 0           # a norm on every embedded token before the blocks (PE), per element
+    pool_fixed: int = 0         # an attention-pool head (SigLIP/PE `map`): its latent queries' MACs
+    pool_per_token: int = 0     # ... and its MACs per token it reads (keys, values, attention)
+    rotary: bool = False        # rotary position embeddings: token positions move with the tokens
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        return self.mlp_hidden if self.mlp_hidden is not None else int(self.C * self.mlp_ratio)
 
     @property
     def heads(self) -> int:
@@ -127,18 +144,27 @@ def _paper_schedule(N: int, L: int, P: int) -> list[int]:
 
 # --- the whole backbone ------------------------------------------------------------------------
 
-def block_terms(N_l: int, P: int, C: int, mlp_ratio: float) -> dict[str, int]:
-    """MACs of one pre-norm ViT block whose attention sees N_l tokens and MLP N_l - P."""
-    hidden = int(C * mlp_ratio)
-    kept = N_l - P
-    return {
+def block_terms(N_l: int, P: int, arch: Arch) -> dict[str, int]:
+    """MACs of one pre-norm block whose attention sees N_l tokens and MLP N_l - P."""
+    C, hidden, kept = arch.C, arch.hidden, N_l - P
+    terms = {
         "qkv": 3 * N_l * C * C,
         "qk": N_l * N_l * C,
         "av": N_l * N_l * C,
         "proj": N_l * C * C,
-        "mlp": 2 * kept * C * hidden,
+        "mlp": (3 if arch.mlp_gated else 2) * kept * C * hidden,
         "norm": NORM_MACS_PER_ELEMENT * (N_l + kept) * C,
     }
+    extra = {"gate": N_l * C * C if arch.attn_gate else 0, "attn_norm": arch.attn_norm * N_l * C,
+             "mlp_norm": arch.mlp_norm * kept * hidden}
+    return terms | {k: v for k, v in extra.items() if v}
+
+
+def token_macs(arch: Arch) -> tuple[int, int, int]:
+    """(per token through attention, per (query, key) pair, per token through the MLP): `block_terms` of a
+    block on n tokens is n a + n^2 q + n m, for the per-image cost of input-dependent methods."""
+    attention = sum(block_terms(1, 1, arch).values()) - 2 * arch.C  # one token's attention side, no pair
+    return attention, 2 * arch.C, sum(block_terms(1, 0, arch).values()) - attention - 2 * arch.C
 
 
 # fvcore's convention for LayerNorm: 5 multiply-adds per element (mean, var, normalise, affine).
@@ -149,12 +175,19 @@ def backbone_macs(arch: Arch, P: int | Sequence[int]) -> dict[str, int]:
     """Analytic MACs of the whole backbone at batch 1, split into patch embedding, blocks and head."""
     schedule = token_schedule(arch.N, arch.L, P, arch.prefix)
     removed = per_layer(P, arch.L)
-    blocks = sum(sum(block_terms(n, p, arch.C, arch.mlp_ratio).values()) for n, p in zip(schedule, removed))
+    blocks = sum(sum(block_terms(n, p, arch).values()) for n, p in zip(schedule, removed))
     final_tokens = schedule[-1] - removed[-1]
+    return {"embed": embed_macs(arch), "blocks": blocks, "head": head_macs(arch, final_tokens)}
+
+
+def head_macs(arch: Arch, final_tokens: int) -> int:
+    """The final norm (on every token left, or on the pooled vector), an attention pool, the classifier,
+    and LV-ViT's token-labeling head."""
     head = NORM_MACS_PER_ELEMENT * (1 if arch.pooled_norm else final_tokens) * arch.C + arch.C * arch.num_classes
+    head += arch.pool_fixed + arch.pool_per_token * final_tokens
     if arch.aux_head:
         head += (final_tokens - arch.prefix) * arch.C * arch.num_classes
-    return {"embed": embed_macs(arch), "blocks": blocks, "head": head}
+    return head
 
 
 def embed_macs(arch: Arch) -> int:
@@ -162,7 +195,7 @@ def embed_macs(arch: Arch) -> int:
     half resolution, eval BatchNorm at 2 MACs per element as fvcore counts it, then a (patch/2) projection)."""
     patches = arch.N - arch.prefix
     if arch.stem == "patch":
-        return patches * arch.C * arch.in_chans * arch.patch_size**2
+        return patches * arch.C * arch.in_chans * arch.patch_size**2 + arch.norm_pre * arch.N * arch.C
     width, half = 64, (int(patches**0.5) * arch.patch_size) // 2
     convs = half * half * width * (arch.in_chans * 49 + 2 * width * 9)
     return convs + 3 * 2 * half * half * width + patches * arch.C * width * (arch.patch_size // 2) ** 2

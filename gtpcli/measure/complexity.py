@@ -70,6 +70,6 @@ def layer_rows(arch: A.Arch, P: int, methods: Sequence[str] | None = None,
         terms: dict[str, Any] = {}
         for found in per_method:
             terms |= found[layer - 1]
-        terms |= {f"block_{k}": v for k, v in A.block_terms(N_l, P, arch.C, arch.mlp_ratio).items()}
+        terms |= {f"block_{k}": v for k, v in A.block_terms(N_l, P, arch).items()}
         rows.append({"layer": layer, "N_l": N_l, "n_l": N_l - arch.prefix, **terms})
     return rows

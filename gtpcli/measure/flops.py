@@ -5,6 +5,7 @@ attention formulas that some torch releases lack."""
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import prod
 
@@ -120,9 +121,24 @@ def flop_counter_macs(model: nn.Module, image: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False, custom_mapping=missing_flop_formulas())
     # no_grad, not inference_mode: under inference_mode some releases (2.4) hand FlopCounterMode almost
     # no op (it counted 0 for a whole ViT), and the cross-check was silently skipped.
-    with torch.no_grad(), counter:
+    with torch.no_grad(), frozen(model), counter:
         model(image)
     return counter.get_total_flops() // 2
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """The model's parameters with requires_grad off while FlopCounterMode runs, then as they were.
+    Under no_grad a same-shape view of a parameter (SigLIP's attention-pool `latent.expand(1, -1, -1)`)
+    still requires grad but has no grad_fn, and FlopCounterMode's module tracker asserts on it."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _shape(value) -> list[int]:

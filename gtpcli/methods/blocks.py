@@ -18,6 +18,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..cost.analytic import per_layer, token_schedule
+from .rotary import rotary_of
 
 # Stage labels for `gtpcli trace`. Off by default so the hot path pays nothing for them.
 LABELS = {"on": False}
@@ -56,17 +57,16 @@ BLOCK_BYTES = 1 << 22
 
 
 def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, need: str = "fused",
-           sparsity: float = 1.0, variant: str = "paper"):
-    """timm's `Attention.forward`, plus an additive logit bias (log sizes) and, for token selection, what
-    it needs of the (sparsified, see `sparsify` for `variant`) attention map: `need` is "fused" (nothing:
-    timm's fused kernel), "summary" (an AttentionSummary), "map" (the whole map) or "cls" (the fused kernel,
-    and a ClsAttention: the first row computed on its own, N C MACs, and the values).
+           sparsity: float = 1.0, variant: str = "paper", rope: torch.Tensor | None = None):
+    """timm's attention forward (ViT's `Attention`, EVA's `EvaAttention` and `AttentionRope`), plus an additive
+    logit bias (log sizes) and, for token selection, what it needs of the (sparsified, see `sparsify` for
+    `variant`) attention map: `need` is "fused" (nothing: timm's fused kernel), "summary" (an
+    AttentionSummary), "map" (the whole map) or "cls" (the fused kernel, and a ClsAttention: the first row
+    computed on its own, N C MACs, and the values). `rope`: the rotary embedding of the image tokens.
     Returns (output, the map or its summary, or None when the fused kernel ran, keys)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = project(attn, x, rope)
     if need == "map":
         logits = (q * attn.scale) @ k.transpose(-2, -1)
         if bias is not None:
@@ -85,10 +85,47 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
         drop = attn.attn_drop.p if attn.training else 0.0
         out, seen = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop), None
     out = out.transpose(1, 2).reshape(B, N, -1)
-    out = attn.norm(out) if hasattr(attn, "norm") else out
+    out = attn.norm(out) if getattr(attn, "norm", None) is not None else out
     if gate is not None:
         out = out * gate
     return attn.proj_drop(attn.proj(out)), seen, k
+
+
+def project(attn: nn.Module, x: torch.Tensor, rope: torch.Tensor | None = None):
+    """q, k, v (B, H, N, d) as the attention module computes them: one qkv projection (EVA's q and v biases
+    beside it) or three, q/k norms, the rotary embedding on the tokens after the prefix, grouped key/value
+    heads repeated."""
+    B, N, _ = x.shape
+    if getattr(attn, "qkv", None) is not None:
+        biases = getattr(attn, "q_bias", None)
+        if biases is None:
+            qkv = attn.qkv(x)
+        elif getattr(attn, "qkv_bias_separate", False):
+            qkv = attn.qkv(x) + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        else:
+            qkv = F.linear(x, attn.qkv.weight, torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))
+        q, k, v = qkv.reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        kv_heads = getattr(attn, "num_kv_heads", attn.num_heads)
+        q = attn.q_proj(x).reshape(B, N, attn.num_heads, -1).transpose(1, 2)
+        k = attn.k_proj(x).reshape(B, N, kv_heads, -1).transpose(1, 2)
+        v = attn.v_proj(x).reshape(B, N, kv_heads, -1).transpose(1, 2)
+    q, k = _identity_or(attn, "q_norm")(q), _identity_or(attn, "k_norm")(k)
+    if rope is not None:
+        from timm.layers import apply_rot_embed_cat
+
+        p, half = attn.num_prefix_tokens, getattr(attn, "rotate_half", False)
+        q = torch.cat([q[:, :, :p], apply_rot_embed_cat(q[:, :, p:], rope, half=half)], dim=2).type_as(v)
+        k = torch.cat([k[:, :, :p], apply_rot_embed_cat(k[:, :, p:], rope, half=half)], dim=2).type_as(v)
+    groups = getattr(attn, "num_kv_groups", 1)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return q, k, v
+
+
+def _identity_or(module: nn.Module, name: str):
+    found = getattr(module, name, None)
+    return found if found is not None else (lambda t: t)
 
 
 def _blocked_attention(attn: nn.Module, q, k, v, bias, sparsity: float, variant: str):
@@ -145,14 +182,22 @@ class Reduction:
 
     method = "none"
     variant = "paper"  # or "authors": a method's released code where it departs from its paper
+    # Whether `reduce` keeps `positions` in step with the tokens, so that the method runs on models with
+    # rotary position embeddings (docs/backbones-rope.md); a method that does not is refused on them.
+    places_rotary = False
 
     def __init__(self, model: nn.Module, P: int | Sequence[int], prop_attn: bool = True):
         self.num_layers = len(model.blocks)
         self.prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.tokens = model.patch_embed.num_patches + self.prefix
         self.prop_attn = prop_attn
+        self.rotary = rotary_of(model)
+        if self.rotary is not None and not self.places_rotary:
+            raise ValueError(f"{self.method} does not move rotary positions with the tokens, and this "
+                             f"{type(model).__name__} has rotary position embeddings")
         self.P = P
         self.size: torch.Tensor | None = None  # (B, N, 1) token sizes, None while all are 1
+        self.positions: torch.Tensor | None = None  # (B, N, 2) rotary positions, None until tokens move
 
     @property
     def P(self) -> int | list[int]:
@@ -183,6 +228,24 @@ class Reduction:
     def start(self, x: torch.Tensor) -> None:
         """Called by the first block with the embedded tokens: forget the previous image batch."""
         self.size = None
+        self.positions = None
+
+    def token_positions(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, N, 2) float32 rotary positions of the tokens x (prefix rows 0, never rotated), None on a model
+        without rotary embeddings. A method's `reduce` moves them as it moves the tokens and stores the result
+        in `positions`."""
+        if self.rotary is None:
+            return None
+        if self.positions is None:
+            self.positions = self.rotary.initial(x, self.prefix)
+        return self.positions
+
+    def rope(self, layer: int, stock: torch.Tensor | None) -> torch.Tensor | None:
+        """The rotary embedding this block applies: the model's own (`stock`) until tokens moved, then the
+        module's frequencies at the tokens' positions."""
+        if self.positions is None or stock is None:
+            return stock
+        return self.rotary.embed(self.positions[:, self.prefix:], layer)
 
     def bias(self) -> torch.Tensor | None:
         return size_bias(self.size) if self.prop_attn else None
@@ -203,30 +266,70 @@ class Reduction:
         return self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
 
 
-def reduced_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-    """A pre-norm timm Block with the reduction between attention and MLP (as GTP and ToMe place it)."""
+def reduced_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask=None,
+                    is_causal: bool = False) -> torch.Tensor:
+    """A pre-norm timm block (ViT's `Block`, EVA's `EvaBlock`) with the reduction between attention and MLP
+    (as GTP and ToMe place it)."""
     red: Reduction = self.reduction
     layer = self.layer_index
     if layer == 0:
         red.start(x)
     with stage("attention"):
-        out, attention, keys = attend(self.attn, self.norm1(x), red.bias(), red.attention_need(layer),
-                                      red.sparsity(layer), red.variant)
-        x = x + self.drop_path1(self.ls1(out))
+        x, attention, keys = attention_branch(self, x, red.bias(), red.attention_need(layer), red.sparsity(layer),
+                                              red.variant, red.rope(layer, rope))
     if red.removals[layer] > 0:
         x = red.reduce(layer, x, attention, keys)
     with stage("mlp"):
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return mlp_branch(self, x)
+
+
+def attention_branch(block: nn.Module, x: torch.Tensor, bias=None, need: str = "fused", sparsity: float = 1.0,
+                     variant: str = "paper", rope=None):
+    """x + the block's attention branch (layer scale `ls1` or EVA's `gamma_1`), and what `attend` saw."""
+    out, seen, keys = attend(block.attn, block.norm1(x), bias, need, sparsity, variant, rope)
+    return x + block.drop_path1(_layer_scale(block, 1, out)), seen, keys
+
+
+def mlp_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x + the block's MLP branch (layer scale `ls2` or EVA's `gamma_2`)."""
+    return x + block.drop_path2(_layer_scale(block, 2, block.mlp(block.norm2(x))))
+
+
+def _layer_scale(block: nn.Module, which: int, out: torch.Tensor) -> torch.Tensor:
+    scale = getattr(block, f"ls{which}", None)
+    if scale is not None:
+        return scale(out)
+    gamma = getattr(block, f"gamma_{which}", None)
+    return out if gamma is None else gamma * out
+
+
+PRE_NORM = ("norm1", "attn", "drop_path1", "norm2", "mlp", "drop_path2")
+
+
+def check_blocks(model: nn.Module) -> None:
+    """A one-line ValueError unless every block is pre-norm, x + attn(norm1(x)) then x + mlp(norm2(x)),
+    with a layer scale gtpcli knows (timm's `ls1`/`ls2` or EVA's `gamma_1`/`gamma_2`)."""
+    for index, block in enumerate(model.blocks):
+        _check_block(index, getattr(type(block), "_stock_class", type(block)), block)
+
+
+def _check_block(index: int, stock: type, block: nn.Module) -> None:
+    name = stock.__name__
+    if "PostNorm" in name or "ResPost" in name:
+        raise ValueError(f"block {index} ({name}) normalises after attention, not before: gtpcli patches "
+                         "pre-norm blocks")
+    missing = [n for n in PRE_NORM if not hasattr(block, n)]
+    if not (hasattr(block, "ls1") or hasattr(block, "gamma_1")):
+        missing.append("ls1")
+    if missing:
+        raise ValueError(f"block {index} ({name}) is not a pre-norm timm ViT block: it has no '{missing[0]}'")
 
 
 def patch_blocks(model: nn.Module, reduction: Reduction) -> nn.Module:
     """Swap each block's class for a reducing subclass (weights untouched) and attach the reduction."""
     unpatch_blocks(model)
+    check_blocks(model)
     for index, block in enumerate(model.blocks):
-        for needed in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"):
-            if not hasattr(block, needed):
-                raise ValueError(f"block {index} ({type(block).__name__}) is not a pre-norm timm ViT block: "
-                                 f"it has no '{needed}'")
         block.__class__ = _reducing_class(type(block), getattr(type(reduction), "block_forward", reduced_forward))
         block.reduction = reduction
         block.layer_index = index

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import methods as registry
 from ..errors import GtpcliError
-from .blocks import Reduction, patch_blocks, unpatch_blocks
+from .blocks import Reduction, check_blocks, patch_blocks, unpatch_blocks
 
 
 class _Classes(Mapping):
@@ -49,6 +49,7 @@ def patch(model: nn.Module, method: str = "gtp", **kwargs) -> nn.Module:
     unpatch(model)
     if card.level == "model":  # a method that replaces the model's forward (TPC-ViT), not its blocks
         return card.load().patch(model, **kwargs)
+    check_blocks(model)  # before the method reads the model: the block's kind is the first thing to refuse
     return patch_blocks(model, card.load()(model, **kwargs))
 
 

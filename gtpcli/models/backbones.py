@@ -126,20 +126,50 @@ def constructor_kwargs(profile: Profile | None, img_size: int | None = None) -> 
 
 
 def arch_of(model: nn.Module) -> Arch:
-    """The analytic model's view of a timm ViT."""
+    """The analytic model's view of a timm ViT (VisionTransformer, Eva: EVA-02, DINOv3, PE, RoPE ViTs)."""
     from .lvvit import ConvStem
 
     block, embed = model.blocks[0], model.patch_embed
-    C = model.embed_dim
+    C, attn, mlp = model.embed_dim, block.attn, block.mlp
     pooled_norm = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(
         getattr(model, "fc_norm", nn.Identity()), nn.Identity)
+    hidden = mlp.fc2.in_features
     return Arch(N=embed.num_patches + model.num_prefix_tokens, C=C, L=len(model.blocks),
-                H=block.attn.num_heads, prefix=model.num_prefix_tokens,
-                mlp_ratio=block.mlp.fc1.out_features / C, patch_size=embed.patch_size[0],
+                H=attn.num_heads, prefix=model.num_prefix_tokens,
+                mlp_ratio=hidden / C, patch_size=embed.patch_size[0],
                 in_chans=getattr(embed, "in_chans", None) or embed.proj.in_channels,
                 num_classes=getattr(model, "num_classes", 1000) or 0,
                 stem="conv4" if isinstance(embed, ConvStem) else "patch", pooled_norm=pooled_norm,
-                aux_head=hasattr(model, "aux_head"))
+                aux_head=hasattr(model, "aux_head"), mlp_hidden=hidden,
+                mlp_gated=hasattr(mlp, "fc1_g") or getattr(mlp, "fc1", mlp.fc2).out_features == 2 * hidden,
+                mlp_norm=norm_macs(getattr(mlp, "norm", None)),
+                attn_norm=sum(norm_macs(getattr(attn, name, None)) for name in ("q_norm", "k_norm", "norm")),
+                attn_gate=getattr(attn, "gate", None) is not None,
+                norm_pre=norm_macs(getattr(model, "norm_pre", None)), rotary=getattr(model, "rope", None) is not None,
+                **attention_pool_macs(getattr(model, "attn_pool", None)))
+
+
+def norm_macs(module: nn.Module | None) -> int:
+    """fvcore's MACs per element of a normalisation layer: 5 for an affine LayerNorm, 4 without affine,
+    0 for anything fvcore does not count (Identity, RMSNorm)."""
+    if isinstance(module, nn.LayerNorm):
+        return 5 if module.elementwise_affine else 4
+    return 0
+
+
+def attention_pool_macs(pool: nn.Module | None) -> dict[str, int]:
+    """An attention-pool head (timm's AttentionPoolLatent: SigLIP, PE) as Arch's pool_fixed (its latent
+    queries: q, proj, norm, MLP) and pool_per_token (each token read: k and v, q k^T and A V)."""
+    if pool is None:
+        return {}
+    latent, width = pool.latent_len, pool.q.out_features
+    fixed = latent * (pool.q.in_features * width + pool.proj.in_features * pool.proj.out_features
+                      + norm_macs(pool.q_norm) * width + norm_macs(pool.norm) * pool.proj.out_features)
+    if getattr(pool, "mlp", None) is not None:
+        fixed += latent * (pool.mlp.fc1.in_features * pool.mlp.fc1.out_features
+                           + pool.mlp.fc2.in_features * pool.mlp.fc2.out_features)
+    per_token = pool.kv.in_features * pool.kv.out_features + 2 * latent * width + norm_macs(pool.k_norm) * width
+    return {"pool_fixed": fixed, "pool_per_token": per_token}
 
 
 def image_size(model: nn.Module) -> tuple[int, int]:

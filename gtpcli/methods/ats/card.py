@@ -60,22 +60,25 @@ def cost(arch: Arch, hparams: Mapping[str, Any] | None = None):
     carries block l's attention (qkv, QK^T, AV, proj, norm1, and the [CLS] row of an ATS block) and the MLP of
     block l - 1 (which runs on the tokens entering block l); entry L the last MLP and the final norm."""
     from ...cost.adaptive import Cost
-    from ...cost.analytic import embed_macs
+    from ...cost.analytic import embed_macs, token_macs
 
-    C, hidden, L = arch.C, int(arch.C * arch.mlp_ratio), arch.L
+    C, L = arch.C, arch.L
     sampling = set(ats_blocks((hparams or {}).get("layers", OFFICIAL_LAYERS), L))
+    attention, pair, mlp = token_macs(arch)
     norm = NORM_MACS_PER_ELEMENT * C
+    head_per_token = (0 if arch.pooled_norm else norm) + arch.pool_per_token  # final norm, attention pool
+    head_fixed = (norm if arch.pooled_norm else 0) + arch.pool_fixed + C * arch.num_classes
 
     def per_token(layer: int, n: float) -> float:
-        mlp = (2 * C * hidden + norm) * n if layer > 0 else 0
+        before = mlp * n if layer > 0 else 0
         if layer == L:
-            return mlp + norm * n  # the final norm on every token left
-        return mlp + (4 * C * C + norm) * n + (C * n if layer in sampling else 0)
+            return before + head_per_token * n  # on every token left
+        return before + attention * n + (C * n if layer in sampling else 0)
 
     def per_pair(layer: int, n: float) -> float:
-        return 2 * n * n * C if layer < L else 0
+        return pair * n * n if layer < L else 0
 
-    return Cost(per_token, per_pair, fixed=embed_macs(arch) + C * arch.num_classes)
+    return Cost(per_token, per_pair, fixed=embed_macs(arch) + head_fixed)
 
 
 def _no_schedule(*args, **kwargs):

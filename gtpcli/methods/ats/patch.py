@@ -62,10 +62,10 @@ class Trace:
     sampled: dict        # ATS block -> (B, k) indices of the sampled tokens among that block's image tokens
 
 
-def ats_block_forward(self, x, attn_mask=None, is_causal: bool = False):
+def ats_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False):
     """A timm block under ATS: attention over the valid tokens (padding masked), then, in an ATS block,
     sampling before the MLP."""
-    from ..blocks import attend, stage
+    from ..blocks import attention_branch, mlp_branch, stage
 
     red = self.reduction
     layer = self.layer_index
@@ -74,12 +74,11 @@ def ats_block_forward(self, x, attn_mask=None, is_causal: bool = False):
     red.record(layer, x)
     sampling = layer in red.blocks
     with stage("attention"):
-        out, seen, _ = attend(self.attn, self.norm1(x), red.key_bias(x), "cls" if sampling else "fused")
-        x = x + self.drop_path1(self.ls1(out))
+        x, seen, _ = attention_branch(self, x, red.key_bias(x), "cls" if sampling else "fused", rope=red.rope(layer, rope))
     if sampling:
         x = red.sample(layer, x, seen)
     with stage("mlp"):
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = mlp_branch(self, x)
     if layer == red.num_layers - 1:
         red.record(red.num_layers, x)
     return x
@@ -90,6 +89,7 @@ class ATS(Reduction):
 
     method = NAME
     block_forward = ats_block_forward  # batches padded to their widest image, the padding masked
+    places_rotary = True  # sampled tokens keep their own positions (ATS only selects)
 
     def __init__(self, model, layers: str = OFFICIAL_LAYERS, variant: str = VARIANTS[0], P=None):
         if P is not None:
@@ -132,6 +132,9 @@ class ATS(Reduction):
         with stage("ats.gather"):
             image = x[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             self.last.sampled[layer] = index
+            positions = self.token_positions(x)
+            if positions is not None:
+                self.positions = torch.cat([positions[:, :p], positions[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, 2))], 1)
             if bool(real.all()):
                 self.valid = None
                 return torch.cat([x[:, :p], image], dim=1)

@@ -37,10 +37,25 @@ def select_and_fuse(x, a, kept: int, prefix: int, fuse_token: bool, stage=None):
     return torch.cat(parts, dim=1), keep
 
 
+def follow_positions(positions, a, keep, prefix: int, fuse_token: bool):
+    """Rotary positions (B, N, 2) of `select_and_fuse`'s output: a kept token keeps its own; the fused token
+    sits at the mean of the fused tokens' positions weighted by attentiveness, as its features are (the
+    weights normalised: a position is a mean, not a sum)."""
+    import torch
+
+    image = positions[:, prefix:]
+    parts = [positions[:, :prefix], image.gather(1, keep.unsqueeze(-1).expand(-1, -1, 2))]
+    if fuse_token and keep.shape[1] < image.shape[1]:
+        weights = a.float().scatter(1, keep, 0.0).unsqueeze(1)  # (B, 1, n): zero at the kept tokens
+        parts.append((weights @ image) / weights.sum(dim=-1, keepdim=True))
+    return torch.cat(parts, dim=1)
+
+
 class EViT(Reduction):
     """EViT's schedule (keep_rate at drop_loc) or, with P, gtpcli's equal-P variant."""
 
     method = NAME
+    places_rotary = True
 
     def __init__(self, model, P: int | Sequence[int] | None = None, keep_rate: float = 0.7,
                  drop_loc: str = PAPER_DROP_LOC, fuse_token: bool = True):
@@ -76,4 +91,7 @@ class EViT(Reduction):
         with stage("evit.rank"):
             a = attentiveness(attention.first_row, self.prefix)
         out, self.kept[layer] = select_and_fuse(x, a, kept, self.prefix, self.hp["fuse_token"], stage)
+        positions = self.token_positions(x)
+        if positions is not None:
+            self.positions = follow_positions(positions, a, self.kept[layer], self.prefix, self.hp["fuse_token"])
         return out

@@ -82,7 +82,7 @@ def backbone_macs(arch: Arch, removals: Sequence[int], hparams: Mapping[str, Any
     token is back for the final norm and head."""
     whole = A.backbone_macs(arch, 0)
     processed = A.token_schedule(arch.N, arch.L, list(removals), arch.prefix)
-    blocks = sum(sum(A.block_terms(n, 0, arch.C, arch.mlp_ratio).values()) for n in processed)
+    blocks = sum(sum(A.block_terms(n, 0, arch).values()) for n in processed)
     return {**whole, "blocks": blocks}
 
 

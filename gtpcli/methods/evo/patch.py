@@ -28,10 +28,10 @@ def rank(tokens, scores, prefix: int):
     return torch.cat([tokens[:, :prefix], image], dim=1), scores.gather(1, order), order
 
 
-def evo_block_forward(self, x, attn_mask=None, is_causal: bool = False):
+def evo_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False):
     """A timm block under Evo-ViT: rank and split before attention (at a selection), update g from this
     block's [CLS] attention, re-attach the placeholders after the last block."""
-    from ..blocks import attend, stage
+    from ..blocks import attention_branch, mlp_branch, stage
 
     red = self.reduction
     layer = self.layer_index
@@ -39,13 +39,12 @@ def evo_block_forward(self, x, attn_mask=None, is_causal: bool = False):
         red.start(x)
     x = red.enter(layer, x)
     with stage("attention"):
-        out, summary, _ = attend(self.attn, self.norm1(x), None, red.attention_need(layer))
-        x = x + self.drop_path1(self.ls1(out))
+        x, summary, _ = attention_branch(self, x, None, red.attention_need(layer), rope=red.rope(layer, rope))
     if summary is not None:
         with stage("evo.rank"):
             red.update(layer, class_attention(summary.first_row, red.prefix))
     with stage("mlp"):
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = mlp_branch(self, x)
     return red.leave(layer, x)
 
 
@@ -54,6 +53,7 @@ class EvoViT(Reduction):
 
     method = NAME
     block_forward = evo_block_forward
+    places_rotary = True  # processed tokens keep their own positions (Evo-ViT only reorders and skips)
 
     def __init__(self, model, P: int | Sequence[int] | None = None, keep_ratio: float = 0.5,
                  stages: str = PAPER_STAGES, tradeoff: float = 0.5):
@@ -97,6 +97,10 @@ class EvoViT(Reduction):
             self.m = self.processed[layer]
             self.origin = self.origin.gather(1, order)
             self.informative[layer] = self.origin[:, : self.m]
+            if self.rotary is not None:  # the processed tokens' own positions, by their input index
+                grid = self.rotary.initial(x, self.prefix)
+                self.positions = torch.cat([grid[:, : self.prefix], grid[:, self.prefix:].gather(
+                    1, self.informative[layer].unsqueeze(-1).expand(-1, -1, 2))], dim=1)
             return self.full[:, : self.prefix + self.m]
 
     def update(self, layer: int, attention):

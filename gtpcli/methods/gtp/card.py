@@ -28,8 +28,9 @@ HPARAMS = (
 
 def implemented_overhead(arch: A.Arch, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
     """GTP as gtpcli runs it: the semantic graph on the N - prefix image tokens, dense
-    (N_l - prefix - P) x P blocks of A_hat propagating features and sizes; `cossim` compares attention rows.
-    Selection itself is not a MAC."""
+    (N_l - prefix - P) x P blocks of A_hat propagating features and sizes (and, on a model with rotary
+    embeddings, the 2 coordinates of the positions); `cossim` compares attention rows. Selection itself is
+    not a MAC."""
     hparams = hparams or {}
     schedule = A.token_schedule(arch.N, arch.L, list(removals), arch.prefix)
     image = [n - arch.prefix for n in schedule]
@@ -39,7 +40,8 @@ def implemented_overhead(arch: A.Arch, removals: Sequence[int], hparams: Mapping
     if not any(removals) or graph == "none" or hparams.get("alpha", 0.1) == 0:
         return selection
     semantic = (image[0] ** 2 * arch.C) if graph in ("mixed", "semantic") else 0
-    return selection + semantic + sum((n - p) * p * (arch.C + 1) for n, p in zip(image, removals) if p)
+    carried = arch.C + 1 + (2 if arch.rotary else 0)  # features, size, and rotary positions (x size)
+    return selection + semantic + sum((n - p) * p * carried for n, p in zip(image, removals) if p)
 
 
 def complexity_row(arch: A.Arch, P: int, hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -156,6 +156,7 @@ class GTP(Reduction):
     """GTP's configuration (hyperparameters of the paper) and its per-image state."""
 
     method = "gtp"
+    places_rotary = True  # a kept token sits at the centroid of what it holds, weighted by size (Eq. 12)
 
     def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, alpha: float = 0.1, sparsity: float = 1.0,
                  M: int = 8, selection: str = "mixed", graph: str = "mixed", head_fusion: str = "max",
@@ -208,14 +209,20 @@ class GTP(Reduction):
             keep, propagated = split(token_scores(attention, p, self.selection, self.fusion, keys, self.variant), P)
         with stage("gtp.propagate"):
             size = self.sizes_or_ones(x)
+            positions = self.token_positions(x)
             prefix = torch.arange(p, device=x.device).expand(x.shape[0], p)
             rows = torch.cat([prefix, keep + p], dim=1)
             x_new, size_new = _take(x, rows), _take(size, rows)  # prefix and kept tokens in one gather
+            mass = None if positions is None else _take(positions * size, rows)  # size-weighted positions
             if self.graph is not None:
                 matrix, self.graph = split_graph(self.graph, keep, propagated)
                 matrix = self.alpha * matrix
                 x_new[:, p:] += matrix @ _take(x, propagated + p)  # Eq. 10
                 size_new[:, p:] += matrix @ _take(size, propagated + p)  # Eq. 12
+                if mass is not None:  # positions propagate as sizes do: the centroid of what a token holds
+                    mass[:, p:] += matrix.float() @ _take(positions * size, propagated + p)
+            if mass is not None:
+                self.positions = mass / size_new
             self.size = size_new
             return x_new
 

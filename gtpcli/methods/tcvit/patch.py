@@ -145,9 +145,11 @@ def fuse_tokens(x, keep, drop, rows, self_weight, count: bool = True):
     return kept.scatter_add_(1, at, shift), target, fallbacks
 
 
-def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None, size=None):
+def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None, size=None, positions=None):
     """One TC-ViT step on tokens x (B, N, c) with attention maps (B, H, N, N): (tokens (B, N - P, c),
-    sizes (B, N - P, 1) or None, diagnostics). Pure function of its inputs (the tests call it directly)."""
+    sizes (B, N - P, 1) or None, diagnostics). Rotary `positions` (B, N, 2), when given, are condensed with
+    the tokens' own Eq. 12 weights (a receiver sits at the weighted mean of its and its matches' positions)
+    into diagnostics["positions"]. Pure function of its inputs (the tests call it directly)."""
     import contextlib
 
     import torch
@@ -177,6 +179,8 @@ def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None,
         with stage("tcvit.fuse"):
             out = torch.cat([x[:, :prefix], take(image, keep)], dim=1)
             new_size = torch.cat([size[:, :prefix], take(image_size, keep)], dim=1) if size is not None else None
+            if positions is not None:
+                info["positions"] = torch.cat([positions[:, :prefix], take(positions[:, prefix:], keep)], dim=1)
         return out, new_size, info
     with stage("tcvit.connectivity"):
         if C is not None:
@@ -192,8 +196,12 @@ def condense(x, weights, prefix: int, P: int, hp: Mapping[str, Any], stage=None,
                         + alpha * (row_t.unsqueeze(-2) @ col_t.unsqueeze(-1)).flatten(-3))
             self_weight = torch.zeros(keep.shape, dtype=W.dtype, device=W.device).scatter(1, slot, diagonal)
     with stage("tcvit.fuse"):
-        fused, target, fallbacks = fuse_tokens(image.to(dtype), keep, drop, rows, self_weight,
+        channels = image.to(dtype) if positions is None else torch.cat([image.to(dtype), positions[:, prefix:].to(dtype)], -1)
+        fused, target, fallbacks = fuse_tokens(channels, keep, drop, rows, self_weight,
                                                count=hp["connectivity"] == "newton")
+        if positions is not None:  # the same weights move the positions (elementwise: no MAC)
+            fused, moved = fused[..., :-2], fused[..., -2:]
+            info["positions"] = torch.cat([positions[:, :prefix], moved.float()], dim=1)
         info["fallbacks"] = fallbacks
         out = torch.cat([x[:, :prefix], fused.to(x.dtype)], dim=1)
         new_size = None
@@ -264,6 +272,7 @@ class TCViT(Reduction):
     """TC-ViT's configuration and per-forward diagnostics, shared by all patched blocks."""
 
     method = NAME
+    places_rotary = True  # a receiver sits at the Eq. 12-weighted mean of its and its matches' positions
 
     def __init__(self, model, P: int | Sequence[int] = 14, K: int = 2, alpha: float = 500.0,
                  beta: float = 3.5, head_fusion: str = "mean", w_block: str = "patch", cbar: str = "col",
@@ -325,8 +334,11 @@ class TCViT(Reduction):
 
     def reduce(self, layer, x, weights, keys):
         size = self.sizes_or_ones(x) if self.hp["track_sizes"] else None
-        out, size, info = condense(x, weights, self.prefix, self.removals[layer], self.hp, stage, size)
+        out, size, info = condense(x, weights, self.prefix, self.removals[layer], self.hp, stage, size,
+                                   self.token_positions(x))
         self.size = size
+        if "positions" in info:
+            self.positions = info["positions"]
         self.kept[layer] = info["keep"]
         self.fallbacks += info.get("fallbacks", 0)
         if "newton_residual" in info:

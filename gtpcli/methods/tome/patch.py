@@ -57,6 +57,7 @@ def merge(x: torch.Tensor, unmerged: torch.Tensor, merged: torch.Tensor, partner
 
 class ToMe(Reduction):
     method = "tome"
+    places_rotary = True  # a merged token sits at the size-weighted mean of its sources' positions
 
     def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, prop_attn: bool = True):
         self.clamped: list[tuple[int, int, int]] = []  # (layer, asked, used)
@@ -76,6 +77,10 @@ class ToMe(Reduction):
             unmerged, merged, partner = bipartite_matching(keys.mean(dim=1), r, p)
         with stage("tome.merge"):
             size = self.sizes_or_ones(x)
+            positions = self.token_positions(x)
             tokens = merge(torch.cat([x * size, size], dim=-1), unmerged, merged, partner, p)  # features and sizes at once
+            if positions is not None:  # averaged as the features are (float32: positions are coordinates)
+                mass = merge(torch.cat([positions * size, size.float()], dim=-1), unmerged, merged, partner, p)
+                self.positions = mass[..., :-1] / mass[..., -1:]
             self.size = tokens[..., -1:]
             return tokens[..., :-1] / self.size
