@@ -318,6 +318,9 @@ def _check_block(index: int, stock: type, block: nn.Module) -> None:
     if "PostNorm" in name or "ResPost" in name:
         raise ValueError(f"block {index} ({name}) normalises after attention, not before: gtpcli patches "
                          "pre-norm blocks")
+    if getattr(getattr(block, "attn", None), "relative_position_bias_table", None) is not None:
+        raise ValueError(f"block {index} ({name}) adds a relative position bias (BEiT) to its attention "
+                         "logits, which gtpcli does not carry")
     missing = [n for n in PRE_NORM if not hasattr(block, n)]
     if not (hasattr(block, "ls1") or hasattr(block, "gamma_1")):
         missing.append("ls1")
