@@ -166,10 +166,16 @@ def plot(
 
 @command("profiles")
 @friendly
-def list_profiles(fmt: str = FormatOpt):
+def list_profiles(fmt: str = FormatOpt,
+                  families: bool = typer.Option(False, "--families", help="Instead: which method runs on which timm "
+                                                "model family, found by running each on the family's smallest "
+                                                "model (random weights, one small image; about a minute)")):
     """List the built-in profiles (any command also takes the path of your own profile YAML)."""
     from .models.profiles import builtin_names, load_profile
     from .report.tables import emit, table
+
+    if families:
+        return list_families(check_format(fmt))
 
     rows = []
     for name in builtin_names():
@@ -184,6 +190,34 @@ def list_profiles(fmt: str = FormatOpt):
         console.print(table("Built-in profiles", columns, [[r[k] or "-" for k, _ in columns] for r in result["rows"]]))
 
     emit({"rows": rows}, check_format(fmt), None, render)
+
+
+def list_families(fmt: str) -> None:
+    """The families x methods table: "runs" (with the tokens entering the last block) or "no [n]", the
+    refusals listed once below it."""
+    from .models import families
+    from .report.tables import emit, table
+
+    rows = families.table()
+    reasons = list(dict.fromkeys(s["why"] for r in rows for s in r["methods"].values() if not s["runs"]))
+
+    def cell(found: dict) -> str:
+        if not found["runs"]:
+            return f"no [{reasons.index(found['why']) + 1}]"
+        tokens = found["tokens"]  # empty for a method that runs the blocks itself (TPC-ViT)
+        return f"runs ({tokens[0]}->{tokens[-1]})" if tokens else "runs"
+
+    def render(result, console):
+        names = list(REGISTRY)
+        columns = [("family", "left"), ("model", "left"), ("traits", "left")] + [(n, "left") for n in names]
+        body = [[r["family"], f"{r['model']} @{r['img_size']}", r["traits"]] + [cell(r["methods"][n]) for n in names]
+                for r in result["rows"]]
+        console.print(table("Methods on timm model families (random weights, P = 1 or the method's defaults; "
+                            "runs: tokens entering the first->last block)", columns, body))
+        for number, why in enumerate(reasons, start=1):
+            console.print(f"[{number}] {escape(why)}", highlight=False, soft_wrap=True)
+
+    emit({"rows": rows, "refusals": reasons}, fmt, None, render)
 
 
 GTP = "GTP hyperparameters"

@@ -19,8 +19,8 @@ Number = int | Fraction
 @dataclass(frozen=True)
 class Arch:
     """The facts about a ViT that its MAC count depends on: a plain ViT by default; the other fields describe
-    today's backbones (EVA-02, DINOv3, PE, SigLIP: SwiGLU MLPs, extra norms, attention-pool heads, rotary
-    position embeddings). Norm fields are fvcore's MACs per normalised element (5 for an affine LayerNorm,
+    today's backbones (EVA-02, DINOv3, PE, SigLIP, BEiT: SwiGLU MLPs, extra norms, attention-pool heads,
+    rotary embeddings or relative position bias). Norm fields are fvcore's MACs per normalised element (5 for an affine LayerNorm,
     4 without affine, 0 for a norm fvcore does not count)."""
 
     N: int
@@ -43,7 +43,8 @@ class Arch:
     norm_pre: int = 0           # a norm on every embedded token before the blocks (PE), per element
     pool_fixed: int = 0         # an attention-pool head (SigLIP/PE `map`): its latent queries' MACs
     pool_per_token: int = 0     # ... and its MACs per token it reads (keys, values, attention)
-    rotary: bool = False        # rotary position embeddings: token positions move with the tokens
+    tracks_positions: bool = False  # attention reads token positions (rotary embeddings, BEiT's relative
+                                    # bias): methods move them with the tokens
 
     @property
     def hidden(self) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..cost.analytic import per_layer, token_schedule
+from .relative import relative_of
 from .rotary import rotary_of
 
 # Stage labels for `gtpcli trace`. Off by default so the hot path pays nothing for them.
@@ -78,7 +79,7 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, n
     elif need == "cls":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)
-        seen = ClsAttention((logits if bias is None else logits + bias).softmax(dim=-1)[:, :, 0], v)
+        seen = ClsAttention((logits if bias is None else logits + bias[..., :1, :]).softmax(dim=-1)[:, :, 0], v)
     elif need == "summary" or sparsity < 1.0 or not getattr(attn, "fused_attn", True):
         out, seen = _blocked_attention(attn, q, k, v, bias, sparsity, variant)
     else:
@@ -132,8 +133,8 @@ def _blocked_attention(attn: nn.Module, q, k, v, bias, sparsity: float, variant:
     """softmax(q k^T scale + bias) v and the map's summary, over a few (image, head) slices at a time."""
     B, H, N, _ = q.shape
     q, k, v = (t.reshape(B * H, N, -1) for t in (q, k, v))
-    if bias is not None:
-        bias = bias.expand(B, H, 1, N).reshape(B * H, 1, N)
+    if bias is not None:  # (B or 1, 1 or H, 1 or N, N): log sizes, BEiT's relative bias
+        bias = bias.expand(B, H, bias.shape[-2], N).reshape(B * H, -1, N)
     step = max(1, BLOCK_BYTES // (N * N * q.element_size()))
     outs, diagonals, columns, first_rows = [], [], [], []
     for start in range(0, B * H, step):
@@ -183,21 +184,23 @@ class Reduction:
     method = "none"
     variant = "paper"  # or "authors": a method's released code where it departs from its paper
     # Whether `reduce` keeps `positions` in step with the tokens, so that the method runs on models with
-    # rotary position embeddings (docs/backbones-rope.md); a method that does not is refused on them.
-    places_rotary = False
+    # rotary embeddings or a relative position bias (docs/backbones-rope.md); one that does not is refused there.
+    moves_positions = False
 
     def __init__(self, model: nn.Module, P: int | Sequence[int], prop_attn: bool = True):
         self.num_layers = len(model.blocks)
         self.prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.tokens = model.patch_embed.num_patches + self.prefix
         self.prop_attn = prop_attn
-        self.rotary = rotary_of(model)
-        if self.rotary is not None and not self.places_rotary:
-            raise ValueError(f"{self.method} does not move rotary positions with the tokens, and this "
-                             f"{type(model).__name__} has rotary position embeddings")
+        self.rotary, self.relative = rotary_of(model), relative_of(model)
+        self.placed = self.rotary or self.relative  # what gives the tokens' grid positions, if anything reads them
+        if self.placed is not None and not self.moves_positions:
+            kind = "rotary position embeddings" if self.rotary is not None else "a relative position bias"
+            raise ValueError(f"{self.method} does not move token positions with the tokens, and this "
+                             f"{type(model).__name__} has {kind}")
         self.P = P
         self.size: torch.Tensor | None = None  # (B, N, 1) token sizes, None while all are 1
-        self.positions: torch.Tensor | None = None  # (B, N, 2) rotary positions, None until tokens move
+        self.positions: torch.Tensor | None = None  # (B, N, 2) token positions, None until tokens move
 
     @property
     def P(self) -> int | list[int]:
@@ -231,13 +234,13 @@ class Reduction:
         self.positions = None
 
     def token_positions(self, x: torch.Tensor) -> torch.Tensor | None:
-        """(B, N, 2) float32 rotary positions of the tokens x (prefix rows 0, never rotated), None on a model
-        without rotary embeddings. A method's `reduce` moves them as it moves the tokens and stores the result
-        in `positions`."""
-        if self.rotary is None:
+        """(B, N, 2) float32 positions of the tokens x on the patch grid (prefix rows 0), None on a model
+        whose attention does not read them (no rotary embedding, no relative bias). A method's `reduce`
+        moves them as it moves the tokens and stores the result in `positions`."""
+        if self.placed is None:
             return None
         if self.positions is None:
-            self.positions = self.rotary.initial(x, self.prefix)
+            self.positions = self.placed.initial(x, self.prefix)
         return self.positions
 
     def rope(self, layer: int, stock: torch.Tensor | None) -> torch.Tensor | None:
@@ -247,8 +250,14 @@ class Reduction:
             return stock
         return self.rotary.embed(self.positions[:, self.prefix:], layer)
 
-    def bias(self) -> torch.Tensor | None:
-        return size_bias(self.size) if self.prop_attn else None
+    def bias(self, attn: nn.Module | None = None, shared: torch.Tensor | None = None) -> torch.Tensor | None:
+        """What the block adds to its attention logits: log sizes (proportional attention), and BEiT's
+        relative position bias of `attn` (and the model's `shared` one) at the tokens' positions."""
+        sizes = size_bias(self.size) if self.prop_attn else None
+        if self.relative is None or attn is None:
+            return sizes
+        relative = self.relative.bias(attn, shared, self.positions)
+        return relative if sizes is None else (sizes if relative is None else relative + sizes)
 
     def attention_need(self, layer: int) -> str:
         """What `reduce` reads of this layer's attention map: "fused" (nothing), "summary" or "map"."""
@@ -267,16 +276,17 @@ class Reduction:
 
 
 def reduced_forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask=None,
-                    is_causal: bool = False) -> torch.Tensor:
-    """A pre-norm timm block (ViT's `Block`, EVA's `EvaBlock`) with the reduction between attention and MLP
-    (as GTP and ToMe place it)."""
+                    is_causal: bool = False, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A pre-norm timm block (ViT's `Block`, EVA's `EvaBlock`, BEiT's `Block`) with the reduction between
+    attention and MLP (as GTP and ToMe place it)."""
     red: Reduction = self.reduction
     layer = self.layer_index
     if layer == 0:
         red.start(x)
     with stage("attention"):
-        x, attention, keys = attention_branch(self, x, red.bias(), red.attention_need(layer), red.sparsity(layer),
-                                              red.variant, red.rope(layer, rope))
+        x, attention, keys = attention_branch(self, x, red.bias(self.attn, shared_rel_pos_bias),
+                                              red.attention_need(layer), red.sparsity(layer), red.variant,
+                                              red.rope(layer, rope))
     if red.removals[layer] > 0:
         x = red.reduce(layer, x, attention, keys)
     with stage("mlp"):
@@ -318,9 +328,6 @@ def _check_block(index: int, stock: type, block: nn.Module) -> None:
     if "PostNorm" in name or "ResPost" in name:
         raise ValueError(f"block {index} ({name}) normalises after attention, not before: gtpcli patches "
                          "pre-norm blocks")
-    if getattr(getattr(block, "attn", None), "relative_position_bias_table", None) is not None:
-        raise ValueError(f"block {index} ({name}) adds a relative position bias (BEiT) to its attention "
-                         "logits, which gtpcli does not carry")
     missing = [n for n in PRE_NORM if not hasattr(block, n)]
     if not (hasattr(block, "ls1") or hasattr(block, "gamma_1")):
         missing.append("ls1")

@@ -70,11 +70,16 @@ class Rotary:
                                  "cannot move its rotary positions with the tokens")
 
     def initial(self, x: torch.Tensor, prefix: int) -> torch.Tensor:
-        """(B, N, 2) positions of the embedded tokens x (B, N, C): prefix rows 0 (they are never rotated)."""
         if x.device not in self._grids:
             self._grids[x.device] = self.grid().to(x.device)
-        grid, B = self._grids[x.device], x.shape[0]
-        return torch.cat([grid.new_zeros(B, prefix, 2), grid.unsqueeze(0).expand(B, -1, -1)], dim=1)
+        return at_grid(self._grids[x.device], x, prefix)
+
+
+def at_grid(grid: torch.Tensor, x: torch.Tensor, prefix: int) -> torch.Tensor:
+    """(B, N, 2) positions of the embedded tokens x (B, N, C): the patches' grid, prefix rows 0 (prefix
+    tokens have no place on the grid)."""
+    B = x.shape[0]
+    return torch.cat([grid.new_zeros(B, prefix, 2), grid.unsqueeze(0).expand(B, -1, -1)], dim=1)
 
 
 class AxialRotary(Rotary):

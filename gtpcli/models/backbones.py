@@ -32,7 +32,7 @@ def resolve(name: str) -> tuple[Profile | None, str]:
     raise GtpcliError(f"unknown model {name!r}{hint}")
 
 
-PATCHABLE_MODULES = ("vision_transformer", "deit")  # timm modules whose models are VisionTransformers
+PATCHABLE_MODULES = ("vision_transformer", "deit", "eva", "beit")  # timm modules whose models gtpcli patches
 MAX_MODELS = 32
 
 
@@ -140,13 +140,21 @@ def arch_of(model: nn.Module) -> Arch:
                 in_chans=getattr(embed, "in_chans", None) or embed.proj.in_channels,
                 num_classes=getattr(model, "num_classes", 1000) or 0,
                 stem="conv4" if isinstance(embed, ConvStem) else "patch", pooled_norm=pooled_norm,
-                aux_head=hasattr(model, "aux_head"), mlp_hidden=hidden,
+                aux_head=hasattr(model, "aux_head"),
+                mlp_hidden=None if int(C * (hidden / C)) == hidden else hidden,  # the ratio says it, as profiles do
                 mlp_gated=hasattr(mlp, "fc1_g") or getattr(mlp, "fc1", mlp.fc2).out_features == 2 * hidden,
                 mlp_norm=norm_macs(getattr(mlp, "norm", None)),
                 attn_norm=sum(norm_macs(getattr(attn, name, None)) for name in ("q_norm", "k_norm", "norm")),
                 attn_gate=getattr(attn, "gate", None) is not None,
-                norm_pre=norm_macs(getattr(model, "norm_pre", None)), rotary=getattr(model, "rope", None) is not None,
+                norm_pre=norm_macs(getattr(model, "norm_pre", None)), tracks_positions=tracks_positions(model),
                 **attention_pool_macs(getattr(model, "attn_pool", None)))
+
+
+def tracks_positions(model: nn.Module) -> bool:
+    """Whether attention reads where tokens are (rotary embeddings, BEiT's relative position bias), so
+    that reductions move positions with the tokens."""
+    return getattr(model, "rope", None) is not None or getattr(model, "rel_pos_bias", None) is not None or any(
+        getattr(block.attn, "relative_position_bias_table", None) is not None for block in model.blocks)
 
 
 def norm_macs(module: nn.Module | None) -> int:

@@ -62,7 +62,7 @@ class Trace:
     sampled: dict        # ATS block -> (B, k) indices of the sampled tokens among that block's image tokens
 
 
-def ats_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False):
+def ats_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False, shared_rel_pos_bias=None):
     """A timm block under ATS: attention over the valid tokens (padding masked), then, in an ATS block,
     sampling before the MLP."""
     from ..blocks import attention_branch, mlp_branch, stage
@@ -74,7 +74,8 @@ def ats_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = Fals
     red.record(layer, x)
     sampling = layer in red.blocks
     with stage("attention"):
-        x, seen, _ = attention_branch(self, x, red.key_bias(x), "cls" if sampling else "fused", rope=red.rope(layer, rope))
+        x, seen, _ = attention_branch(self, x, red.key_bias(x, self.attn, shared_rel_pos_bias),
+                                      "cls" if sampling else "fused", rope=red.rope(layer, rope))
     if sampling:
         x = red.sample(layer, x, seen)
     with stage("mlp"):
@@ -89,7 +90,7 @@ class ATS(Reduction):
 
     method = NAME
     block_forward = ats_block_forward  # batches padded to their widest image, the padding masked
-    places_rotary = True  # sampled tokens keep their own positions (ATS only selects)
+    moves_positions = True  # sampled tokens keep their own positions (ATS only selects)
 
     def __init__(self, model, layers: str = OFFICIAL_LAYERS, variant: str = VARIANTS[0], P=None):
         if P is not None:
@@ -116,12 +117,13 @@ class ATS(Reduction):
     def record(self, layer: int, x) -> None:
         self.counts[:, layer] = x.shape[1] if self.valid is None else self.valid.sum(dim=1)
 
-    def key_bias(self, x):
-        """-inf on padded keys (B, 1, 1, N), None without padding."""
+    def key_bias(self, x, attn=None, shared=None):
+        """-inf on padded keys (B, 1, 1, N), None without padding; plus BEiT's relative position bias."""
+        relative = self.bias(attn, shared)
         if self.valid is None:
-            return None
+            return relative
         bias = torch.zeros(self.valid.shape, dtype=x.dtype, device=x.device).masked_fill(~self.valid, float("-inf"))
-        return bias[:, None, None, :]
+        return bias[:, None, None, :] if relative is None else relative + bias[:, None, None, :]
 
     def sample(self, layer: int, x, seen):
         p = self.prefix

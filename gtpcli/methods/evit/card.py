@@ -73,14 +73,14 @@ def dropped(removal: int, fuse_token: bool) -> int:
 
 def implemented_overhead(arch: Arch, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
     """Per dropping block: the [CLS] row of the attention map computed beside the fused kernel (q_0 K^T over
-    the N_l tokens, N_l C) and the fused token a^T X_drop ((1 x m) by (m x C)); with rotary embeddings, the
+    the N_l tokens, N_l C) and the fused token a^T X_drop ((1 x m) by (m x C)); where attention reads positions, the
     fused token's position (a over the n image tokens, 0 at the kept ones, by their 2 coordinates). Ranking
     (a mean over heads, top-k) is not a MAC."""
     from ...cost.analytic import token_schedule
 
     fuse = (hparams or {}).get("fuse_token", True)
     tokens = token_schedule(arch.N, arch.L, list(removals), arch.prefix)
-    moved = 2 if fuse and arch.rotary else 0  # the fused token's position: a^T P over the n image tokens
+    moved = 2 if fuse and arch.tracks_positions else 0  # the fused token's position: a^T P over the n image tokens
     return sum((n + (dropped(r, True) if fuse else 0)) * arch.C + moved * (n - arch.prefix)
                for n, r in zip(tokens, removals) if r > 0)
 

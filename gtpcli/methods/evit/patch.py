@@ -37,25 +37,29 @@ def select_and_fuse(x, a, kept: int, prefix: int, fuse_token: bool, stage=None):
     return torch.cat(parts, dim=1), keep
 
 
-def follow_positions(positions, a, keep, prefix: int, fuse_token: bool):
-    """Rotary positions (B, N, 2) of `select_and_fuse`'s output: a kept token keeps its own; the fused token
-    sits at the mean of the fused tokens' positions weighted by attentiveness, as its features are (the
-    weights normalised: a position is a mean, not a sum)."""
+def follow_positions(positions, size, a, keep, prefix: int, fuse_token: bool):
+    """Rotary positions (B, N, 2) and masses (B, N, 1) of `select_and_fuse`'s output. A kept token keeps
+    both. The fused token sum_j a_j x_j holds sum_j a_j s_j of the patches (s_j: what token j held) and sits at
+    their centroid, each fused token weighted by a_j s_j: positions move as the features do."""
     import torch
 
-    image = positions[:, prefix:]
-    parts = [positions[:, :prefix], image.gather(1, keep.unsqueeze(-1).expand(-1, -1, 2))]
+    image, held = positions[:, prefix:], size[:, prefix:]
+    at = keep.unsqueeze(-1)
+    moved = [positions[:, :prefix], image.gather(1, at.expand(-1, -1, 2))]
+    masses = [size[:, :prefix], held.gather(1, at)]
     if fuse_token and keep.shape[1] < image.shape[1]:
-        weights = a.float().scatter(1, keep, 0.0).unsqueeze(1)  # (B, 1, n): zero at the kept tokens
-        parts.append((weights @ image) / weights.sum(dim=-1, keepdim=True))
-    return torch.cat(parts, dim=1)
+        weights = (a * held[..., 0]).float().scatter(1, keep, 0.0).unsqueeze(1)  # (B, 1, n): 0 at the kept
+        mass = weights.sum(dim=-1, keepdim=True)
+        moved.append((weights @ image) / mass)
+        masses.append(mass.to(size.dtype))
+    return torch.cat(moved, dim=1), torch.cat(masses, dim=1)
 
 
 class EViT(Reduction):
     """EViT's schedule (keep_rate at drop_loc) or, with P, gtpcli's equal-P variant."""
 
     method = NAME
-    places_rotary = True
+    moves_positions = True
 
     def __init__(self, model, P: int | Sequence[int] | None = None, keep_rate: float = 0.7,
                  drop_loc: str = PAPER_DROP_LOC, fuse_token: bool = True):
@@ -92,6 +96,7 @@ class EViT(Reduction):
             a = attentiveness(attention.first_row, self.prefix)
         out, self.kept[layer] = select_and_fuse(x, a, kept, self.prefix, self.hp["fuse_token"], stage)
         positions = self.token_positions(x)
-        if positions is not None:
-            self.positions = follow_positions(positions, a, self.kept[layer], self.prefix, self.hp["fuse_token"])
+        if positions is not None:  # `size` is the positions' mass only: EViT has no proportional attention
+            self.positions, self.size = follow_positions(positions, self.sizes_or_ones(x), a, self.kept[layer],
+                                                         self.prefix, self.hp["fuse_token"])
         return out

@@ -28,7 +28,7 @@ def rank(tokens, scores, prefix: int):
     return torch.cat([tokens[:, :prefix], image], dim=1), scores.gather(1, order), order
 
 
-def evo_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False):
+def evo_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = False, shared_rel_pos_bias=None):
     """A timm block under Evo-ViT: rank and split before attention (at a selection), update g from this
     block's [CLS] attention, re-attach the placeholders after the last block."""
     from ..blocks import attention_branch, mlp_branch, stage
@@ -39,7 +39,8 @@ def evo_block_forward(self, x, rope=None, attn_mask=None, is_causal: bool = Fals
         red.start(x)
     x = red.enter(layer, x)
     with stage("attention"):
-        x, summary, _ = attention_branch(self, x, None, red.attention_need(layer), rope=red.rope(layer, rope))
+        x, summary, _ = attention_branch(self, x, red.bias(self.attn, shared_rel_pos_bias), red.attention_need(layer),
+                                         rope=red.rope(layer, rope))
     if summary is not None:
         with stage("evo.rank"):
             red.update(layer, class_attention(summary.first_row, red.prefix))
@@ -53,7 +54,7 @@ class EvoViT(Reduction):
 
     method = NAME
     block_forward = evo_block_forward
-    places_rotary = True  # processed tokens keep their own positions (Evo-ViT only reorders and skips)
+    moves_positions = True  # processed tokens keep their own positions (Evo-ViT only reorders and skips)
 
     def __init__(self, model, P: int | Sequence[int] | None = None, keep_ratio: float = 0.5,
                  stages: str = PAPER_STAGES, tradeoff: float = 0.5):
@@ -97,8 +98,8 @@ class EvoViT(Reduction):
             self.m = self.processed[layer]
             self.origin = self.origin.gather(1, order)
             self.informative[layer] = self.origin[:, : self.m]
-            if self.rotary is not None:  # the processed tokens' own positions, by their input index
-                grid = self.rotary.initial(x, self.prefix)
+            if self.placed is not None:  # the processed tokens' own positions, by their input index
+                grid = self.placed.initial(x, self.prefix)
                 self.positions = torch.cat([grid[:, : self.prefix], grid[:, self.prefix:].gather(
                     1, self.informative[layer].unsqueeze(-1).expand(-1, -1, 2))], dim=1)
             return self.full[:, : self.prefix + self.m]

@@ -28,8 +28,8 @@ HPARAMS = (
 
 def implemented_overhead(arch: A.Arch, removals: Sequence[int], hparams: Mapping[str, Any] | None = None) -> int:
     """GTP as gtpcli runs it: the semantic graph on the N - prefix image tokens, dense
-    (N_l - prefix - P) x P blocks of A_hat propagating features and sizes (and, on a model with rotary
-    embeddings, the 2 coordinates of the positions); `cossim` compares attention rows. Selection itself is
+    (N_l - prefix - P) x P blocks of A_hat propagating features and sizes (and, where attention reads token
+    positions, their 2 coordinates); `cossim` compares attention rows. Selection itself is
     not a MAC."""
     hparams = hparams or {}
     schedule = A.token_schedule(arch.N, arch.L, list(removals), arch.prefix)
@@ -40,7 +40,7 @@ def implemented_overhead(arch: A.Arch, removals: Sequence[int], hparams: Mapping
     if not any(removals) or graph == "none" or hparams.get("alpha", 0.1) == 0:
         return selection
     semantic = (image[0] ** 2 * arch.C) if graph in ("mixed", "semantic") else 0
-    carried = arch.C + 1 + (2 if arch.rotary else 0)  # features, size, and rotary positions (x size)
+    carried = arch.C + 1 + (2 if arch.tracks_positions else 0)  # features, size, positions (x size)
     return selection + semantic + sum((n - p) * p * carried for n, p in zip(image, removals) if p)
 
 

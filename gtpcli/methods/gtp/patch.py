@@ -156,7 +156,7 @@ class GTP(Reduction):
     """GTP's configuration (hyperparameters of the paper) and its per-image state."""
 
     method = "gtp"
-    places_rotary = True  # a kept token sits at the centroid of what it holds, weighted by size (Eq. 12)
+    moves_positions = True  # a kept token sits at the centroid of what it holds, weighted by size (Eq. 12)
 
     def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, alpha: float = 0.1, sparsity: float = 1.0,
                  M: int = 8, selection: str = "mixed", graph: str = "mixed", head_fusion: str = "max",

@@ -272,7 +272,7 @@ class TCViT(Reduction):
     """TC-ViT's configuration and per-forward diagnostics, shared by all patched blocks."""
 
     method = NAME
-    places_rotary = True  # a receiver sits at the Eq. 12-weighted mean of its and its matches' positions
+    moves_positions = True  # a receiver sits at the Eq. 12-weighted mean of its and its matches' positions
 
     def __init__(self, model, P: int | Sequence[int] = 14, K: int = 2, alpha: float = 500.0,
                  beta: float = 3.5, head_fusion: str = "mean", w_block: str = "patch", cbar: str = "col",

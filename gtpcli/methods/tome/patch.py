@@ -57,7 +57,7 @@ def merge(x: torch.Tensor, unmerged: torch.Tensor, merged: torch.Tensor, partner
 
 class ToMe(Reduction):
     method = "tome"
-    places_rotary = True  # a merged token sits at the size-weighted mean of its sources' positions
+    moves_positions = True  # a merged token sits at the size-weighted mean of its sources' positions
 
     def __init__(self, model: nn.Module, P: int | Sequence[int] = 8, prop_attn: bool = True):
         self.clamped: list[tuple[int, int, int]] = []  # (layer, asked, used)

@@ -101,8 +101,9 @@ class TPC(nn.Module):
         for index, block in enumerate(model.blocks):
             for needed in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"):
                 if not hasattr(block, needed):
-                    raise GtpcliError(f"tpc: block {index} ({type(block).__name__}) is not a pre-norm timm ViT "
-                                      f"block: it has no '{needed}'")
+                    raise GtpcliError(f"tpc: block {index} ({type(block).__name__}) is not a timm VisionTransformer "
+                                      f"block (it has no '{needed}'): TPC-ViT's gathered and packed executions "
+                                      "run those only")
         model.tpc = cls(model, **hparams)
         model.forward_features = types.MethodType(_forward_features, model)
         return model
