@@ -212,10 +212,10 @@ def list_families(fmt: str) -> None:
         columns = [("family", "left"), ("model", "left"), ("traits", "left")] + [(n, "left") for n in names]
         body = [[r["family"], f"{r['model']} @{r['img_size']}", r["traits"]] + [cell(r["methods"][n]) for n in names]
                 for r in result["rows"]]
+        refusals = "\n".join(f"[{number}] {escape(why)}" for number, why in enumerate(reasons, start=1))
         console.print(table("Methods on timm model families (random weights, P = 1 or the method's defaults; "
-                            "runs: tokens entering the first->last block)", columns, body))
-        for number, why in enumerate(reasons, start=1):
-            console.print(f"[{number}] {escape(why)}", highlight=False, soft_wrap=True)
+                            "runs: tokens entering the first->last block)", columns, body,
+                            caption=refusals or None, keys=2))
 
     emit({"rows": rows, "refusals": reasons}, fmt, None, render)
 

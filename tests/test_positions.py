@@ -170,3 +170,88 @@ def test_a_method_that_does_not_move_positions_is_refused_on_rotary_models():
 
     with pytest.raises(ValueError, match="unaware does not move"):
         Unaware(tiny_eva(), P=1)
+
+
+# --- BEiT: the relative position bias read at the tokens' offsets ----------------------------------------
+
+def tiny_beit(seed: int = 0, **kwargs):
+    """[CLS] + 16 patches, 3 blocks with their own relative position bias tables, random (timm's are 0)."""
+    from timm.models.beit import Beit
+
+    torch.manual_seed(seed)
+    options = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10,
+                   use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1.0)
+    model = Beit(**(options | kwargs)).eval()
+    with torch.no_grad():
+        for owner in [b.attn for b in model.blocks] + ([model.rel_pos_bias] if model.rel_pos_bias is not None else []):
+            if owner.relative_position_bias_table is not None:
+                owner.relative_position_bias_table.normal_(0, 1)
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(4.0)
+    return model
+
+
+def bias_by_hand(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, N) for positions (B, N, 2), [CLS] first, one pair at a time: the table's entry for the
+    offset, bilinear between the four around a fractional one; [CLS]'s three entries last in the table."""
+    import math
+
+    B, N, _ = positions.shape
+    size = 2 * GRID - 1
+    out = torch.empty(B, table.shape[1], N, N)
+    for b in range(B):
+        for i in range(N):
+            for j in range(N):
+                if i == 0 or j == 0:
+                    out[b, :, i, j] = table[-1 if i == j == 0 else (-3 if i == 0 else -2)]
+                    continue
+                dr, dc = (positions[b, i] - positions[b, j] + GRID - 1).tolist()
+                r0, c0 = math.floor(dr + 1e-9), math.floor(dc + 1e-9)
+                fr, fc = dr - r0, dc - c0
+                r1, c1 = min(r0 + 1, size - 1), min(c0 + 1, size - 1)
+                at = lambda r, c: table[r * size + c]
+                out[b, :, i, j] = ((1 - fr) * (1 - fc) * at(r0, c0) + (1 - fr) * fc * at(r0, c1)
+                                   + fr * (1 - fc) * at(r1, c0) + fr * fc * at(r1, c1))
+    return out
+
+
+@pytest.mark.parametrize("method, hparams", [  # without proportional attention: the bias is BEiT's alone
+    ("tome", dict(P=3, prop_attn=False)),
+    ("gtp", dict(P=3, alpha=0.5, prop_attn=False)),
+    ("evit", dict(P=3)),
+])
+def test_beit_bias_is_the_table_at_the_centroids_offsets(method, hparams):
+    model = tiny_beit()
+    seen = follow(model, method, **hparams)
+    red = model.reduction
+    biases, bias = {}, red.bias
+    red.bias = lambda attn=None, shared=None: biases.setdefault(len(biases), bias(attn, shared))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    grid = torch.cat([torch.zeros(1, 2), grid_coordinates()])
+    fractional = False
+    for layer, sources in seen["sources"].items():
+        image = sources[:, 1:]
+        expected = torch.cat([torch.zeros(2, 1, 2), (image @ grid) / image.sum(dim=-1, keepdim=True)], dim=1)
+        assert torch.allclose(seen["positions"][layer], expected, atol=1e-5)
+        fractional |= bool((expected != expected.round()).any())
+        if layer + 1 < len(model.blocks):
+            table = model.blocks[layer + 1].attn.relative_position_bias_table
+            assert torch.allclose(biases[layer + 1], bias_by_hand(table, expected), atol=1e-5)
+    assert fractional  # some token sat between patches
+
+
+def test_beit_kept_tokens_get_beits_own_entries_and_p0_is_stock():
+    model = tiny_beit(use_rel_pos_bias=False, use_shared_rel_pos_bias=True)  # BEiT v2's one shared table
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model.forward_features(images)
+        for method in ("gtp", "tome", "evit", "tcvit", "evo"):
+            patch(model, method, P=0)
+            assert torch.equal(model.forward_features(images), reference), method
+        patch(model, "tome", P=3)
+        positions = torch.cat([torch.zeros(1, 1, 2), grid_coordinates().unsqueeze(0)], dim=1)
+        relative = model.reduction.relative
+        stock = relative.bias(model.blocks[0].attn, model.rel_pos_bias(), None)  # what BEiT itself adds
+        assert torch.equal(relative.at(model.rel_pos_bias.relative_position_bias_table, positions)[0], stock)
+    assert reference.abs().mean() > 0.1

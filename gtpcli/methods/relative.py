@@ -41,16 +41,16 @@ class RelativeBias:
         return at_grid(self._grids[x.device], x, prefix)
 
     def bias(self, attn: nn.Module, shared: torch.Tensor | None, positions: torch.Tensor | None):
-        """The block's bias (its own table plus the shared one), (1, H, N, N) as BEiT computes it while
+        """The block's bias (its own table plus the model's `shared` one), exactly as BEiT computes it while
         no token moved, (B, H, N, N) at the tokens' `positions` (B, N, 2) after; None without any table."""
-        tables = [attn] if getattr(attn, "relative_position_bias_table", None) is not None else []
-        if shared is not None:
-            tables.append(self.shared)
-        found = None
-        for owner in tables:
-            part = _stock(owner) if positions is None else self.at(owner.relative_position_bias_table, positions)
-            found = part if found is None else found + part
-        return found
+        own = getattr(attn, "relative_position_bias_table", None) is not None
+        if positions is None:
+            parts = [_stock(attn) if own else None, shared]
+        else:
+            parts = [self.at(attn.relative_position_bias_table, positions) if own else None,
+                     self.at(self.shared.relative_position_bias_table, positions) if shared is not None else None]
+        parts = [part for part in parts if part is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     def at(self, table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, H, N, N) from a BEiT table ((2 Wh - 1)(2 Ww - 1) + 3, H) at positions (B, N, 2), [CLS] first."""

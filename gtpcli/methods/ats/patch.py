@@ -136,7 +136,8 @@ class ATS(Reduction):
             self.last.sampled[layer] = index
             positions = self.token_positions(x)
             if positions is not None:
-                self.positions = torch.cat([positions[:, :p], positions[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, 2))], 1)
+                sampled = positions[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+                self.positions = torch.cat([positions[:, :p], sampled], dim=1)
             if bool(real.all()):
                 self.valid = None
                 return torch.cat([x[:, :p], image], dim=1)
