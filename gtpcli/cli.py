@@ -253,7 +253,7 @@ def run_config(ctx: typer.Context, config: Optional[Path], apart: tuple[str, ...
 @friendly
 def profile(
     ctx: typer.Context,
-    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name; a comma list or a timm wildcard ('vit_*_patch16_224', VisionTransformers only) profiles each"),
+    model: str = typer.Argument("deit_s", help="Profile name, profile YAML path or timm model name; a comma list or a timm wildcard ('vit_*_patch16_224'; VisionTransformer, Eva and BEiT models) profiles each"),
     P: Optional[str] = typer.Option(None, "--P", help="Tokens removed per layer: 8, 4,8,12 or 0..14 " + default("the profile's, or 0..8")),
     method: Optional[str] = typer.Option(None, "--method", help=f"One or a comma list of {METHODS_TEXT} " + default("the profile's, or gtp")),
     alpha: Optional[str] = typer.Option(None, help="Propagation strength alpha, >= 0; a list or range (0.1,0.3 or 0..0.4:0.1) is a grid for --search " + default("the profile's, or 0.1"), rich_help_panel=GTP),

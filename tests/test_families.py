@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from gtpcli import methods as registry
 from gtpcli.cli import app
+from gtpcli.errors import GtpcliError
 from gtpcli.measure.flops import count_macs
 from gtpcli.methods.patching import patch, unpatch
 from gtpcli.models import backbones, families
@@ -56,7 +57,11 @@ def test_the_required_families_are_in_the_table():
 @pytest.mark.parametrize("family", families.FAMILIES, ids=[f.model for f in families.FAMILIES])
 def test_each_method_that_applies_is_stock_at_p0_follows_its_schedule_and_counts_as_the_analytic_model(family):
     torch.manual_seed(0)
-    model = ready(backbones.create(family.model, img_size=family.img_size))
+    try:
+        model = ready(backbones.create(family.model, img_size=family.img_size))
+    except GtpcliError as exc:  # a model gtpcli does not take at all (NaFlexViT): one line saying why
+        assert family.name == "NaFlexViT" and "\n" not in str(exc) and "no blocks/patch_embed" in str(exc)
+        return
     images = torch.randn(2, 3, family.img_size, family.img_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model.forward_features(images)
@@ -72,8 +77,9 @@ def test_each_method_that_applies_is_stock_at_p0_follows_its_schedule_and_counts
         with torch.no_grad():
             assert torch.allclose(model.forward_features(images), reference, atol=1e-6, rtol=0), method
         patch(model, method, P=1)
-        entering = []
-        hooks = [b.register_forward_pre_hook(lambda m, args: entering.append(args[0].shape[1])) for b in model.blocks]
+        entering = []  # tokens each block's attention sees (Evo-ViT selects inside the block: norm1's input)
+        hooks = [b.norm1.register_forward_pre_hook(lambda m, args: entering.append(args[0].shape[1]))
+                 for b in model.blocks]
         with torch.no_grad():
             model(images)
         for hook in hooks:

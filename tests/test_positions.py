@@ -1,4 +1,4 @@
-"""Rotary positions follow the tokens (docs/backbones-rope.md), pinned on tiny timm Eva models.
+"""Rotary positions follow the tokens (docs/positions.md), pinned on tiny timm Eva models.
 
 The dense reference: each token's sources, a row of weights over the embedded tokens, carried through the
 method's own reduction as extra feature channels. Features and sources then move by the same rule, so a

@@ -184,7 +184,7 @@ class Reduction:
     method = "none"
     variant = "paper"  # or "authors": a method's released code where it departs from its paper
     # Whether `reduce` keeps `positions` in step with the tokens, so that the method runs on models with
-    # rotary embeddings or a relative position bias (docs/backbones-rope.md); one that does not is refused there.
+    # rotary embeddings or a relative position bias (docs/positions.md); one that does not is refused there.
     moves_positions = False
 
     def __init__(self, model: nn.Module, P: int | Sequence[int], prop_attn: bool = True):
@@ -333,6 +333,24 @@ def _check_block(index: int, stock: type, block: nn.Module) -> None:
         missing.append("ls1")
     if missing:
         raise ValueError(f"block {index} ({name}) is not a pre-norm timm ViT block: it has no '{missing[0]}'")
+    if not isinstance(block.attn, _known_attention()):
+        raise ValueError(f"block {index}'s attention ({type(block.attn).__name__}) is not one gtpcli "
+                         "re-implements (timm's Attention, AttentionRope, EvaAttention, BEiT's Attention)")
+
+
+def _known_attention() -> tuple[type, ...]:
+    """The attention classes `attend` computes as timm does (each looked up, so an older timm lacking one
+    simply has fewer)."""
+    from importlib import import_module
+
+    found = []
+    for module, name in (("timm.layers", "Attention"), ("timm.models.vision_transformer", "Attention"),
+                         ("timm.layers", "AttentionRope"), ("timm.models.eva", "EvaAttention"),
+                         ("timm.models.beit", "Attention")):
+        cls = getattr(import_module(module), name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 def patch_blocks(model: nn.Module, reduction: Reduction) -> nn.Module:

@@ -1,4 +1,4 @@
-"""BEiT's relative position bias, following the tokens (docs/backbones-rope.md).
+"""BEiT's relative position bias, following the tokens (docs/positions.md).
 
 BEiT adds to every attention logit a learned bias for the pair's offset on the patch grid, one table entry
 per integer offset (and three for [CLS]: to a patch, from a patch, to itself). Tokens keep positions as on

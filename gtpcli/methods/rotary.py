@@ -4,7 +4,7 @@ A timm `Eva` model computes one rotary embedding for its full patch grid and han
 method removes or merges tokens, the rows no longer match the tokens. gtpcli keeps, per image, each token's
 position in the rotary module's own coordinates, and evaluates the module's frequencies at those positions:
 a token that stands for one patch keeps exactly its patch's angles, a token that absorbed others sits at the
-centroid of the patches it holds, weighted as its method weighs their features (docs/backbones-rope.md).
+centroid of the patches it holds, weighted as its method weighs their features (docs/positions.md).
 Angles are linear in the coordinates, so the angles of the centroid are the weighted mean of the angles (a
 mean of sines and cosines would not be a rotation).
 

@@ -32,6 +32,7 @@ FAMILIES = (
     Family("DINOv3", "vit_small_patch16_dinov3", 64, "rotary (DINOv3), [CLS] + 4 registers"),
     Family("Perception Encoder", "vit_pe_core_tiny_patch16_384", 64, "rotary (axial), attention-pool head"),
     Family("BEiT", "beit_base_patch16_224", 64, "relative position bias"),
+    Family("NaFlexViT", "naflexvit_base_patch16_map", 64, "variable-size patch sequences, attention pool"),
 )
 
 # The lightest reducing setting of each kind of method: P = 1 for a scheduled one, the defaults otherwise.
@@ -49,6 +50,8 @@ def support(family: Family, method: str) -> dict[str, Any]:
 
     card = REGISTRY[method]
     model = _model(family)
+    if isinstance(model, GtpcliError):  # gtpcli does not take the model at all
+        return {"runs": False, "why": str(model)}
     try:
         patch(model, method, **LIGHT["adaptive" if card.adaptive else "scheduled"])
     except (GtpcliError, ValueError, TypeError) as exc:
@@ -70,14 +73,18 @@ _BUILT: dict[str, Any] = {}
 
 
 def _model(family: Family):
-    """The family's model with random weights, built once per process."""
+    """The family's model with random weights, built once per process, or why gtpcli refuses it."""
+    from ..errors import GtpcliError
     from .backbones import create
 
     if family.model not in _BUILT:
         import torch
 
         torch.manual_seed(0)
-        _BUILT[family.model] = create(family.model, img_size=family.img_size)
+        try:
+            _BUILT[family.model] = create(family.model, img_size=family.img_size)
+        except GtpcliError as exc:
+            _BUILT[family.model] = exc
     return _BUILT[family.model]
 
 
