@@ -1,10 +1,12 @@
-"""Rotary positions follow the tokens (docs/positions.md), pinned on tiny timm Eva models.
+"""Token positions follow the tokens (docs/positions.md), pinned on tiny timm Eva (rotary) and BEiT
+(relative position bias) models.
 
 The dense reference: each token's sources, a row of weights over the embedded tokens, carried through the
 method's own reduction as extra feature channels. Features and sources then move by the same rule, so a
-token's expected position is the weighted centroid of its sources' patches (sources @ grid / sources' total),
-and the rotary embedding the next block applies must be the module's frequencies at that position: exactly
-the stock row of its patch for a token that holds one patch, hand-computed angles for one that holds several.
+token's expected position is the weighted centroid of its sources' patches (sources @ grid / sources' total).
+The rotary embedding the next block applies must be the module's frequencies at that position: exactly the
+stock row of its patch for a token that holds one patch, hand-computed angles for one that holds several;
+BEiT's bias must be its table read by hand at the pair's offset.
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ import math
 import torch
 from torch import nn
 
-TOLERANCE = 1e-5  # sin/cos reproduced from the module's frequencies vs the module's own rows
+# sin/cos reproduced from the module's frequencies vs the module's own rows: they agree to the bit in float32
+# (tests/test_positions.py); loose enough for rows cached in bfloat16 (a model cast with --dtype), tight
+# enough for any mistake of grid, band or layout, which is of order one.
+TOLERANCE = 1e-2
 
 
 class Rotary:
