@@ -193,8 +193,8 @@ def list_profiles(fmt: str = FormatOpt,
 
 
 def list_families(fmt: str) -> None:
-    """The families x methods table: "runs" (with the tokens entering the last block) or "no [n]", the
-    refusals listed once below it."""
+    """The families x methods table: "runs" (with the tokens the first and last blocks attend over) or
+    "no [n]", the refusals listed once below it."""
     from .models import families
     from .report.tables import emit, table
 
@@ -214,7 +214,7 @@ def list_families(fmt: str) -> None:
                 for r in result["rows"]]
         refusals = "\n".join(f"[{number}] {escape(why)}" for number, why in enumerate(reasons, start=1))
         console.print(table("Methods on timm model families (random weights, P = 1 or the method's defaults; "
-                            "runs: tokens entering the first->last block)", columns, body,
+                            "runs: tokens the first->last block attends over)", columns, body,
                             caption=refusals or None, keys=2))
 
     emit({"rows": rows, "refusals": reasons}, fmt, None, render)

@@ -19,7 +19,7 @@ from gtpcli.methods.patching import patch, unpatch
 from gtpcli.models import backbones, families
 
 runner = CliRunner()
-SCHEDULED = ("gtp", "tome", "tcvit", "evit", "evo")
+SCHEDULED = ("gtp", "tome", "tcvit", "evit", "evo", "random")
 REQUIRED = ("EVA-02", "RoPE ViT", "DINOv3", "Perception Encoder", "SigLIP", "BEiT", "DINOv2 + registers")
 
 

@@ -138,7 +138,7 @@ def test_every_supported_module_is_reproduced_exactly_and_p0_is_stock(kind, kwar
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         reference = model.forward_features(images)
-        for method in ("gtp", "tome", "evit", "tcvit", "evo"):
+        for method in ("gtp", "tome", "evit", "tcvit", "evo", "random"):
             patch(model, method, P=0)
             assert torch.equal(model.forward_features(images), reference), method
             patch(model, method, P=2)
@@ -248,7 +248,7 @@ def test_beit_kept_tokens_get_beits_own_entries_and_p0_is_stock():
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         reference = model.forward_features(images)
-        for method in ("gtp", "tome", "evit", "tcvit", "evo"):
+        for method in ("gtp", "tome", "evit", "tcvit", "evo", "random"):
             patch(model, method, P=0)
             assert torch.equal(model.forward_features(images), reference), method
         patch(model, "tome", P=3)

@@ -72,10 +72,10 @@ class RelativeBias:
                  + (1 - w_r) * w_c * entry(low[..., 0], high[..., 1])
                  + w_r * (1 - w_c) * entry(high[..., 0], low[..., 1])
                  + w_r * w_c * entry(high[..., 0], high[..., 1])).permute(0, 3, 1, 2)
-        last = table.shape[0] - 3  # cls to token, token to cls, cls to cls
-        column = lambda index, rows, cols: table[last + index].view(1, heads, 1, 1).expand(B, heads, rows, cols)
-        top = torch.cat([column(2, 1, 1), column(0, 1, n)], dim=-1)
-        return torch.cat([top, torch.cat([column(1, n, 1), pairs.to(table.dtype)], dim=-1)], dim=-2)
+        cls_to_patch, patch_to_cls, cls_to_cls = (table[k].view(1, heads, 1, 1) for k in (-3, -2, -1))
+        top = torch.cat([cls_to_cls.expand(B, heads, 1, 1), cls_to_patch.expand(B, heads, 1, n)], dim=-1)
+        rest = torch.cat([patch_to_cls.expand(B, heads, n, 1), pairs.to(table.dtype)], dim=-1)
+        return torch.cat([top, rest], dim=-2)
 
 
 def _stock(owner: nn.Module) -> torch.Tensor:

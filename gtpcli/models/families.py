@@ -40,8 +40,8 @@ LIGHT = {"scheduled": {"P": 1}, "adaptive": {}}
 
 
 def support(family: Family, method: str) -> dict[str, Any]:
-    """Patch `method` on the family's model and run one image: {"runs": True, "tokens": per block} or
-    {"runs": False, "why": the method's one-line refusal}."""
+    """Patch `method` on the family's model and run one image: {"runs": True, "tokens": what each block's
+    attention saw} or {"runs": False, "why": the method's one-line refusal}."""
     import torch
 
     from ..errors import GtpcliError
@@ -56,8 +56,8 @@ def support(family: Family, method: str) -> dict[str, Any]:
         patch(model, method, **LIGHT["adaptive" if card.adaptive else "scheduled"])
     except (GtpcliError, ValueError, TypeError) as exc:
         return {"runs": False, "why": str(exc).removeprefix(f"{method}: ")}
-    counts = []
-    hooks = [block.register_forward_pre_hook(lambda module, args: counts.append(args[0].shape[1]))
+    counts = []  # norm1's input: what attention sees (Evo-ViT selects inside the block)
+    hooks = [block.norm1.register_forward_pre_hook(lambda module, args: counts.append(args[0].shape[-2]))
              for block in model.blocks]
     try:
         with torch.no_grad():

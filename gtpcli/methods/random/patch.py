@@ -83,6 +83,7 @@ class RandomDrop(Reduction):
     the hashing then runs once per forward instead of once per block."""
 
     method = NAME
+    moves_positions = True  # kept tokens keep their own positions (docs/positions.md)
 
     def __init__(self, model, P: int | Sequence[int] = 8, seed: int = 0):
         self.seed = METHOD.validate(dict(seed=seed))["seed"]
@@ -103,6 +104,9 @@ class RandomDrop(Reduction):
             kept = self.kept[layer] = kept_tokens(self.scores, self.removals[layer])
             self.scores = self.scores.gather(1, kept)
             rows = torch.cat([torch.arange(p, device=x.device).expand(x.shape[0], p), kept + p], dim=1)
+            positions = self.token_positions(x)
+            if positions is not None:
+                self.positions = take_rows(positions, rows)
             return take_rows(x, rows)
 
 
