@@ -107,12 +107,27 @@ def start(device: str) -> World:
     if cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
+    _import_group_defaults()
     try:
         torch.distributed.init_process_group(backend, rank=rank, world_size=size, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as exc:
         raise GtpcliError(f"cannot join the {size} processes of this run ({backend}): "
                           f"{' '.join(str(exc).split())[:200]}") from None
     return World(rank, size, local_rank, backend)
+
+
+def _import_group_defaults() -> None:
+    """Import, before the process group exists, the torch modules whose functions take `group=group.WORLD`
+    as a default argument (torch.distributed.nn.functional; timm imports it through torchvision and
+    torch._dynamo). Such a default is evaluated once, at import: imported after init_process_group it holds
+    the group itself, so destroy_process_group cannot free it and gloo's threads live on to the interpreter's
+    exit, where one of them may release a finished collective's tensors after Python has begun to shut
+    down; it dies taking the GIL, and the process aborts ("terminate called without an active exception",
+    SIGABRT) after a run that finished. Imported first, those defaults are None (the default group)."""
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except ImportError:  # a torch without these modules has no such defaults either
+        pass
 
 
 def device_for(world: World, device: str) -> str:
