@@ -6,13 +6,18 @@ compile mode, torch and timm); batch size and image size are axes of the points,
 save is a read-merge-write cycle under an advisory lock with an atomic replace, so concurrent runs into
 one file keep every row. A file of another setting is refused, saying how it differs, before anything
 is measured.
+
+Without --output, a run's file is named by its setting (see `default_path`), so runs of different settings
+never share, nor are refused, a default file, and a later run of the same setting (--resume) finds it again.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,6 +85,54 @@ def setting_gap(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         if key in old_env and old_env.get(key) != new_env.get(key):
             return f"{key} {old_env.get(key)!r} (this run: {new_env.get(key)!r})"
     return None
+
+
+def default_path(folder: Path, stem: str, header: dict[str, Any]) -> Path:
+    """The result file of this run's setting in `folder` when no --output is given: `stem` (the model) with
+    what sets this setting apart from the plain one (random weights, float32, CPU, no autocast, no compile)
+    in words, e.g. deit_t-w-amp-bfloat16.json for --checkpoint w.pth --amp bf16. A
+    setting the words do not tell apart from the file's (another torch or timm, a checkpoint of the same
+    name in another folder) gets the same name with a short hash of every setting key added. A file that
+    already holds this setting's points is found again: that name, or `stem`.json (before the names,
+    every setting's default file)."""
+    env = header.get("env") or {}
+    weights = str(header.get("weights") or "random weights")
+    words = [stem]
+    if weights.startswith("pretrained"):
+        words.append("pretrained")
+    elif weights != "random weights":
+        words.append(Path(weights).stem)
+    if header.get("data"):
+        words.append("data-" + Path(str(header["data"])).name)
+    if header.get("limit") is not None:
+        words.append(f"limit{header['limit']}")
+    if str(env.get("device") or "cpu") != "cpu":
+        words.append(str(env["device"]))
+    if env.get("dtype", "float32") != "float32":
+        words.append(str(env["dtype"]))
+    if env.get("amp"):
+        words.append(f"amp-{env['amp']}")
+    if env.get("compile"):
+        words.append("compile" + ("" if env["compile"] == "default" else f"-{env['compile']}"))
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(words))
+    readable = Path(folder) / f"{name}.json"
+    setting = {key: header.get(key) for key in (*SETTING, *OPTIONAL_SETTING)}
+    setting |= {f"env.{key}": env.get(key) for key in ENV_SETTING}
+    digest = hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    hashed = readable.with_name(f"{name}-{digest}.json")
+    for path in dict.fromkeys((readable, hashed, Path(folder) / f"{stem}.json")):
+        if _holds(path, header):
+            return path
+    return hashed if readable.exists() else readable
+
+
+def _holds(path: Path, header: dict[str, Any]) -> bool:
+    """Whether `path` is a result file of this setting (an unreadable or foreign file is not)."""
+    try:
+        old = read(path)
+    except GtpcliError:
+        return False
+    return old is not None and setting_gap(old, header) is None
 
 
 def merge_row(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

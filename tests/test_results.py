@@ -201,3 +201,104 @@ def test_merge_rules():
     at = {"model": "m", "method": "stock", "P": 0}
     assert len(results.merge_rows([{**at, "batch_size": 16, "img_s": 5.0}], [{**at, "batch_size": 32, "img_s": 9.0}])) == 2
     assert results.setting_gap({"data": None, "env": {}}, {"data": "/x", "env": {}}) is None
+
+
+# --- default result files: named by the setting, so two default runs never collide ------------------------
+
+def tiny_weights(path: Path, seed: int) -> Path:
+    """A checkpoint of the tiny profile's architecture (random weights of its own)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def default_run(tiny, *args) -> tuple[Path, str]:
+    """`gtpcli profile` without --output: the result file it names on stderr, and stderr."""
+    result = runner.invoke(app, ["profile", str(tiny), "--P", "0,2", "--no-speed", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("saved ")]
+    return Path(line.rsplit(" in ", 1)[1].split(" (random weights")[0]), result.stderr
+
+
+def test_default_runs_of_different_settings_each_keep_their_points(tiny, tmp_path, monkeypatch):
+    """The issue's case: a run with random weights, then the same with --checkpoint, both without --output
+    (the second was refused). Weights, dtype and autocast each get their own file; an image size is a row
+    axis, so it adds points to the file of its setting."""
+    monkeypatch.chdir(tmp_path)
+    tiny_weights(tmp_path / "w.pth", seed=1)
+    settings = {"random": [], "weights": ["--checkpoint", "w.pth"], "bf16": ["--dtype", "bfloat16"],
+                "amp": ["--amp", "bf16"]}
+    found = {name: default_run(tiny, *args)[0] for name, args in settings.items()}
+    assert found == {"random": Path("gtpcli-results/tiny.json"), "weights": Path("gtpcli-results/tiny-w.json"),
+                     "bf16": Path("gtpcli-results/tiny-bfloat16.json"),
+                     "amp": Path("gtpcli-results/tiny-amp-bfloat16.json")}
+    for name, path in found.items():
+        data = json.loads(path.read_text())
+        assert points(path) == [("stock", 0), ("gtp", 0), ("gtp", 2)], name
+        assert results.setting_gap(data, data) is None
+    assert json.loads(found["weights"].read_text())["weights"] == "w.pth"
+    assert json.loads(found["bf16"].read_text())["env"]["dtype"] == "bfloat16"
+    assert json.loads(found["amp"].read_text())["env"]["amp"] == "bfloat16"
+    path, _ = default_run(tiny, "--img-size", "48")  # another image size: more points of the random setting
+    assert path == found["random"]
+    sizes = sorted({row["img_size"] for row in json.loads(path.read_text())["rows"]})
+    assert sizes == [32, 48] and len(points(path)) == 6
+    assert sorted(p.name for p in (tmp_path / "gtpcli-results").iterdir()) == sorted(p.name for p in found.values())
+
+
+def test_resume_finds_the_default_file_of_its_setting_again(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_weights(tmp_path / "w.pth", seed=1)
+    for args in ([], ["--checkpoint", "w.pth"], ["--dtype", "bfloat16"]):
+        first, _ = default_run(tiny, *args)
+        again, stderr = default_run(tiny, *args, "--resume")
+        assert again == first and "3 points (3 resumed)" in stderr, (args, stderr)
+        assert len(points(first)) == 3
+
+
+def test_an_explicit_output_of_another_setting_is_still_refused_in_one_line(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_weights(tmp_path / "w.pth", seed=1)
+    path, _ = default_run(tiny)
+    before = path.read_text()
+    result = runner.invoke(app, ["profile", str(tiny), "--P", "0,2", "--no-speed", "--checkpoint", "w.pth",
+                                 "--output", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = [text for text in result.stderr.splitlines() if text.strip()]
+    assert line.startswith(f"error: --output {path} holds 3 points measured with weights 'random weights'"), line
+    assert "give another --output" in line
+    assert path.read_text() == before
+
+
+def test_a_checkpoint_of_the_same_name_elsewhere_gets_a_file_of_its_own(tiny, tmp_path, monkeypatch):
+    """Names tell settings apart in words; where the words are the same (two w.pth), a short hash of the
+    whole setting is added, and each setting finds its own file again."""
+    monkeypatch.chdir(tmp_path)
+    one, two = tiny_weights(tmp_path / "a" / "w.pth", seed=1), tiny_weights(tmp_path / "b" / "w.pth", seed=2)
+    first, _ = default_run(tiny, "--checkpoint", one)
+    second, _ = default_run(tiny, "--checkpoint", two)
+    assert first.name == "tiny-w.json" and second.name.startswith("tiny-w-") and second != first
+    assert json.loads(second.read_text())["weights"] == str(two)
+    assert default_run(tiny, "--checkpoint", two, "--resume")[0] == second
+    assert default_run(tiny, "--checkpoint", one, "--resume")[0] == first
+
+
+def test_a_default_file_written_before_the_names_still_resumes(tiny, tmp_path, monkeypatch):
+    """Before, every setting's default file was gtpcli-results/MODEL.json: one that holds this run's setting
+    is found again; a run of another setting no longer collides with it."""
+    monkeypatch.chdir(tmp_path)
+    tiny_weights(tmp_path / "w.pth", seed=1)
+    legacy = Path("gtpcli-results/tiny.json")
+    profile(tiny, legacy, "--P", "0,2", "--no-speed", "--checkpoint", "w.pth")  # as the old default wrote it
+    path, stderr = default_run(tiny, "--checkpoint", "w.pth", "--resume")
+    assert path == legacy and "3 points (3 resumed)" in stderr
+    other, _ = default_run(tiny)  # random weights: its plain name is taken by the old file
+    assert other.name.startswith("tiny-") and other != legacy
+    assert json.loads(legacy.read_text())["weights"] == "w.pth" and len(points(legacy)) == 3
+    assert json.loads(other.read_text())["weights"] == "random weights"

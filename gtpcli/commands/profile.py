@@ -294,11 +294,12 @@ def run_profile(opts: RunConfig) -> None:
         world.close()
 
 
-def output_for(output: Path | None, model: str, several: bool) -> Path:
-    """The result file of one model: --output, with the model's name added when one run profiles several."""
+def output_for(output: Path | None, model: str, several: bool, header: dict[str, Any]) -> Path:
+    """The result file of one model: --output, with the model's name added when one run profiles several;
+    without --output, the file of this run's setting in gtpcli-results/ (see results.default_path)."""
     stem = model.replace("/", "_")
     if output is None:
-        return Path("gtpcli-results") / f"{stem}.json"
+        return results.default_path(Path("gtpcli-results"), stem, header)
     return output.with_name(f"{output.stem}-{stem}{output.suffix}") if several else output
 
 
@@ -309,8 +310,10 @@ def _run_profile(opts: RunConfig, world, cfgs: list, several: bool) -> dict[str,
 
     cfg = cfgs[0]
     writes = world.main or cfg.shard_points  # sharing images, rank 0 alone writes; sharing points, each does
-    output = world.together(lambda: check_output(output_for(opts.output, cfg.model, several)) if writes else None)
     header = result_header(cfg, opts, list(dict.fromkeys(c.img_size for c in cfgs)))
+    named = world.together(lambda: output_for(opts.output, cfg.model, several, header) if world.main else None)
+    chosen = world.broadcast(named)  # rank 0 names the file for every process
+    output = world.together(lambda: check_output(chosen) if writes else None)
     if world.size > 1:
         header["distributed"] = distributed_label(cfg, world)
     built = {}  # one model per image size; a bad checkpoint is refused before the result file is read
