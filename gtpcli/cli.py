@@ -296,7 +296,7 @@ def profile(
     write_profile: Optional[Path] = typer.Option(None, "--write-profile", help="Write the profile with the winners as its per_P block (.yaml), for later sweeps", rich_help_panel=SEARCH),
     yes: bool = typer.Option(False, "--yes", help=f"Run a grid above {SEARCH_GUARD:,} image evaluations (settings x images, printed first)", rich_help_panel=SEARCH),
     fmt: str = FormatOpt,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), updated after every point; points of earlier runs are kept " + default("gtpcli-results/MODEL.json")),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), updated after every point; points of earlier runs are kept " + default("gtpcli-results/MODEL.json, with what sets the run apart added: MODEL-w-bfloat16.json for --checkpoint w.pth --dtype bfloat16")),
 ):
     """Sweep P over a backbone: real GMACs (fvcore), real img/s, speed-ups, and the paper's row (Table-1 style)."""
     from .commands.profile import run_profile

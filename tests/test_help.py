@@ -22,7 +22,8 @@ EXPECTED = {
     "profile": ["Images per timed batch, or a list to sweep (1,8,32,128; stock at each) [default: 128 on CUDA as in "
                 "the paper, 16 on CPU]", "Input resolution, or a list to sweep (224,384; stock at each) [default: the "
                 "model's]", "--amp", "--compile", "--compile-mode", "--config", "--seed", "[default: the profile's, or 0..8]",
-                "[default: the profile's, or gtp]", "[default: gtpcli-results/MODEL.json]", "[default: auto]",
+                "[default: the profile's, or gtp]", "[default: gtpcli-results/MODEL.json, with what sets the run apart "
+                "added: MODEL-w-bfloat16.json for --checkpoint w.pth --dtype bfloat16]", "[default: auto]",
                 "[default: 30 on CUDA, 20 on CPU]", "[default: 10, at most one per timed batch]", "--rounds",
                 "[default: 10 on CUDA, 1 on CPU]",
                 "--prop-attn", "--no-prop-attn", "--strict", "--no-strict", "--no-speed", "--no-flops", "--resume",
