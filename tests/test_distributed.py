@@ -33,7 +33,8 @@ def free_port() -> int:
 AT_EXIT = """
 import atexit, os, runpy, sys, threading
 def left():
-    native = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []  # Linux names its threads
+    native = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
     alive = [n for n in native if n.startswith(("gloo", "pt_"))]
     alive += [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if alive:
