@@ -55,12 +55,13 @@ def _run_search(opts: RunConfig, world) -> None:
 
     plan = world.together(lambda: search_config(opts, world))
     cfg = plan.sweep
-    default = Path("gtpcli-results") / f"{cfg.model.replace('/', '_')}-search.json"
-    output = world.together(lambda: check_output(opts.output or default) if world.main else None)
     header = result_header(cfg, opts) | {"search": {"method": plan.grid.method, "grid": plan.grid.axes,
                                                     "objective": plan.objective, "holdout": plan.holdout,
                                                     "subset": "seed-0 order of --data: the first --limit images "
                                                               "to choose on, the next --holdout to report on"}}
+    stem = f"{cfg.model.replace('/', '_')}-search"  # named by its setting, as profile's default file is
+    output = world.together(lambda: check_output(opts.output or results.default_path(Path("gtpcli-results"), stem,
+                                                                                    header)) if world.main else None)
     if world.size > 1:
         header["distributed"] = f"{world.size} processes ({world.backend}) shared each setting's images"
     model = world.together(lambda: sweep.build(cfg))
