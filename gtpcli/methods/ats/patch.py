@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..blocks import Reduction, stage
+from ..blocks import Reduction, stage, take_rows
 from .card import METHOD, NAME, OFFICIAL_LAYERS, VARIANTS, _no_schedule, ats_blocks
 
 
@@ -132,7 +132,7 @@ class ATS(Reduction):
         with stage("ats.sample"):
             index, real, _ = inverse_transform_sample(scores, self.tokens - p, self.packed)
         with stage("ats.gather"):
-            image = x[:, p:].gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            image = take_rows(x, index + p)
             self.last.sampled[layer] = index
             positions = self.token_positions(x)
             if positions is not None:

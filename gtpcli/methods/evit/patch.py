@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...cost.analytic import Arch
-from ..blocks import Reduction, stage
+from ..blocks import Reduction, stage, take_rows
 from .card import METHOD, NAME, PAPER_DROP_LOC, dropped, keep_rate_removals
 
 
@@ -28,11 +28,10 @@ def select_and_fuse(x, a, kept: int, prefix: int, fuse_token: bool, stage=None):
     with stage("evit.rank"):
         order = a.argsort(dim=-1, descending=True, stable=True)
         keep, drop = order[:, :kept], order[:, kept:]
-    C = x.shape[-1]
-    parts = [x[:, :prefix], image.gather(1, keep.unsqueeze(-1).expand(-1, -1, C))]
+    parts = [x[:, :prefix], take_rows(x, keep + prefix)]
     if fuse_token and drop.shape[1]:
         with stage("evit.fuse"):
-            others = image.gather(1, drop.unsqueeze(-1).expand(-1, -1, C))
+            others = take_rows(x, drop + prefix)
             parts.append(a.gather(1, drop).unsqueeze(1).to(x.dtype) @ others)  # (B, 1, m) @ (B, m, C)
     return torch.cat(parts, dim=1), keep
 

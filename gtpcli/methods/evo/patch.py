@@ -9,7 +9,7 @@ import torch
 
 from ...cost import analytic as A
 from ...cost.analytic import Arch
-from ..blocks import Reduction, stage
+from ..blocks import Reduction, stage, take_rows
 from .card import METHOD, NAME, PAPER_STAGES, selections, stage_removals
 
 
@@ -24,7 +24,7 @@ def rank(tokens, scores, prefix: int):
     import torch
 
     order = scores.argsort(dim=-1, descending=True, stable=True)
-    image = tokens[:, prefix:].gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    image = take_rows(tokens, order + prefix)
     return torch.cat([tokens[:, :prefix], image], dim=1), scores.gather(1, order), order
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import AttentionSummary, Reduction, stage
+from ..blocks import AttentionSummary, Reduction, stage, take_rows
 
 SELECTIONS = ("mixed", "diag", "broad", "cls", "cossim", "random")
 GRAPHS = ("mixed", "spatial", "semantic", "none")
@@ -43,9 +43,7 @@ class Graph:
 
     def rows(self, rows: torch.Tensor) -> "Graph":
         """The lists of these rows (B, R), neighbour indices still in the old numbering."""
-        K = self.index.shape[-1]
-        at = rows.unsqueeze(-1).expand(-1, -1, K)
-        return Graph(self.index.gather(1, at), self.weight.gather(1, at))
+        return Graph(take_rows(self.index, rows), take_rows(self.weight, rows))
 
     def dense(self, n: int) -> torch.Tensor:
         """A_hat as a dense (B, N, n) matrix: for tests and small inputs only."""
@@ -212,23 +210,19 @@ class GTP(Reduction):
             positions = self.token_positions(x)
             prefix = torch.arange(p, device=x.device).expand(x.shape[0], p)
             rows = torch.cat([prefix, keep + p], dim=1)
-            x_new, size_new = _take(x, rows), _take(size, rows)  # prefix and kept tokens in one gather
-            mass = None if positions is None else _take(positions * size, rows)  # size-weighted positions
+            x_new, size_new = take_rows(x, rows), take_rows(size, rows)  # prefix and kept tokens in one gather
+            mass = None if positions is None else take_rows(positions * size, rows)  # size-weighted positions
             if self.graph is not None:
                 matrix, self.graph = split_graph(self.graph, keep, propagated)
                 matrix = self.alpha * matrix
-                x_new[:, p:] += matrix @ _take(x, propagated + p)  # Eq. 10
-                size_new[:, p:] += matrix @ _take(size, propagated + p)  # Eq. 12
+                x_new[:, p:] += matrix @ take_rows(x, propagated + p)  # Eq. 10
+                size_new[:, p:] += matrix @ take_rows(size, propagated + p)  # Eq. 12
                 if mass is not None:  # positions propagate as sizes do: the centroid of what a token holds
-                    mass[:, p:] += matrix.float() @ _take(positions * size, propagated + p)
+                    mass[:, p:] += matrix.float() @ take_rows(positions * size, propagated + p)
             if mass is not None:
                 self.positions = mass / size_new
             self.size = size_new
             return x_new
-
-
-def _take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def _choose(name: str, value: str, choices: Sequence[str]) -> None:
