@@ -414,28 +414,44 @@ def compare(
     method: Optional[str] = typer.Option(None, "--method", help=f"Which methods: one or a comma list of {METHODS_TEXT} " + default("all")),
     hp: Optional[list[str]] = HpOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each target's setting per method, solved from the cost model, and the resolution baseline) and stop"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Local weights (.pth/.pt/.bin/.tar, .safetensors, .npz); random otherwise", rich_help_panel=RUN),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's published weights, through timm's hub loading (needs network, or the hub cache)", rich_help_panel=RUN),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N", rich_help_panel=RUN),
+    dtype: str = DtypeOpt,
+    batch_size: Optional[int] = typer.Option(None, help="Images per timed batch " + default("128 on CUDA, 16 on CPU"), rich_help_panel=RUN),
+    seed: int = typer.Option(0, help="Seed of the timed random input batch and of the order of each timing round", rich_help_panel=RUN),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per row, spread over the rounds " + default("30 on CUDA, 20 on CPU"), rich_help_panel=RUN),
+    rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per target: each times the stock model and every row of the target for an equal slice, in a shuffled order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
+    warmup: Optional[int] = typer.Option(None, help="Untimed batches per row " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already measured in the result file instead of measuring them again", rich_help_panel=RUN),
     fmt: str = FormatOpt,
-    output: Optional[Path] = OutputOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), saved after every row; with --dry-run, the plan (.json, .csv or .yaml) " + default("gtpcli-results/MODEL-compare.json, named by the setting as profile's")),
 ):
-    """Every method at matched cost: for each target GMACs, each method's nearest setting, random and resolution baselines."""
+    """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds."""
     from . import files
-    from .commands.compare import cost_line, plan, targets
+    from .commands.compare import cost_line, measure, plan, targets
     from .config.options import hparams, methods
-    from .report.compare import render_plan
+    from .config.run import RunConfig
+    from .report.compare import render_measured, render_plan
     from .report.tables import emit
 
     check_format(fmt)
-    if output is not None:
-        files.check_output(output, "--output")
     chosen = methods(method) if method is not None else list(REGISTRY)
     wanted = targets(gmacs)
-    if not dry_run:
-        raise GtpcliError("compare measures nothing yet (it will time the plan in the profile lane's interleaved "
-                          "rounds); --dry-run prints the plan")
+    if dry_run and output is not None:
+        files.check_output(output, "--output")
     name, arch = _arch_for(model)
-    result = plan(name, arch, wanted, hparams(hp, chosen), chosen)
-    err.print(cost_line(result), highlight=False, soft_wrap=True)
-    emit(result, fmt, output, render_plan)
+    planned = plan(name, arch, wanted, hparams(hp, chosen), chosen)
+    say = lambda text: err.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    if dry_run:
+        say(cost_line(planned))
+        emit(planned, fmt, output, render_plan)
+        return
+    run = RunConfig(model=model, method=",".join(chosen), hp=list(hp or []), checkpoint=checkpoint,
+                    pretrained=pretrained, device=device, dtype=dtype,
+                    batch_size=None if batch_size is None else str(batch_size), seed=seed, runs=runs,
+                    rounds=rounds, warmup=warmup, resume=resume, fmt=fmt, output=output)
+    emit(measure(run, planned, say), fmt, None, render_measured)
 
 
 @command()

@@ -34,10 +34,11 @@ ENV_SETTING = ("device", "dtype", "amp", "compile", "torch", "timm")
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    """A point: model, method, P and its hyperparameters, at its batch size and image size (sweep axes)."""
+    """A point: model, method, P and its hyperparameters, at its batch size and image size (sweep axes), and
+    for `gtpcli compare` the target it was measured for (one setting may be the nearest to two targets)."""
     return (row.get("model"), row.get("method"), row.get("P"),
             json.dumps(row.get("hparams") or {}, sort_keys=True, default=str),
-            row.get("batch_size"), json.dumps(row.get("img_size")))
+            row.get("batch_size"), json.dumps(row.get("img_size")), row.get("target_gmacs"))
 
 
 def read(path: Path, option: str = "--output") -> dict[str, Any] | None:
@@ -141,7 +142,8 @@ def merge_row(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_rows(existing: list[dict], mine: list[dict]) -> list[dict]:
-    """`existing` with `mine` added or updated in place, in table order: stock, then each method by P."""
+    """`existing` with `mine` added or updated in place, in table order: stock, then each method by P (a
+    comparison's rows by target first, the dearest first)."""
     merged = list(existing)
     index = {row_key(row): at for at, row in enumerate(merged)}
     for row in mine:
@@ -152,7 +154,7 @@ def merge_rows(existing: list[dict], mine: list[dict]) -> list[dict]:
             index[key] = len(merged)
             merged.append(row)
     methods = list(dict.fromkeys(r["method"] for r in merged if r["method"] != STOCK))
-    return sorted(merged, key=lambda r: (r["method"] != STOCK,
+    return sorted(merged, key=lambda r: (-(r.get("target_gmacs") or 0), r["method"] != STOCK,
                                          methods.index(r["method"]) if r["method"] != STOCK else -1,
                                          -1 if r["P"] is None else r["P"]))  # own schedules: in the order measured
 

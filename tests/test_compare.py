@@ -72,7 +72,9 @@ def test_targets_out_of_reach_are_one_line_each_and_the_rest_is_planned():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--gmacs", "3.5"], "compare measures nothing yet"),
+    (["--gmacs", "3.5", "--output", "out.csv"], "must be .json or .yaml"),
+    (["--gmacs", "3.5", "--rounds", "4", "--runs", "2"], "give at least 4 timed batches"),
+    (["--gmacs", "9,12"], "nothing to compare: no method reaches 9 GMACs"),
     (["--gmacs", "0", "--dry-run"], "every target must be positive"),
     (["--gmacs", "3,3", "--dry-run"], "names a target twice"),
     (["--gmacs", "three", "--dry-run"], "cannot read 'three'"),

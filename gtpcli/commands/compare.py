@@ -1,12 +1,14 @@
-"""`gtpcli compare`: every method at matched cost. This module builds the plan, as data and without torch:
-for each target GMACs, every registered method at the setting whose analytic GMACs are nearest
-(gtpcli/methods/solve.py), and the `resolution` baseline, the stock model at the input size whose GMACs
-match (gtpcli/cost/solve.py). What cannot be solved is one line (a method whose cost depends on the image,
-a target out of its reach) and the rest of the plan stands. Measuring the plan belongs to the profile
-lane's point measurement in interleaved rounds (issue 27), not on main yet: only the plan is offered."""
+"""`gtpcli compare`: every method at matched cost. The plan, as data and without torch: for each target
+GMACs, every registered method at the setting whose analytic GMACs are nearest (gtpcli/methods/solve.py),
+and the `resolution` baseline, the stock model at the input size whose GMACs match (gtpcli/cost/solve.py).
+What cannot be solved is one line (a method whose cost depends on the image, a target out of its reach)
+and the rest of the plan stands. Then the measurement: each target's rows as `gtpcli profile` points
+(measure/sweep.py), timed with the stock model in the same interleaved rounds, every finished row saved."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config.ranges import parse_numbers
@@ -17,6 +19,7 @@ from ..methods import REGISTRY
 from ..methods.solve import solve_all
 
 RESOLUTION = "resolution"  # the baseline that lowers the input size instead of the tokens per block
+STOCK = "stock"            # the unreduced model, measured with every target as its reference
 MAX_TARGETS = 32
 
 
@@ -64,15 +67,32 @@ def refuse_solved_hparams(hparams: Mapping[str, Mapping[str, Any]]) -> None:
 
 def plan(name: str, arch: Arch, gmacs: Sequence[float], hparams: Mapping[str, Mapping[str, Any]] | None = None,
          methods: Sequence[str] | None = None) -> dict[str, Any]:
-    """The whole comparison's plan: every target's rows and skipped methods, nothing measured yet."""
+    """The whole comparison's plan: every target's rows and skipped methods, nothing measured yet. A plan
+    in which nothing can run is one line (exit 2)."""
     refuse_solved_hparams(hparams or {})
     rows, skipped = [], []
     for target in gmacs:
         found, missed = plan_target(arch, target, hparams or {}, methods)
         rows += found
         skipped += missed
+    missed = unreached(gmacs, rows, skipped)
+    if not rows:
+        raise GtpcliError("nothing to compare: " + "; ".join(m["reason"] for m in missed))
     return {"model": name, "stock_gmacs": stock_macs(arch) / 1e9, "targets_gmacs": list(gmacs),
-            "measured": False, "rows": rows, "skipped": skipped}
+            "measured": False, "rows": rows, "skipped": skipped, "unreached": missed}
+
+
+def unreached(gmacs: Sequence[float], rows: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets at which no method and no baseline can run, each with one line (the resolution
+    baseline's reason says why: above the stock model, or below the smallest input)."""
+    planned = {row["target_gmacs"] for row in rows}
+    found = []
+    for target in gmacs:
+        if target not in planned:
+            why = [s["reason"] for s in skipped if s["target_gmacs"] == target and s["method"] == RESOLUTION]
+            found.append({"target_gmacs": target,
+                          "reason": f"no method reaches {target:g} GMACs" + (f" ({why[0]})" if why else "")})
+    return found
 
 
 def cost_line(result: dict[str, Any]) -> str:
@@ -83,3 +103,132 @@ def cost_line(result: dict[str, Any]) -> str:
     plural = "s" if len(targets_) != 1 else ""
     return (f"compare {result['model']}: {len(rows)} runs to measure ({len(targets_)} target{plural}, {methods} "
             f"methods and baselines)" + (f"; {reasons} skipped, each said below" if reasons else ""))
+
+
+# --- measuring the plan -------------------------------------------------------------------------------------
+
+def as_point(row: dict[str, Any]) -> tuple[str, int | None, dict[str, Any]]:
+    """A planned row as a sweep point (method, P, its own setting): the resolution baseline is the stock
+    model at its own input size (the sweep's `img_size` setting), a method's knob its P or its own setting."""
+    setting = dict(row["setting"])
+    if row["method"] == RESOLUTION:
+        return STOCK, 0, setting
+    return row["method"], setting.pop("P", None), setting
+
+
+def as_measured(row: dict[str, Any], planned: dict[str, Any], target: float) -> dict[str, Any]:
+    """A sweep row as the comparison keeps it: whole (nothing measured is lost), named as the plan names it
+    (method, setting; the sweep's own schedule label kept as `schedule`), with its target and exact GMACs."""
+    found = {**row, "target_gmacs": target, "method": planned["method"], "setting": planned["setting"]}
+    if "setting" in row:
+        found["schedule"] = row["setting"]
+    found["gmacs"] = row["macs"] / 1e9 if row.get("macs") else None
+    found["analytic_gmacs"] = row["analytic_macs"] / 1e9 if row.get("analytic_macs") else None
+    found["gap"] = found["gmacs"] / target - 1 if found["gmacs"] else None
+    return found
+
+
+def as_sweep_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved row as the sweep wrote it, to resume it: `as_measured` undone (the resolution baseline is the
+    stock model, the sweep's schedule label its `setting`)."""
+    found = {key: value for key, value in row.items() if key not in ("setting", "schedule")}
+    if "schedule" in row:
+        found["setting"] = row["schedule"]
+    return {**found, "method": STOCK} if row["method"] == RESOLUTION else found
+
+
+def with_ideal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One target's rows (stock first) with the ideal speed-up, stock GMACs over the row's, and the share of
+    it the measured speed-up reached."""
+    stock = rows[0].get("gmacs") if rows else None
+    for row in rows:
+        ideal = stock / row["gmacs"] if stock and row.get("gmacs") else None
+        row["ideal_speedup"] = round(ideal, 3) if ideal else None
+        row["share_of_ideal"] = round(row["speedup"] / ideal, 3) if ideal and row.get("speedup") else None
+    return rows
+
+
+def measured_rows(target: float, planned: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sweep's rows of one target (stock, then the planned rows in order, as far as they got)."""
+    stock = {"method": STOCK, "setting": {}}
+    return with_ideal([as_measured(row, plan_row, target) for row, plan_row in zip(rows, [stock, *planned])])
+
+
+def result_file(opts, cfg, header: dict[str, Any]) -> Path:
+    """--output, or the comparison's file of this setting in gtpcli-results/ (MODEL-compare.json, with what
+    sets the setting apart added, as profile's are named: results.default_path)."""
+    from .. import results
+    from .profile import check_output
+
+    stem = f"{cfg.model.replace('/', '_')}-compare"
+    return check_output(opts.output or results.default_path(Path("gtpcli-results"), stem, header))
+
+
+def refuse_profile_file(rows: list[dict[str, Any]], path: Path) -> None:
+    """A profile result holds points of no target: compare keeps its rows in a file of its own."""
+    if any("target_gmacs" not in row for row in rows):
+        raise GtpcliError(f"--output {path} holds gtpcli profile points (no target); give compare a file of its own")
+
+
+def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[str, Any]:
+    """Every target of the plan measured: the stock model and the target's rows as sweep points, timed in the
+    same interleaved rounds; each finished row saved to the result file at once (resume: rows already in it
+    are kept, not measured again). `announce` gets the cost line once every option is checked, before the
+    model is built. The measured result: the header (model, weights, environment, plan) and the rows of this
+    comparison, target by target."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .. import results
+    from ..distributed import World
+    from ..measure import sweep
+    from ..report.tables import console
+    from .profile import keeping_finished, result_header, stopping_on_signals, sweep_config
+
+    cfg = sweep_config(opts)
+    targets_ = [t for t in planned["targets_gmacs"] if any(r["target_gmacs"] == t for r in planned["rows"])]
+    by_target = {t: [r for r in planned["rows"] if r["target_gmacs"] == t] for t in targets_}
+    configs = {t: replace(cfg, methods=sorted({r["method"] for r in rows if r["method"] != RESOLUTION}),
+                          only=[as_point(r) for r in rows]) for t, rows in by_target.items()}
+    every = replace(cfg, methods=sorted({m for c in configs.values() for m in c.methods}),
+                    only=[point for c in configs.values() for point in c.only])
+    header = {**result_header(cfg, opts), "command": "compare", "stock_gmacs": planned["stock_gmacs"],
+              "targets_gmacs": planned["targets_gmacs"], "skipped": planned["skipped"],
+              "unreached": planned["unreached"], "measured": True}
+    path = result_file(opts, cfg, header)
+    announce(cost_line(planned))
+    model = sweep.build(every)  # every point checked before anything is measured
+    store = results.ResultFile(path, header)
+    existing = store.open()
+    refuse_profile_file(existing, path)
+    saved = existing if opts.resume else []
+    err = console(stderr=True)
+    warn = lambda text: err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)  # noqa: E731
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(cfg.model, total=sum(sweep.steps(c) for c in configs.values()))
+        started: list[str] = []
+
+        def measuring():
+            for target, config in configs.items():
+                before = list(rows)
+
+                def save(so_far: list[dict[str, Any]], target=target) -> None:
+                    with held():
+                        rows[:] = before + measured_rows(target, by_target[target], so_far)
+                        store.save(rows)
+
+                def starting(label: str, target=target) -> None:
+                    progress.update(task, completed=len(started), description=f"{cfg.model} at {target:g} GMACs: {label}")
+                    started.append(label)
+
+                mine = [as_sweep_row(r) for r in saved if r.get("target_gmacs") == target]
+                sweep.run(config, mine, save, starting, warn, model=model)
+
+        with keeping_finished(progress, rows, store, World(), "rows"):
+            measuring()
+    before = {results.row_key(row): row for row in saved}
+    resumed = sum(before.get(results.row_key(row)) == row for row in rows)  # kept as they were
+    err.print(f"saved {store.summary(rows, resumed)} in {path}", highlight=False, soft_wrap=True)
+    return {**header, "rows": rows}

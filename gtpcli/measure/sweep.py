@@ -23,9 +23,11 @@ from ..errors import GtpcliError
 from ..methods.patching import METHODS, apply, unpatch
 from ..models import backbones
 from ..models.profiles import Profile
+from ..models.resolution import at_input_size, check_input_size
 from . import accuracy, flops, memory, speed
 
 STOCK = "stock"
+INPUT_SIZE = "img_size"  # a point's setting may carry its own input size: it runs on a resized copy of the model
 MACS_TOLERANCE = 0.01  # counted vs analytic, and fvcore vs FlopCounterMode
 RANDOM_WEIGHTS_SEED = 0  # without a checkpoint, so that processes of one torchrun run measure one model
 
@@ -79,7 +81,8 @@ class SweepConfig:
         command line, then the point's own setting."""
         chosen = self.profile.hparams_for(method, P) if self.profile else {}
         saved = (registry.get(method).saved_hparams(self.checkpoint) or {}) if method in registry.REGISTRY else {}
-        found = {**chosen, **saved, **self.hparams.get(method, {}), **(setting or {})}
+        own = {key: value for key, value in (setting or {}).items() if key != INPUT_SIZE}  # the input is no hparam
+        found = {**chosen, **saved, **self.hparams.get(method, {}), **own}
         return {key: list(v) if isinstance(v, tuple) else v for key, v in found.items()}  # as JSON gives it back
 
 
@@ -93,9 +96,34 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
         model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
                                  **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P, setting, _ in cfg.points()[1:]:
-        apply(model, method, P, cfg.hparams_for(method, P, setting))
+        if (setting or {}).get(INPUT_SIZE) is not None:
+            if cfg.data is not None:
+                raise GtpcliError("--data: accuracy at a point's own input size is not measured (its images "
+                                  "would need their own loader)")
+            check_input_size(model, setting[INPUT_SIZE])
+            if method != STOCK and registry.get(method).adaptive:
+                raise GtpcliError(f"{method}: an input-dependent method is not timed at its own input size")
+        if method != STOCK:
+            apply(model, method, P, cfg.hparams_for(method, P, setting))
     unpatch(model)
     return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
+
+
+class InputSizes:
+    """The models of the points that carry their own input size: one resized copy of the stock model per
+    size (models/resolution.py, position embeddings resampled as timm does), made when first asked for and
+    shared by the points of that size; a point without its own size runs on the model itself."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.copies: dict[int, torch.nn.Module] = {}
+
+    def __call__(self, size: int | None) -> torch.nn.Module:
+        if size is None:
+            return self.model
+        if size not in self.copies:
+            self.copies[size] = at_input_size(unpatch(self.model), size)
+        return self.copies[size]
 
 
 def measure_point(model, cfg: SweepConfig, method: str, P: int | None, warn: Callable[[str], None],
@@ -238,11 +266,12 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
     measuring = cfg if sharing.main else replace(cfg, flops=False, speed=False)
     rows: list[dict[str, Any]] = []
     warned: set[str] = set()
-    size = side(backbones.image_size(model))
+    sized = InputSizes(model)
     for method, P, setting, bin_gmacs in my_points(cfg, world):
         card = None if method == STOCK else registry.get(method)
         hparams = cfg.hparams_for(method, P, setting) if card else {}
-        done = next((r for r in saved if same_point(r, method, P, hparams, cfg, size)
+        own = sized((setting or {}).get(INPUT_SIZE))  # the model, or its resized copy at the point's own input size
+        done = next((r for r in saved if same_point(r, method, P, hparams, cfg, side(backbones.image_size(own)))
                      and r.get("bin_gmacs") == bin_gmacs), None)
         advance(point_name(card, method, P, setting, bin_gmacs) + (" (resumed)" if done else ""))
         if card is not None and card.adaptive and not sharing.main:
@@ -251,12 +280,12 @@ def run(cfg: SweepConfig, saved: list[dict[str, Any]], on_row: Callable[[list[di
         if untrained and method not in warned:  # one line per method, not one per point
             warned.add(method)
             warn(untrained)
-        rows.append(done or measure_point(model, measuring, method, P, warn, quality, setting, bin_gmacs))
+        rows.append(done or measure_point(own, measuring, method, P, warn, quality, setting, bin_gmacs))
         if cfg.shard_points and world.size > 1 and not done:
             rows[-1]["measured_by"] = world.label(cfg.timing.device)
         on_row(with_columns(rows, cfg))
     if measuring.speed:
-        throughput.time_rows(model, cfg, rows, advance, warn, lambda: on_row(with_columns(rows, cfg)))
+        throughput.time_rows(model, cfg, rows, advance, warn, lambda: on_row(with_columns(rows, cfg)), sized)
     return rows
 
 
@@ -264,7 +293,11 @@ def point_name(card, method: str, P: int | None, setting: dict[str, Any], bin_gm
     """How the progress line names a point: "gtp P=8", "tpc delta=0.01", "ats 3.0 GMACs bin"."""
     if bin_gmacs is not None:
         return f"{method} {bin_gmacs:g} GMACs bin"
-    return f"{method} {point_label(setting) or 'default'}" if card is not None and card.adaptive else f"{method} P={P}"
+    at = f" at {setting[INPUT_SIZE]} px" if (setting or {}).get(INPUT_SIZE) is not None else ""
+    if card is not None and card.adaptive:
+        return f"{method} {point_label(setting) or 'default'}{at}"
+    own = ", ".join(f"{key}={value}" for key, value in (setting or {}).items() if key != INPUT_SIZE)
+    return f"{method} " + (f"P={P}" if P is not None else own or "its own schedule") + at
 
 
 def steps(cfg: SweepConfig, world: World = World()) -> int:

@@ -33,18 +33,19 @@ def needs_timing(row: dict[str, Any], timing: speed.Timing) -> bool:
 
 
 def time_rows(model, cfg, rows: list[dict[str, Any]], advance: Callable[[str], None], warn: Callable[[str], None],
-              save: Callable[[], None]) -> None:
+              save: Callable[[], None], sized: Callable[[int], Any] | None = None) -> None:
     """Time the rows that need it (with the stock model as their reference, whether or not its own row
-    needs timing) and write their columns into `rows`, calling `save` after each round. On out-of-memory the
-    batch is halved for every configuration alike and the rounds start again; the later combinations of
-    this sweep start at the halved batch."""
+    needs timing) and write their columns into `rows`, calling `save` after each round. `sized(img_size)`
+    gives the model of a row at its own input size (sweep.InputSizes). On out-of-memory the batch is halved
+    for every configuration alike and the rounds start again; the later combinations of this sweep start at
+    the halved batch."""
     measured = {at: row for at, row in enumerate(rows) if needs_timing(row, cfg.timing)}  # as before any round
     if not measured:
         return
     while True:
         timing = cfg.timing if cfg.working_batch is None else replace(cfg.timing, batch_size=cfg.working_batch)
         try:
-            return _time(model, cfg, timing, rows, measured, advance, save)
+            return _time(model, cfg, timing, rows, measured, advance, save, sized)
         except RuntimeError as exc:
             if not speed.is_out_of_memory(exc) or timing.batch_size == 1:
                 raise
@@ -56,13 +57,11 @@ def time_rows(model, cfg, rows: list[dict[str, Any]], advance: Callable[[str], N
 
 
 def _time(model, cfg, timing: speed.Timing, rows: list[dict[str, Any]], measured: dict[int, dict[str, Any]],
-          advance: Callable[[str], None], save: Callable[[], None]) -> None:
+          advance: Callable[[str], None], save: Callable[[], None], sized: Callable[[int], Any] | None) -> None:
     """One try at the rounds, at `timing`'s batch size."""
-    torch.manual_seed(cfg.seed)
-    x = torch.randn(timing.batch_size, 3, *backbones.image_size(model), device=timing.device,
-                    dtype=speed.dtype_of(timing.dtype))
+    x = batch_for(model, cfg.seed, timing)
     runner = compiled.compile_model(model, cfg.compile, len(measured) + 1) if cfg.compile else model
-    setups, main, modes = _setups(model, cfg, timing, measured, runner, x)
+    setups, main, modes = _setups(model, cfg, timing, measured, runner, x, sized)
     warm = first_passes([s for s in setups if s.run is runner], timing) if cfg.compile else {}
     warmed = compiled.snapshot() if cfg.compile else None
     reference = {at: _own_p0(measured, at, main) for at in measured}
@@ -84,17 +83,22 @@ def _time(model, cfg, timing: speed.Timing, rows: list[dict[str, Any]], measured
     speed.rounds(setups, timing, seed=cfg.seed, on_round=on_round)
 
 
-def _setups(model, cfg, timing: speed.Timing, measured: dict[int, dict[str, Any]], runner, x):
+def _setups(model, cfg, timing: speed.Timing, measured: dict[int, dict[str, Any]], runner, x,
+            sized: Callable[[int], Any] | None = None):
     """The configurations of the rounds: the stock model first, then each row's point in order (one per
-    batching mode for an input-dependent point, on the images its counts came from); with, per row, the
-    setup whose img/s is the row's own, and an input-dependent row's setup per mode."""
+    batching mode for an input-dependent point, on the images its counts came from; a row at its own input
+    size on its resized copy, eager); with, per row, the setup whose img/s is the row's own, and an
+    input-dependent row's setup per mode."""
     setups = [speed.Setup(STOCK, runner, [x], attach(model, None))]
     main: dict[int, str] = {}
     modes: dict[int, dict[str, str]] = {}
     sample = None
     for at, row in measured.items():
         card = None if row["method"] == STOCK else registry.get(row["method"])
-        if card is None:
+        if sized is not None and own_size(model, row):
+            setups.append(_resized_setup(f"{at} at {row['img_size']}", row, cfg, timing, sized))
+            main[at] = setups[-1].label
+        elif card is None:
             main[at] = STOCK
         elif not card.adaptive:
             setups.append(speed.Setup(str(at), runner, [x], attach(model, row["method"], row["P"], row["hparams"])))
@@ -108,6 +112,28 @@ def _setups(model, cfg, timing: speed.Timing, measured: dict[int, dict[str, Any]
                 modes[at][mode] = f"{at} {mode}"
             main[at] = modes[at][adaptive_sweep.main_mode(row["hparams"])]
     return setups, main, modes
+
+
+def batch_for(model, seed: int, timing: speed.Timing) -> torch.Tensor:
+    """The timed random input batch at the model's own input size (seeded: every model of a size sees one batch)."""
+    torch.manual_seed(seed)
+    return torch.randn(timing.batch_size, 3, *backbones.image_size(model), device=timing.device,
+                       dtype=speed.dtype_of(timing.dtype))
+
+
+def own_size(model, row: dict[str, Any]) -> bool:
+    """Whether a row ran at an input size of its own, not the model's (sweep.INPUT_SIZE)."""
+    size = backbones.image_size(model)
+    return row.get("img_size") not in (size[0] if size[0] == size[1] else list(size), None)
+
+
+def _resized_setup(label: str, row: dict[str, Any], cfg, timing: speed.Timing,
+                   sized: Callable[[int], Any]) -> speed.Setup:
+    """A row at its own input size: timed on the resized copy of the model that measured it (sweep.InputSizes),
+    with an input batch of that size."""
+    copy = sized(row["img_size"])
+    method = None if row["method"] == STOCK else row["method"]
+    return speed.Setup(label, copy, [batch_for(copy, cfg.seed, timing)], attach(copy, method, row["P"], row["hparams"]))
 
 
 def _own_p0(measured: dict[int, dict[str, Any]], at: int, main: dict[int, str]) -> str | None:
