@@ -1,12 +1,17 @@
-"""`gtpcli compare`'s plan (gtpcli/commands/compare.py): per target, every registered method at its solved
-setting and the resolution baseline, as a table and as JSON; bad targets are one line each, bad input one
-line and exit 2. Measuring the plan waits for the profile lane's interleaved rounds."""
+"""`gtpcli compare` (gtpcli/commands/compare.py): the plan (per target, every registered method at its solved
+setting and the resolution baseline, as a table and as JSON), and the plan measured on a tiny timm ViT with
+random weights: stock and every planned row per target, counted MACs, interleaved rounds, the result file,
+--resume. Bad targets are one line each, bad input one line and exit 2."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+import timm
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gtpcli import methods
@@ -86,3 +91,99 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     result = cli("compare", MODEL, *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# --- the plan measured, on a tiny ViT (random weights, a few seconds) ------------------------------------------
+
+TINY = {"timm": "vit_tiny_patch16_224", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 12,
+        "num_heads": 2, "num_classes": 10}
+TARGETS = "1,0.01,0.007"  # 1 GMACs is above the tiny model's 0.0135: one line, and the two others run
+FAST = ("--method", "gtp,random", "--rounds", 2, "--runs", 2, "--batch-size", 2, "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A profile of a 12-block ViT on 64 px (8 px patches, width 32), its plan, and one measured comparison."""
+    folder = tmp_path_factory.mktemp("compare")
+    profile = folder / "tiny.yaml"
+    profile.write_text("name: tiny\nmodel: {" + ", ".join(f"{k}: {v}" for k, v in TINY.items())
+                       + ", prefix_tokens: 1}\nmethod: gtp\nP: \"0,2\"\n")
+    planned = cli("compare", profile, "--gmacs", TARGETS, "--method", "gtp,random", "--dry-run", "--format", "json")
+    assert planned.exit_code == 0, planned.output
+    out = folder / "tiny-compare.json"
+    measured = cli("compare", profile, "--gmacs", TARGETS, *FAST, "--output", out, "--format", "json")
+    assert measured.exit_code == 0, measured.output
+    return {"profile": profile, "plan": json.loads(planned.stdout), "out": out, "stdout": measured.stdout,
+            "stderr": measured.stderr, "file": json.loads(out.read_text())}
+
+
+def test_each_target_measures_the_stock_model_and_every_planned_row(tiny):
+    plan_rows, rows = tiny["plan"]["rows"], tiny["file"]["rows"]
+    for target in (0.01, 0.007):
+        planned = [(r["method"], r["setting"]) for r in plan_rows if r["target_gmacs"] == target]
+        assert [m for m, _ in planned] == ["gtp", "random", RESOLUTION]
+        found = [(r["method"], r["setting"]) for r in rows if r["target_gmacs"] == target]
+        assert found == [("stock", {})] + planned
+    assert {r["target_gmacs"] for r in rows} == {0.01, 0.007}  # nothing at the unreachable 1 GMACs
+    assert json.loads(tiny["stdout"])["rows"] == rows
+
+
+def test_counted_gmacs_match_the_cost_model_and_the_plan(tiny):
+    planned = {(r["target_gmacs"], r["method"]): r for r in tiny["plan"]["rows"]}
+    for row in tiny["file"]["rows"]:
+        assert abs(row["macs"] - row["analytic_macs"]) <= 0.01 * row["analytic_macs"], row["method"]
+        assert row["gmacs"] == row["macs"] / 1e9 and row["analytic_gmacs"] == row["analytic_macs"] / 1e9
+        if row["method"] != "stock":
+            assert row["analytic_gmacs"] == pytest.approx(planned[(row["target_gmacs"], row["method"])]["gmacs"])
+
+
+def test_the_resolution_row_runs_the_stock_model_at_the_planned_size(tiny):
+    """Its counted MACs are those of the stock model built at that size by timm itself, counted on its own."""
+    from gtpcli.measure.flops import count_macs
+
+    for row in (r for r in tiny["file"]["rows"] if r["method"] == RESOLUTION):
+        size = row["setting"]["img_size"]
+        assert row["img_size"] == size < TINY["img_size"] and size % TINY["patch_size"] == 0
+        arch = {key: value for key, value in TINY.items() if key != "timm"}
+        direct = timm.create_model(TINY["timm"], pretrained=False, **(arch | {"img_size": size}))
+        assert row["macs"] == count_macs(direct.eval(), torch.randn(1, 3, size, size)).macs
+
+
+def test_every_row_is_timed_with_the_stock_model_in_the_same_rounds(tiny):
+    for target in (0.01, 0.007):
+        rows = [r for r in tiny["file"]["rows"] if r["target_gmacs"] == target]
+        stock = rows[0]
+        for row in rows:
+            assert row["rounds"] == 2 and len(row["round_img_s"]) == 2 and row["img_s"] > 0
+            assert row["speedup_q1"] <= row["speedup"] <= row["speedup_q3"]
+            assert isinstance(row["rounds_disagree"], bool) and row["latency_ms_p50"] > 0
+            assert row["ideal_speedup"] == round(stock["macs"] / row["macs"], 3)
+            assert row["share_of_ideal"] == round(row["speedup"] / (stock["macs"] / row["macs"]), 3)
+        assert stock["speedup"] == 1.0 and stock["img_size"] == TINY["img_size"]
+
+
+def test_resume_measures_nothing_and_keeps_every_row(tiny, tmp_path):
+    again = tmp_path / "again.json"
+    again.write_text(tiny["out"].read_text())
+    result = cli("compare", tiny["profile"], "--gmacs", TARGETS, *FAST, "--output", again, "--resume",
+                 "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(again.read_text())["rows"] == tiny["file"]["rows"]
+    assert "(8 resumed)" in result.stderr
+
+
+def test_the_tables_fit_80_columns_with_the_unreached_target_in_one_line(tiny):
+    from gtpcli.report.compare import render_measured
+
+    shown = io.StringIO()
+    render_measured(tiny["file"], Console(file=shown, width=80, color_system=None))
+    lines = shown.getvalue().splitlines()
+    prose = [line for line in lines if line.startswith(("skipped:", "warning:"))]  # one line each, soft-wrapped
+    assert all(len(line) <= 80 for line in lines if line not in prose)
+    assert sum(line.startswith("tiny at") for line in lines) == 2
+    assert "random weights" in shown.getvalue() and "interleaved rounds" in shown.getvalue()
+    for header in ("img/s", "speed-up", "ideal", "of ideal"):
+        assert header in shown.getvalue()
+    about_1 = [line for line in lines if " 1 GMACs" in line]
+    assert len(about_1) == 1 and about_1[0].startswith("skipped: no method reaches 1 GMACs")
+    assert "above the stock model" in about_1[0]

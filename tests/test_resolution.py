@@ -61,3 +61,26 @@ def test_the_solved_size_costs_what_the_cost_model_says(small_vit):
 def test_a_size_off_the_patch_grid_is_one_line(small_vit, size):
     with pytest.raises(GtpcliError, match="multiple of the patch size 8"):
         at_input_size(small_vit, size)
+
+
+def test_a_sweep_point_at_its_own_input_size_runs_on_a_resized_copy(small_vit):
+    """The general capability `compare`'s resolution row uses: any point whose setting carries an input size
+    (the stock model, or a method) is measured and timed on a resized copy, at that size, with the stock
+    model at its own size in the same rounds; the shared model is left at its size."""
+    import copy
+
+    from gtpcli.cost import analytic
+    from gtpcli.measure import speed, sweep
+
+    model = copy.deepcopy(small_vit)
+    cfg = sweep.SweepConfig(model="small", timm_name="small", profile=None, methods=["gtp"], Ps=[],
+                            timing=speed.Timing(batch_size=2, warmup=0, runs=2, rounds=2),
+                            only=[("stock", 0, {"img_size": 40}), ("gtp", 2, {"img_size": 40}), ("gtp", 2, {})])
+    rows = sweep.run(cfg, [], lambda rows: None, lambda label: None, lambda text: None, model=model)
+    stock, small, small_gtp, gtp = rows
+    assert [r["img_size"] for r in rows] == [64, 40, 40, 64]
+    assert small["macs"] == count_macs(at_input_size(small_vit, 40), torch.randn(1, 3, 40, 40)).macs
+    assert small_gtp["tokens"] == analytic.token_schedule(26, 4, 2, 1) and "img_size" not in small_gtp["hparams"]
+    assert gtp["tokens"] == analytic.token_schedule(65, 4, 2, 1)
+    assert all(r["rounds"] == 2 and r["img_s"] > 0 for r in rows)
+    assert small["macs"] < stock["macs"] and tuple(model.patch_embed.img_size) == (64, 64)
