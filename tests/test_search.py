@@ -306,3 +306,21 @@ def test_hp_lists_are_grid_axes_too(tiny):
     assert found["search"]["grid"] == {"sparsity": [0.5, 1.0], "prop_attn": [True, False]}
     assert {r["hparams"]["M"] for r in found["rows"] if r["method"] == "gtp"} == {4}  # a single value stays fixed
     assert {e["prop_attn"] for e in found["best_per"]["rows"]} == {True, False}
+
+
+def test_default_search_files_are_named_by_setting_and_never_collide(tiny, monkeypatch):
+    """Without --output, a search's file is named as profile's are (results.default_path): MODEL-search, then
+    what sets the setting apart in words (the --data folder, here named `data`; a dtype other than float32),
+    so a bfloat16 search gets its own file beside the float32 one, and each keeps its own rows."""
+    monkeypatch.chdir(tiny)
+    base = ["profile", str(tiny / "tiny.yaml"), "--P", "0,2", "--data", str(tiny / "data"), "--alpha", "0,0.5",
+            "--search", "--no-speed"]
+    plain = runner.invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    double = runner.invoke(app, [*base, "--dtype", "bfloat16"])
+    assert double.exit_code == 0, double.output
+    files = sorted(p.name for p in (tiny / "gtpcli-results").glob("*.json"))
+    assert files == ["tiny-search-data-data-bfloat16.json", "tiny-search-data-data.json"]
+    for name, dtype in (("tiny-search-data-data.json", "float32"), ("tiny-search-data-data-bfloat16.json", "bfloat16")):
+        saved = json.loads((tiny / "gtpcli-results" / name).read_text())
+        assert saved["env"]["dtype"] == dtype and {r["P"] for r in saved["rows"]} == {0, 2}
