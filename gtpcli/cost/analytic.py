@@ -168,6 +168,20 @@ def token_macs(arch: Arch) -> tuple[int, int, int]:
     return attention, 2 * arch.C, sum(block_terms(1, 0, arch).values()) - attention - 2 * arch.C
 
 
+def stage_macs(arch: Arch, P: int | Sequence[int]) -> dict[str, int]:
+    """The blocks' MACs split as `gtpcli trace` labels their time: attention (norm1 to the projection, on the
+    N_l tokens a block's attention sees) and MLP (norm2 to the last linear, on the N_l - P it keeps), so a
+    stage's measured time can be set against its own MACs. The two add up to `backbone_macs`' blocks."""
+    schedule = token_schedule(arch.N, arch.L, P, arch.prefix)
+    parts = {"attention": 0, "mlp": 0}
+    for n, p in zip(schedule, per_layer(P, arch.L)):
+        terms = block_terms(n, p, arch)
+        mlp = terms["mlp"] + terms.get("mlp_norm", 0) + NORM_MACS_PER_ELEMENT * (n - p) * arch.C
+        parts["attention"] += sum(terms.values()) - mlp
+        parts["mlp"] += mlp
+    return parts
+
+
 # fvcore's convention for LayerNorm: 5 multiply-adds per element (mean, var, normalise, affine).
 NORM_MACS_PER_ELEMENT = 5
 
