@@ -1,7 +1,12 @@
-"""Where the ideal went: a recorded stage table split by hand, the parts adding up to the measured gap."""
+"""Where the ideal went: a recorded stage table split by hand, the parts adding up to the measured gap, and a
+real `gtpcli trace` of a tiny ViT whose JSON carries the split."""
+
+import json
 
 import pytest
+from typer.testing import CliRunner
 
+from gtpcli.cli import app
 from gtpcli.cost import analytic as A
 from gtpcli.measure.gap import where_the_ideal_went
 
@@ -71,3 +76,45 @@ def test_the_stage_split_adds_up_to_the_blocks_and_is_worked_by_hand():
     # block 2: 4 tokens, 1 removed. Attention: 192 + 64 + 64 + 64 + 80 = 464. MLP on 3: 192 + 60 = 252.
     assert A.stage_macs(arch, 1) == {"attention": 620 + 464, "mlp": 336 + 252}
     assert sum(A.stage_macs(arch, 1).values()) == A.backbone_macs(arch, 1)["blocks"]
+
+
+# --- a real trace: a 4-block ViT of width 32 on 64 px, random weights (a few seconds) -------------------
+
+TINY = {"timm": "vit_tiny_patch16_224", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4,
+        "num_heads": 2, "num_classes": 10}
+
+
+def test_a_real_trace_carries_where_the_ideal_went(tmp_path):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text("name: tiny\nmodel: {" + ", ".join(f"{k}: {v}" for k, v in TINY.items())
+                       + ", prefix_tokens: 1}\n")
+    result = CliRunner().invoke(app, ["trace", str(profile), "--method", "gtp", "--P", "8", "--batch-size", "2",
+                                      "--steps", "1", "--rounds", "2", "--device", "cpu",
+                                      "--out", str(tmp_path / "trace"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    split = data["ideal_gap"]
+    assert split["measured_ms"] == pytest.approx(data["forward_ms"], abs=1e-3)
+    assert split["stock_ms"] == pytest.approx(data["stock_forward_ms"], abs=1e-3)
+    assert split["ideal_speedup"] == pytest.approx(data["stock_macs"] / data["total_macs"], abs=1e-4)
+    own = sum(s["ms"] for s in data["stages"] if s["stage"].startswith("gtp."))
+    assert own > 0 and split["parts"]["own_stages"]["ms"] == pytest.approx(own, abs=2e-3)
+    assert sum(p["ms"] for p in split["parts"].values()) == pytest.approx(split["gap_ms"], abs=1e-9)
+    assert split["ideal_ms"] + split["gap_ms"] == pytest.approx(split["measured_ms"], abs=2e-3)
+    assert split["mac_ratios_from"] == "stages" and 0 < split["mac_ratios"]["mlp"] < split["mac_ratios"]["attention"] < 1
+
+
+def test_the_trace_table_shows_where_the_ideal_went_within_80_columns(tmp_path):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text("name: tiny\nmodel: {" + ", ".join(f"{k}: {v}" for k, v in TINY.items())
+                       + ", prefix_tokens: 1}\n")
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["trace", str(profile), "--P", "8", "--batch-size", "2",
+                                                           "--steps", "1", "--rounds", "1", "--device", "cpu",
+                                                           "--out", str(tmp_path / "trace")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(at for at, line in enumerate(lines) if line.startswith("Where the ideal went: gtp"))
+    section = lines[start:next(at for at, line in enumerate(lines) if line.startswith("Top operators"))]
+    assert [line.split("│")[1].strip() for line in section if line.startswith("│")] == [
+        "own stages", "attention", "mlp", "rest (embed, other, between labels)", "gap: measured - ideal"]
+    assert "…" not in "\n".join(section) and max(len(line) for line in section) <= 80

@@ -71,7 +71,8 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     import torch
 
     from ..config import options
-    from ..measure import speed, trace
+    from ..cost import analytic
+    from ..measure import gap, speed, trace
     from ..methods.patching import attach
     from ..models import backbones
 
@@ -96,6 +97,10 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
     stock_forward, stock_stages = trace.shares(passes["stock"])
     faster = speed.ratio([1 / p[trace.FORWARD] for p in passes["stock"]], [1 / p[trace.FORWARD] for p in passes[method]])
     method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
+    arch = backbones.arch_of(model)
+    stock_macs = sum(analytic.backbone_macs(arch, [0] * arch.L).values())
+    split = gap.where_the_ideal_went(_ms(stock_stages), _ms(stages), stock_macs, backbone + own, card.stages,
+                                     _stage_macs(model, card))
     return {
         "model": patched.name, "method": method, "P": None if card.adaptive else P,
         "setting": setting, "device": device,
@@ -110,7 +115,8 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         "method_macs_share": round(own / (backbone + own), 4),
         # far above 1: the method's own stages are memory- or launch-bound, not compute-bound
         "time_per_mac_ratio": round((method_time / forward) / (own / (backbone + own)), 1) if own and forward else None,
-        "method_macs": own, "total_macs": backbone + own,
+        "method_macs": own, "total_macs": backbone + own, "stock_macs": stock_macs,
+        "ideal_gap": split,
         "top_ops": recorded.top_ops,
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
         "rows": stages, "config": run.record(),
@@ -133,6 +139,25 @@ def _macs(model, card, method: str, hparams: dict[str, Any]) -> tuple[float, int
     removals = model.reduction.removals
     return (sum(registry.backbone_macs(arch, method, removals, hparams).values()),
             registry.implemented_overhead(arch, method, removals, hparams))
+
+
+def _ms(stages: list[dict[str, Any]]) -> dict[str, float]:
+    """A stage table as {stage: ms}."""
+    return {s["stage"]: s["ms"] for s in stages}
+
+
+def _stage_macs(model, card) -> dict[str, tuple[int, int]] | None:
+    """(stock, method) analytic MACs of attention and of the MLP, where the method's blocks follow the analytic
+    token schedule; None for a method with its own backbone cost or input-dependent counts (the gap then scales
+    both stages by the whole model's MAC ratio)."""
+    from ..cost.analytic import stage_macs
+    from ..models import backbones
+
+    if card.adaptive or card.backbone_macs is not None:
+        return None
+    arch = backbones.arch_of(model)
+    stock, reduced = stage_macs(arch, 0), stage_macs(arch, list(model.reduction.removals))
+    return {stage: (stock[stage], reduced[stage]) for stage in stock}
 
 
 def _rounded(value: float | None) -> float | None:

@@ -490,10 +490,31 @@ def render_trace(result: dict[str, Any], console: Console) -> None:
                     (f", quartiles {_range(result.get('forward_speedup_q1'), result.get('forward_speedup_q3'))})"
                      if result.get("forward_speedup_q1") is not None else ")"))
     console.print(table(title, columns, cells, caption=caption))
+    if result.get("ideal_gap"):
+        _render_ideal_gap(result["method"], result["ideal_gap"], console)
     ops = [[o["op"], f"{o['self_ms']:.2f}", o["calls"]] for o in result["top_ops"]]
     console.print(table("Top operators (self time per forward)", [("op", "left"), ("ms", "right"), ("calls", "right")], ops))
     console.print(f"tensorboard --logdir {result['tensorboard_dir']}    (Chrome/Perfetto: {result['chrome_trace']})",
                   highlight=False, soft_wrap=True)
+
+
+IDEAL_GAP_PARTS = {"own_stages": "own stages", "attention": "attention", "mlp": "mlp",
+                   "rest": "rest (embed, other, between labels)"}
+
+
+def _render_ideal_gap(method: str, split: dict[str, Any], console: Console) -> None:
+    """The time lost against the ideal speed-up (stock time over the MAC ratio), part by part, summing to it."""
+    cells = [[IDEAL_GAP_PARTS.get(name, name), f"{part['ms']:+.2f}", _share(part["share"])]
+             for name, part in split["parts"].items()]
+    cells.append(["gap: measured - ideal", f"{split['gap_ms']:+.2f}", _share(1.0 if split["gap_ms"] else None)])
+    scaled = ("each stage's MAC ratio" if split["mac_ratios_from"] == "stages" else "the whole model's MAC ratio")
+    ratios = ", ".join(f"{stage} {ratio:.2f}" for stage, ratio in split["mac_ratios"].items())
+    caption = (f"ideal {_times(split['ideal_speedup'])} (stock over {method} MACs, analytic): {split['ideal_ms']:.1f} "
+               f"ms; measured {_times(split['measured_speedup'])}: {split['measured_ms']:.1f} ms (stock "
+               f"{split['stock_ms']:.1f} ms, stage medians); attention and mlp: {method}'s time beyond stock's "
+               f"scaled by {scaled} ({ratios})")
+    console.print(table(f"Where the ideal went: {method}", [("part", "left"), ("ms", "right"), ("of gap", "right")],
+                        cells, caption=caption))
 
 
 def render_similarity(result: dict[str, Any], console: Console) -> None:
