@@ -338,3 +338,13 @@ def test_refusals_are_one_line():
         gtpcli.patch(_custom(seed=0), "tpc", delta=0)
     with pytest.raises(GtpcliError, match="gate_dims"):
         gtpcli.patch(_custom(seed=0), "tpc", gate_dims=(0, 99))
+
+
+def test_a_sweep_point_names_the_method_once_in_its_error():
+    """The sweep's `apply` adds the method's name to a patch's ValueError, but not to a GtpcliError that
+    already names it (it printed "tpc: tpc: ...")."""
+    from gtpcli.methods.patching import apply
+
+    with pytest.raises(GtpcliError) as caught:
+        apply(_custom(seed=0), "tpc", None, {"gate_dims": (0, 99)})
+    assert str(caught.value).startswith("tpc: gate_dims") and str(caught.value).count("tpc:") == 1

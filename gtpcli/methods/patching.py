@@ -76,6 +76,8 @@ def apply(model: nn.Module, method: str, P: int | None, hparams: Mapping[str, An
     adaptive = registry.get(method).adaptive
     try:
         return patch(model, method, **hparams) if adaptive else patch(model, method, P=P, **hparams)
+    except GtpcliError:
+        raise  # already the user's one line, named by the method (no "tpc: tpc: ...")
     except (ValueError, TypeError) as exc:
         raise GtpcliError(f"{method}: {exc}" if adaptive else f"{method} at P={P}: {exc}") from None
 
