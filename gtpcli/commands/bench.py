@@ -131,6 +131,7 @@ def targets(case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_bench(result: dict[str, Any], console) -> None:
     """The cases' rows, the targets, and the profile command of each case."""
+    from ..report.compare import speedup_text
     from ..report.tables import table
 
     columns = [("case", "left"), ("config", "left"), ("P", "right"), ("GMACs", "right"), ("img/s", "right"),
@@ -139,7 +140,7 @@ def render_bench(result: dict[str, Any], console) -> None:
     cells = []
     for r in result["rows"]:
         cells.append([r["case"], r["config"], r["P"], _fmt(r.get("gmacs"), "{:.2f}"), _fmt(r.get("img_s"), "{:.1f}"),
-                      _speedup(r), _fmt(r.get("ideal_speedup"), "{:.2f}x"), _fmt(r.get("share_of_ideal"), "{:.0%}"),
+                      speedup_text(r), _fmt(r.get("ideal_speedup"), "{:.2f}x"), _fmt(r.get("share_of_ideal"), "{:.0%}"),
                       _fmt(r.get("latency_ms_p50"), "{:.1f}"), _fmt(r.get("vs_tome"), "{:.2f}x"),
                       _fmt(r.get("vs_series"), "{:.2f}x")])
     rounds = next((r["rounds"] for r in result["rows"] if r.get("rounds")), "?")
@@ -151,15 +152,6 @@ def render_bench(result: dict[str, Any], console) -> None:
                             [[g["target"], _fmt(g["measured"], "{:.3f}"), g["goal"], "yes" if g["met"] else "NO"]
                              for g in result["targets"]]))
     console.print("\n".join(["each case as a plain profile run:", *result["commands"]]), highlight=False, soft_wrap=True)
-
-
-def _speedup(row: dict[str, Any]) -> str:
-    if row.get("speedup") is None:
-        return "-"
-    text = f"{row['speedup']:.2f}x"
-    if row.get("speedup_q1") is not None:
-        text += f" ({row['speedup_q1']:.2f}-{row['speedup_q3']:.2f})"
-    return text + (" !" if row.get("rounds_disagree") else "")
 
 
 def _fmt(value, pattern: str) -> str:
