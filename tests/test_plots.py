@@ -105,6 +105,101 @@ def test_tradeoff_uses_fidelity_without_labels_and_says_what_is_missing(tmp_path
         plots.figure("tradeoff", [bare])
 
 
+# --- a comparison (gtpcli compare -o): written by hand in its shape -----------------------------------------
+
+def compare_row(target, method, img_s, gmacs, acc, setting=None):
+    """A measured compare row: its target, the plan's method and setting, img/s with an IQR of 1 either side."""
+    return {"model": "m", "target_gmacs": target, "method": method, "setting": setting or {}, "P": None,
+            "hparams": {}, "gmacs": gmacs, "img_s": img_s, "img_s_q1": img_s - 1, "img_s_q3": img_s + 1,
+            "acc": acc, "acc_n": 360}
+
+
+def compare_result(path, rows, **header):
+    data = {"model": "m", "timm": "t", "weights": "w.pth", "data": "/d/val", "limit": None, "command": "compare",
+            "env": {**ENV, "rounds": 10}, "stock_gmacs": 4.0, "targets_gmacs": [3.0, 2.6], "measured": True,
+            **header, "rows": rows}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def compared(tmp_path):
+    """Two targets; at 3.0 GTP, ToMe and the resolution baseline are Pareto-optimal in img/s, random is
+    not; at 2.6 ToMe is beaten by GTP (faster and better) and random by everything. Each target's stock row
+    has its own img/s (100 and 104: median 102)."""
+    return compare_result(tmp_path / "m-compare.json", [
+        compare_row(3.0, "stock", 100.0, 4.0, 80.0),
+        compare_row(3.0, "gtp", 130.0, 3.0, 79.0, {"P": 11}),
+        compare_row(3.0, "tome", 135.0, 3.05, 78.5, {"P": 11}),
+        compare_row(3.0, "random", 128.0, 3.1, 70.0, {"P": 10}),
+        compare_row(3.0, "resolution", 140.0, 2.9, 78.0, {"img_size": 176}),
+        compare_row(2.6, "stock", 104.0, 4.0, 80.0),
+        compare_row(2.6, "gtp", 150.0, 2.6, 77.0, {"P": 14}),
+        compare_row(2.6, "tome", 148.0, 2.62, 76.5, {"P": 14}),
+        compare_row(2.6, "random", 145.0, 2.7, 60.0, {"P": 13}),
+        compare_row(2.6, "resolution", 160.0, 2.55, 75.0, {"img_size": 160}),
+    ])
+
+
+def test_tradeoff_of_a_comparison_joins_each_methods_targets_and_draws_the_baselines_apart(compared):
+    fig = plots.figure("tradeoff", [compared])
+    speed, cost = fig.panels
+    assert (speed.xlabel, speed.ylabel, cost.xlabel) == ("throughput (img/s)", "top-1 accuracy (%)", "GMACs per image")
+    found = by_label(speed)
+    gtp = found["GTP (Test CPU)"]  # ordered by GMACs: the 2.6 target first
+    assert (gtp.x, gtp.y, gtp.point_labels, gtp.mark) == ([150.0, 130.0], [77.0, 79.0], ["2.6 GMACs", "3 GMACs"], "line")
+    assert gtp.xbounds == [[149.0, 151.0], [129.0, 131.0]]
+    assert found["ToMe (Test CPU)"].x == [148.0, 135.0]
+    for name, method, ys in (("Random", "random", [60.0, 70.0]), ("Resolution", "resolution", [75.0, 78.0])):
+        baseline = found[f"{name} baseline (Test CPU)"]
+        assert (baseline.mark, baseline.group, baseline.y) == ("baseline", method, ys)
+    assert by_label(cost)["Resolution baseline (Test CPU)"].x == [2.55, 2.9]
+    stars = [s for p in fig.panels for s in p.series if s.mark == "stock"]
+    assert [(s.label, s.x, s.y) for s in stars] == [("stock timm (Test CPU)", [102.0], [80.0]),
+                                                    ("stock timm (Test CPU)", [4.0], [80.0])]  # once per panel
+    assert [s.mark for s in speed.series].count("line") == 2 and len(speed.series) == 6
+
+
+def test_the_pareto_rows_of_each_target_are_ringed(compared):
+    speed, cost = plots.figure("tradeoff", [compared]).panels
+    ring = [s for s in speed.series if s.mark == "pareto"]
+    assert len(ring) == 1 and ring[0].label == "Pareto-optimal at its target"
+    assert sorted(zip(ring[0].x, ring[0].y)) == [(130.0, 79.0), (135.0, 78.5), (140.0, 78.0), (150.0, 77.0),
+                                                 (160.0, 75.0)]
+    cheap = next(s for s in cost.series if s.mark == "pareto")  # fewer GMACs is better: ToMe at 3.0 falls
+    assert sorted(zip(cheap.x, cheap.y)) == [(2.55, 75.0), (2.6, 77.0), (2.9, 78.0), (3.0, 79.0)]
+
+
+def test_the_caption_of_a_comparison_says_what_it_was_measured_under(compared):
+    text = plots.figure("tradeoff", [compared]).caption
+    for part in ("w.pth", "Test CPU", "float32", "batch 16", "data val", "10 interleaved rounds per target",
+                 "360 images", "stock: the median of its rows, one per target", "ringed: Pareto-optimal"):
+        assert part in text, part
+
+
+def test_a_comparison_without_accuracy_or_mixed_with_a_profile_is_one_line(compared, measured, tmp_path):
+    data = json.loads(compared.read_text())
+    bare = compare_result(tmp_path / "bare.json", [{k: v for k, v in r.items() if k != "acc"} for r in data["rows"]])
+    with pytest.raises(GtpcliError, match="no accuracy or fidelity in any row; measure it with gtpcli compare"):
+        plots.figure("tradeoff", [bare])
+    with pytest.raises(GtpcliError, match="profile results or gtpcli compare results, not both"):
+        plots.figure("tradeoff", [measured, compared])
+    with pytest.raises(GtpcliError, match="is a gtpcli compare result; --kind speedup reads gtpcli profile"):
+        plots.figure("speedup", [compared])
+    fidelity = compare_result(tmp_path / "fid.json", [{**r, "fidelity_top1": r["acc"] + 10} | {"acc": None}
+                                                      for r in data["rows"]])
+    panel = plots.figure("tradeoff", [fidelity]).panels[0]
+    assert panel.ylabel == "top-1 agreement with the unreduced model (%)"
+    assert by_label(panel)["GTP (Test CPU)"].y == [87.0, 89.0]
+
+
+def test_a_comparison_draws_as_png(compared, tmp_path):
+    out = tmp_path / "compare.png"
+    result = runner.invoke(app, ["plot", str(compared), "--kind", "tradeoff", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    valid(out)
+
+
 def test_tradeoff_without_speed_draws_the_gmacs_panel_and_says_so(tmp_path):
     slow = profile_result(tmp_path / "nospeed.json", [row("stock", 0, gmacs=4.0, acc=80.0), row("gtp", 8, gmacs=3.0, acc=79.0)])
     fig = plots.figure("tradeoff", [slow])

@@ -110,8 +110,10 @@ def draw_panel(ax, panel: Panel, colours: dict[str, str], hatches: dict[str, str
 def _line(ax, s: Series, colour: str) -> None:
     style = LINESTYLES[s.style % len(LINESTYLES)]
     marker = MARKERS[s.style % len(MARKERS)]
-    if s.mark == "line":
-        ax.plot(s.x, s.y, color=colour, linestyle=style, marker=marker, markersize=4, label=s.label)
+    if s.mark in ("line", "baseline"):  # a sanity baseline: dotted, crosses, told apart from the methods at a glance
+        look = (dict(linestyle=style, marker=marker, markersize=4) if s.mark == "line"
+                else dict(linestyle=":", linewidth=1.5, marker="x", markersize=6))
+        ax.plot(s.x, s.y, color=colour, label=s.label, **look)
         if s.xbounds or s.ybounds:
             ax.errorbar(s.x, s.y, xerr=_spans(s.x, s.xbounds), yerr=_spans(s.y, s.ybounds), fmt="none",
                         ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7)
@@ -122,12 +124,15 @@ def _line(ax, s: Series, colour: str) -> None:
         ax.plot(s.x, s.y, color=colour, linestyle=(0, (5, 3)), linewidth=1.2, label=s.label)
     elif s.mark == "stock":
         ax.plot(s.x, s.y, color=colour, linestyle="none", marker="*", markersize=13, label=s.label)
+    elif s.mark == "pareto":
+        ax.plot(s.x, s.y, color="#000000", linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                markeredgewidth=0.9, label=s.label)
     elif s.mark == "reference":
         ax.plot(s.x, s.y, color="#666666", linestyle=":", linewidth=1, label=s.label)
     else:
         raise ValueError(f"unknown mark {s.mark!r}")
     for x, y, text in zip(s.x, s.y, s.point_labels):
-        if s.mark == "line" or (s.mark == "paper" and text in (s.point_labels[0], s.point_labels[-1])):
+        if s.mark in ("line", "baseline") or (s.mark == "paper" and text in (s.point_labels[0], s.point_labels[-1])):
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
 
 

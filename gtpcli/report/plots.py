@@ -2,13 +2,14 @@
 their labels, the reference points, the caption). `draw.py` renders them with matplotlib; nothing here
 imports it, so the data can be tested, and written as JSON, on its own.
 
-Result files read: `gtpcli profile` (tradeoff, speedup, tokens), `gtpcli complexity --format json`
-(overhead) and `gtpcli trace --format json` (stages).
+Result files read: `gtpcli profile` (tradeoff, speedup, tokens), `gtpcli compare` (tradeoff),
+`gtpcli complexity --format json` (overhead) and `gtpcli trace --format json` (stages).
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,8 +24,9 @@ LOG_SPREAD = 20  # an axis whose values span more than this factor is drawn on a
 
 @dataclass
 class Series:
-    """One thing drawn in a panel. `mark` says how: line (measured), paper (hollow markers of the same
-    colour), ideal (dashed line), stock (a star), bar (one stacked segment per x), box (one box per x)."""
+    """One thing drawn in a panel. `mark` says how: line (measured), baseline (a dotted line, crosses),
+    paper (hollow markers of the same colour), ideal (dashed line), stock (a star), pareto (a black ring
+    around points of other series), bar (one stacked segment per x), box (one box per x)."""
 
     label: str
     x: list[Any]
@@ -79,16 +81,18 @@ def load(path: Path) -> Source:
     data = files.load_data(Path(path), "result file")
     if not isinstance(data, dict) or not isinstance(data.get("rows", data.get("stages")), list):
         raise GtpcliError(f"{path} is not a gtpcli result (no 'rows' list): give what gtpcli profile -o, "
-                          "gtpcli complexity --format json or gtpcli trace --format json wrote")
+                          "gtpcli compare -o, gtpcli complexity --format json or gtpcli trace --format json wrote")
     return Source(Path(path), data)
 
 
 def kind_of(source: Source) -> str:
-    """profile, complexity or trace, from the result's shape."""
+    """profile, compare, complexity or trace, from the result's shape."""
     data = source.data
     if "stages" in data and "forward_ms" in data:
         return "trace"
     rows = data["rows"]
+    if data.get("command") == "compare" or any(isinstance(r, dict) and "target_gmacs" in r for r in rows):
+        return "compare"
     if rows and all(isinstance(r, dict) and "N" in r and "C" in r and "method" not in r for r in rows):
         return "complexity"
     if all(isinstance(r, dict) and isinstance(r.get("method"), str) for r in rows):
@@ -96,7 +100,8 @@ def kind_of(source: Source) -> str:
     raise GtpcliError(f"{source.path}: cannot tell which gtpcli command wrote it")
 
 
-MAKES = {"profile": "gtpcli profile MODEL -o FILE.json", "complexity": "gtpcli complexity ... --format json > FILE.json",
+MAKES = {"profile": "gtpcli profile MODEL -o FILE.json", "compare": "gtpcli compare MODEL --gmacs ... -o FILE.json",
+         "complexity": "gtpcli complexity ... --format json > FILE.json",
          "trace": "gtpcli trace MODEL --format json > FILE.json"}
 
 
@@ -120,7 +125,7 @@ def expect(sources: Sequence[Source], wanted: str, kind: str) -> None:
                                       "hand-edited?")
 
 
-NUMERIC = ("N", "C", "P", "img_s", "img_s_q1", "img_s_q3", "gmacs", "gmacs_p5", "gmacs_p95", "acc", "fidelity_top1",
+NUMERIC = ("N", "C", "P", "target_gmacs", "img_s", "img_s_q1", "img_s_q3", "gmacs", "gmacs_p5", "gmacs_p95", "acc", "fidelity_top1",
            "paper_gmacs", "paper_img_s", "paper_acc", "tokens")
 
 
@@ -149,8 +154,8 @@ def device_of(data: dict[str, Any]) -> str:
     return env.get("device_name") or env.get("device") or data.get("device") or "?"
 
 
-def caption(sources: Sequence[Source]) -> str:
-    """The environment each file was measured in, one clause per file."""
+def caption(sources: Sequence[Source], more: Callable[[Source], list[str]] = lambda s: []) -> str:
+    """The environment each file was measured in, one clause per file (`more`: a kind's own conditions)."""
     parts = []
     for s in sources:
         env = s.data.get("env", {})
@@ -159,7 +164,7 @@ def caption(sources: Sequence[Source]) -> str:
             f"{env.get('device', '?')} ({env['device_name']})" if env.get("device_name") else env.get("device"),
             env.get("dtype"), f"batch {env['batch_size']}" if env.get("batch_size") else None,
             f"torch {env['torch']}" if env.get("torch") else None,
-            f"data {Path(s.data['data']).name}" if s.data.get("data") else None) if v)
+            f"data {Path(s.data['data']).name}" if s.data.get("data") else None, *more(s)) if v)
         parts.append(where if len(sources) == 1 else f"{s.name}: {where}")
     return " | ".join(parts)
 
@@ -245,24 +250,50 @@ NO_QUALITY = ("measure it with gtpcli profile MODEL --checkpoint WEIGHTS --data 
 
 def tradeoff(sources: Sequence[Source]) -> Figure:
     """Accuracy (or fidelity) against img/s and against GMACs: one line per method and file, points
-    labelled by P, the stock model as a star, the paper's points hollow in the method's colour."""
+    labelled by P, the stock model as a star, the paper's points hollow in the method's colour. Of
+    `gtpcli compare` results: see `compare_tradeoff`."""
+    kinds = {kind_of(s) for s in sources}
+    if {"compare", "profile"} <= kinds:
+        raise GtpcliError("--kind tradeoff draws gtpcli profile results or gtpcli compare results, not both in one figure")
+    if "compare" in kinds:
+        return compare_tradeoff(sources)
     expect(sources, "profile", "tradeoff")
+    quality = quality_of(sources, NO_QUALITY)
+    axes = tradeoff_axes(sources)
+    panels = [_tradeoff_panel(sources, quality, key, label) for key, label in axes]
+    note = unmeasured_note(axes)
+    bars = IQR_NOTE if any(s.xbounds for p in panels if p.xlabel.startswith("throughput") for s in p.series) else ""
+    if any(s.xbounds for p in panels if p.xlabel.startswith("GMACs") for s in p.series):
+        bars += "; GMACs of input-dependent methods: the mean over images, bars from 5 % to 95 % of the images"
+    return Figure("tradeoff", tradeoff_title(quality), panels, caption(sources) + note + bars)
+
+
+def quality_of(sources: Sequence[Source], how: str) -> str:
+    """What the y axis shows: accuracy where every file has it, else agreement with the unreduced model;
+    a file with neither is one line saying how to measure it."""
     quality = "acc" if all(any(r.get("acc") is not None for r in s.data["rows"]) for s in sources) else "fidelity_top1"
     for s in sources:
-        _need(s, quality, "accuracy" if quality == "acc" else "accuracy or fidelity", NO_QUALITY)
+        _need(s, quality, "accuracy" if quality == "acc" else "accuracy or fidelity", how)
+    return quality
+
+
+def tradeoff_axes(sources: Sequence[Source]) -> list[tuple[str, str]]:
+    """(row key, axis label) of the costs measured: img/s, GMACs, or both."""
     axes = [(key, label) for key, label in (("img_s", "throughput (img/s)"), ("gmacs", "GMACs per image"))
             if any(r.get(key) is not None for s in sources for r in s.data["rows"])]
     if not axes:
         raise GtpcliError(f"{sources[0].path}: neither img/s nor GMACs measured; run gtpcli profile without "
                           "--no-speed or without --no-flops")
-    panels = [_tradeoff_panel(sources, quality, key, label) for key, label in axes]
+    return axes
+
+
+def unmeasured_note(axes: list[tuple[str, str]]) -> str:
     missing = [label for key, label in (("img_s", "img/s"), ("gmacs", "GMACs")) if key not in dict(axes)]
-    note = f"; {missing[0]} not measured (--no-speed/--no-flops)" if missing else ""
-    bars = IQR_NOTE if any(s.xbounds for p in panels if p.xlabel.startswith("throughput") for s in p.series) else ""
-    if any(s.xbounds for p in panels if p.xlabel.startswith("GMACs") for s in p.series):
-        bars += "; GMACs of input-dependent methods: the mean over images, bars from 5 % to 95 % of the images"
-    return Figure("tradeoff", f"{QUALITY[quality].split(' (')[0].capitalize()} against cost",
-                  panels, caption(sources) + note + bars)
+    return f"; {missing[0]} not measured (--no-speed/--no-flops)" if missing else ""
+
+
+def tradeoff_title(quality: str) -> str:
+    return f"{QUALITY[quality].split(' (')[0].capitalize()} against cost"
 
 
 def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: str) -> Panel:
@@ -289,9 +320,82 @@ def _tradeoff_panel(sources: Sequence[Source], quality: str, key: str, xlabel: s
         if stock:
             series.append(Series(f"stock timm ({device}{_suffix(sources, at)})", [stock[key]], [stock[quality]],
                                  "stock", STOCK, at))
+    return tradeoff_panel(series, quality, key, xlabel)
+
+
+def tradeoff_panel(series: list[Series], quality: str, key: str, xlabel: str) -> Panel:
     xs = [x for s in series for x in s.x]
     return Panel(f"{QUALITY[quality].split(' (')[0]} vs {xlabel.split(' (')[0]}", xlabel, QUALITY[quality], series,
                  xscale=scale(xs) if key == "img_s" else "linear")
+
+
+# --- tradeoff of a comparison (gtpcli compare) --------------------------------------------------------------
+
+BASELINES = ("random", "resolution")  # compare's sanity baselines, drawn apart from the methods
+NO_COMPARE_QUALITY = ("measure it with gtpcli compare MODEL --gmacs ... --checkpoint WEIGHTS --data IMAGEFOLDER "
+                      "(or --data DIR --fidelity for agreement with the stock model when there are no labels)")
+PARETO = "Pareto-optimal at its target"
+
+
+def compare_tradeoff(sources: Sequence[Source]) -> Figure:
+    """Accuracy (or fidelity) of a comparison against img/s and against GMACs: one line per method joining
+    its rows across the targets (by GMACs), the random and resolution baselines dotted, points labelled by
+    their target, the stock model once (the median of its rows, one per target), and each target's
+    Pareto-optimal rows ringed."""
+    expect(sources, "compare", "tradeoff")
+    quality = quality_of(sources, NO_COMPARE_QUALITY)
+    axes = tradeoff_axes(sources)
+    panels = [compare_panel(sources, quality, key, label) for key, label in axes]
+    stock = ("; stock: the median of its rows, one per target (each from its target's own rounds)"
+             if any(s.mark == "stock" for p in panels for s in p.series) else "")
+    return Figure("tradeoff", tradeoff_title(quality), panels,
+                  caption(sources, compare_conditions) + unmeasured_note(axes) + stock
+                  + "; ringed: Pareto-optimal among the rows of its target")
+
+
+def compare_conditions(source: Source) -> list[str]:
+    """A comparison's own conditions for the caption: its rounds and how many images."""
+    rounds = (source.data.get("env") or {}).get("rounds")
+    n = next((r["acc_n"] for r in source.data["rows"] if r.get("acc_n")), source.data.get("limit"))
+    return [f"{rounds} interleaved rounds per target" if rounds else None, f"{n} images" if n else None]
+
+
+def compare_panel(sources: Sequence[Source], quality: str, key: str, xlabel: str) -> Panel:
+    series: list[Series] = []
+    for at, s in enumerate(sources):
+        rows = [r for r in s.data["rows"] if r.get(key) is not None and r.get(quality) is not None]
+        where = f" ({device_of(s.data)}{_suffix(sources, at)})"
+        for method in _methods(rows):
+            block = sorted((r for r in rows if r["method"] == method), key=lambda r: r.get("gmacs") or r["target_gmacs"])
+            baseline = method in BASELINES
+            name = title_of(method)
+            series.append(Series(f"{name[:1].upper()}{name[1:]}{' baseline' if baseline else ''}{where}",
+                                 [r[key] for r in block], [r[quality] for r in block],
+                                 "baseline" if baseline else "line", method, at,
+                                 [f"{r['target_gmacs']:g} GMACs" for r in block],
+                                 xbounds=iqr(block) if key == "img_s" else []))
+        stock = [r for r in rows if r["method"] == STOCK]
+        if stock:
+            series.append(Series(f"stock timm{where}", [statistics.median(r[key] for r in stock)],
+                                 [statistics.median(r[quality] for r in stock)], "stock", STOCK, at))
+        best = pareto(rows, key, quality)
+        if best:  # black, as the stock star: a mark on the other series' points, no colour of its own
+            series.append(Series("" if any(x.mark == "pareto" for x in series) else PARETO, [r[key] for r in best], [r[quality] for r in best],
+                                 "pareto", STOCK, at))
+    return tradeoff_panel(series, quality, key, xlabel)
+
+
+def pareto(rows: Sequence[dict], key: str, quality: str) -> list[dict]:
+    """The rows that no other row of the same target beats: at least as fast (img/s) or as cheap (GMACs)
+    and as good, and strictly better in one of the two. The stock model is no row of a target."""
+    sign = 1 if key == "img_s" else -1  # more img/s is better, fewer GMACs
+
+    def beats(a: dict, b: dict) -> bool:
+        at_least = sign * a[key] >= sign * b[key] and a[quality] >= b[quality]
+        return at_least and (sign * a[key] > sign * b[key] or a[quality] > b[quality])
+
+    rows = [r for r in rows if r["method"] != STOCK]
+    return [r for r in rows if not any(o["target_gmacs"] == r["target_gmacs"] and beats(o, r) for o in rows)]
 
 
 # --- speedup ----------------------------------------------------------------------------------------------
