@@ -263,6 +263,16 @@ def batch_order(loader) -> list[int] | None:
     return sharded.numbers() if isinstance(sharded, ShardedBatches) else None
 
 
+def image_order(loader) -> list[tuple[int, list[str]]]:
+    """The images a loader of `data_loader` presents: each batch's place in the single-process order and
+    its files, in this process's order. Two loaders with the same order give predictions that `counts`
+    may pair batch by batch."""
+    dataset, chosen = loader.dataset, range(len(loader.dataset))
+    if isinstance(dataset, torch.utils.data.Subset):
+        dataset, chosen = dataset.dataset, dataset.indices
+    return [(number, [str(dataset.files[chosen[i]]) for i in batch]) for number, batch in loader.batch_sampler.batches]
+
+
 def counts(p: Predictions, full: Predictions | None = None) -> list[dict[str, Any]]:
     """Per batch: images, top-1 and top-5 hits, and against the unreduced model's `full` predictions
     the top-1 agreements and the summed KL(full || reduced). Integers, and one float per batch: any split

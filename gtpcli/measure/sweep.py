@@ -97,9 +97,6 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
                                  **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
     for method, P, setting, _ in cfg.points()[1:]:
         if (setting or {}).get(INPUT_SIZE) is not None:
-            if cfg.data is not None:
-                raise GtpcliError("--data: accuracy at a point's own input size is not measured (its images "
-                                  "would need their own loader)")
             check_input_size(model, setting[INPUT_SIZE])
             if method != STOCK and registry.get(method).adaptive:
                 raise GtpcliError(f"{method}: an input-dependent method is not timed at its own input size")
@@ -319,19 +316,21 @@ def with_columns(rows: list[dict[str, Any]], cfg: SweepConfig) -> list[dict[str,
 
 
 def quality_meter(model, cfg: SweepConfig, world: World = World()) -> Callable[[Any], dict]:
-    """Accuracy of whatever the model currently is, and, with --fidelity, its agreement with the
-    unreduced model on the same images (whose predictions are computed once, first, on the model as
-    `build` returns it: unpatched, and reused for the stock row). Each process of `world` measures its
-    share of the batches; their counts, summed in the single-process order, give the same figures."""
-    loader = world.together(lambda: accuracy.data_loader(model, cfg.data, cfg.timing.batch_size, cfg.limit,
-                                                         backbones.image_size(model), rank=world.rank,
-                                                         size=world.size, class_map=cfg.class_map,
-                                                         fidelity=cfg.fidelity))
+    """Accuracy of whatever the model currently is, on the images at its own input size (DataLoaders), and,
+    with --fidelity, its agreement with the unreduced model at full size on the same images (whose
+    predictions are computed once, first, on the model as `build` returns it: unpatched, and reused for
+    the stock row). Each process of `world` measures its share of the batches; their counts, summed in
+    the single-process order, give the same figures."""
+    loaders = DataLoaders(model, cfg, world)
+    own = backbones.image_size(model)
+    loaders(own)  # the images checked before anything is measured
     dtype = speed.dtype_of(cfg.timing.dtype)
-    full = world.together(lambda: accuracy.predict(model, loader, cfg.timing.device, dtype)) if cfg.fidelity else None
+    full = world.together(lambda: accuracy.predict(model, loaders(own), cfg.timing.device, dtype)) if cfg.fidelity else None
 
     def measure_quality(current) -> dict:
-        unreduced = getattr(current, "reduction", None) is None
+        size = backbones.image_size(current)
+        unreduced = getattr(current, "reduction", None) is None and size == own  # a resized copy is not the stock model
+        loader = loaders(size)
 
         def counts():
             predictions = (full if unreduced and full is not None
@@ -341,3 +340,33 @@ def quality_meter(model, cfg: SweepConfig, world: World = World()) -> Callable[[
         return accuracy.summary([batch for share in world.gathered(counts) for batch in share])
 
     return measure_quality
+
+
+class DataLoaders:
+    """--data at each input size a point runs at: one loader per size, made when first asked for, over the
+    same images in the same order and the same batches of this process (the same --limit subset, the same
+    share under torchrun), resized and cropped by the backbone's own eval transform at that size (timm's
+    data config resolved for that input size). So the predictions at any size pair, batch by batch, with
+    the full-size ones (`accuracy.counts`), which is checked when a size's loader is made."""
+
+    def __init__(self, model: torch.nn.Module, cfg: SweepConfig, world: World = World()):
+        self.model, self.cfg, self.world = model, cfg, world
+        self.made: dict[tuple[int, int], Any] = {}
+
+    def __call__(self, size: tuple[int, int]):
+        if size not in self.made:
+            self.made[size] = self.world.together(lambda: self.in_order(self.make(size), size))
+        return self.made[size]
+
+    def make(self, size: tuple[int, int]):
+        cfg, world = self.cfg, self.world
+        return accuracy.data_loader(self.model, cfg.data, cfg.timing.batch_size, cfg.limit, size, rank=world.rank,
+                                    size=world.size, class_map=cfg.class_map, fidelity=cfg.fidelity)
+
+    def in_order(self, loader, size: tuple[int, int]):
+        """`loader`, checked to present the first loader's images, batch by batch."""
+        first = next(iter(self.made.values()), None)
+        if first is not None and accuracy.image_order(loader) != accuracy.image_order(first):
+            raise GtpcliError(f"--data: the images at {size[0]} x {size[1]} px are not those of the other input "
+                              "sizes in the same order, so their predictions cannot be compared")
+        return loader
