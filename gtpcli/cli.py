@@ -152,8 +152,8 @@ def write_figure(figure, path: Path) -> None:
 @command()
 @friendly
 def plot(
-    results: list[Path] = typer.Argument(..., help="Result files: gtpcli profile -o, or the --format json of complexity or trace; several overlay"),
-    kind: str = typer.Option("tradeoff", "--kind", "-k", help="tradeoff, speedup, tokens (profile results), overhead (complexity), stages (trace)"),
+    results: list[Path] = typer.Argument(..., help="Result files: gtpcli profile -o or gtpcli compare -o, or the --format json of complexity or trace; several overlay"),
+    kind: str = typer.Option("tradeoff", "--kind", "-k", help="tradeoff (profile or compare results), speedup, tokens (profile results), overhead (complexity), stages (trace)"),
     output: Path = typer.Option(..., "--output", "-o", help="The figure: .png, .svg or .pdf; .json writes the data it draws"),
 ):
     """Draw a result as the paper's figures: accuracy/speed trade-off, speed-up against the ideal, overhead curves, tokens per block, stage shares."""
@@ -228,6 +228,10 @@ SEARCH = "Best over settings (Table 1/4/5 style)"
 
 DtypeOpt = typer.Option("float32", help="float32, float16 or bfloat16 (model and input are cast)", rich_help_panel=RUN)
 AmpOpt = typer.Option(None, help="Autocast to bf16 or fp16 (the model stays float32, as mixed-precision evaluation runs) " + default("off"), rich_help_panel=RUN)
+DataOpt = typer.Option(None, "--data", help="Folder of class sub-folders, or a .tar of them (timm's readers), for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC)
+LimitOpt = typer.Option(None, "--limit", help="Evaluate a fixed random subset of N images (95% interval shown) " + default("every image"), rich_help_panel=ACC)
+FidelityOpt = typer.Option(False, "--fidelity/--no-fidelity", help="Agreement (top-1, KL) with the unreduced model at full input size, on the same images", rich_help_panel=ACC)
+ClassMapOpt = typer.Option(None, "--class-map", help="Text file, one class folder name per line in the head's order (timm's class map): labels of --data whose classes are not the head's", rich_help_panel=ACC)
 ConfigOpt = typer.Option(None, "--config", help="Options from a YAML file of option: value, or a result file "
                          "(replays the run that wrote it); flags given here win " + default("none"))
 
@@ -285,10 +289,10 @@ def profile(
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure throughput (--no-speed: skip it)", rich_help_panel=RUN),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count MACs (--no-flops: skip it)", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Reuse the points of this setting already in the output file instead of measuring them again", rich_help_panel=RUN),
-    data: Optional[Path] = typer.Option(None, help="Folder of class sub-folders, or a .tar of them (timm's readers), for top-1/top-5; a flat folder of images works with --fidelity", rich_help_panel=ACC),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a fixed random subset of N images (95% interval shown) " + default("every image"), rich_help_panel=ACC),
-    fidelity: bool = typer.Option(False, "--fidelity/--no-fidelity", help="Agreement (top-1, KL) with the unreduced model on the same images", rich_help_panel=ACC),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in the head's order (timm's class map): labels of --data whose classes are not the head's", rich_help_panel=ACC),
+    data: Optional[Path] = DataOpt,
+    limit: Optional[int] = LimitOpt,
+    fidelity: bool = FidelityOpt,
+    class_map: Optional[Path] = ClassMapOpt,
     shard_points: bool = typer.Option(False, "--shard-points", help="Under torchrun: give each process whole sweep points (all images) instead of a share of every point's images; results merged into one file", rich_help_panel=ACC),
     search: bool = typer.Option(False, "--search", help="Run every setting of the GTP hyperparameters given as lists at each P on --data (accuracy, or with --fidelity agreement with the unreduced model): every row kept, the best per P shown with the settings tried and the runner-up margin", rich_help_panel=SEARCH),
     holdout: Optional[int] = typer.Option(None, "--holdout", help="Also measure each P's winner on N further images, disjoint from the --limit ones chosen on", rich_help_panel=SEARCH),
@@ -424,10 +428,14 @@ def compare(
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per target: each times the stock model and every row of the target for an equal slice, in a shuffled order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per row " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already measured in the result file instead of measuring them again", rich_help_panel=RUN),
+    data: Optional[Path] = DataOpt,
+    limit: Optional[int] = LimitOpt,
+    fidelity: bool = FidelityOpt,
+    class_map: Optional[Path] = ClassMapOpt,
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), saved after every row; with --dry-run, the plan (.json, .csv or .yaml) " + default("gtpcli-results/MODEL-compare.json, named by the setting as profile's")),
 ):
-    """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds."""
+    """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds (with --data, their accuracy or fidelity on the same images)."""
     from . import files
     from .commands.compare import cost_line, measure, plan, targets
     from .config.options import hparams, methods
@@ -450,7 +458,8 @@ def compare(
     run = RunConfig(model=model, method=",".join(chosen), hp=list(hp or []), checkpoint=checkpoint,
                     pretrained=pretrained, device=device, dtype=dtype,
                     batch_size=None if batch_size is None else str(batch_size), seed=seed, runs=runs,
-                    rounds=rounds, warmup=warmup, resume=resume, fmt=fmt, output=output)
+                    rounds=rounds, warmup=warmup, resume=resume, data=data, limit=limit, fidelity=fidelity,
+                    class_map=class_map, fmt=fmt, output=output)
     emit(measure(run, planned, say), fmt, None, render_measured)
 
 
