@@ -318,14 +318,18 @@ def with_columns(rows: list[dict[str, Any]], cfg: SweepConfig) -> list[dict[str,
 def quality_meter(model, cfg: SweepConfig, world: World = World()) -> Callable[[Any], dict]:
     """Accuracy of whatever the model currently is, on the images at its own input size (DataLoaders), and,
     with --fidelity, its agreement with the unreduced model at full size on the same images (whose
-    predictions are computed once, first, on the model as `build` returns it: unpatched, and reused for
-    the stock row). Each process of `world` measures its share of the batches; their counts, summed in
-    the single-process order, give the same figures."""
+    predictions are computed once, first, on the model unpatched, as `build` returns it but not as an
+    earlier sweep on it may leave it, and reused for the stock row). Each process of `world` measures its
+    share of the batches; their counts, summed in the single-process order, give the same figures."""
     loaders = DataLoaders(model, cfg, world)
     own = backbones.image_size(model)
     loaders(own)  # the images checked before anything is measured
     dtype = speed.dtype_of(cfg.timing.dtype)
-    full = world.together(lambda: accuracy.predict(model, loaders(own), cfg.timing.device, dtype)) if cfg.fidelity else None
+
+    def stock_predictions():
+        return accuracy.predict(unpatch(model), loaders(own), cfg.timing.device, dtype)
+
+    full = world.together(stock_predictions) if cfg.fidelity else None
 
     def measure_quality(current) -> dict:
         size = backbones.image_size(current)
