@@ -86,6 +86,9 @@ def test_targets_out_of_reach_are_one_line_each_and_the_rest_is_planned():
     (["--gmacs", "3", "--method", "nope", "--dry-run"], "unknown method 'nope'"),
     (["--gmacs", "3", "--hp", "evit.keep_rate=2", "--dry-run"], "keep_rate must be <= 1"),
     (["--gmacs", "3", "--hp", "evit.keep_rate=0.5", "--dry-run"], "compare solves keep_rate for each target"),
+    (["--gmacs", "3.5", "--limit", "5"], "--limit N needs --data DIR"),
+    (["--gmacs", "3.5", "--fidelity"], "--fidelity needs --data DIR"),
+    (["--gmacs", "3.5", "--data", "no-such-folder"], "--data: not a directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = cli("compare", MODEL, *args)
@@ -187,3 +190,152 @@ def test_the_tables_fit_80_columns_with_the_unreached_target_in_one_line(tiny):
     about_1 = [line for line in lines if " 1 GMACs" in line]
     assert len(about_1) == 1 and about_1[0].startswith("skipped: no method reaches 1 GMACs")
     assert "above the stock model" in about_1[0]
+
+
+# --- accuracy and fidelity (--data) on the digits ViT: every row on the same images, each at its own size -----
+
+DIGITS_TARGETS = "0.011,0.008"  # of the stock 0.0153: the resolution baseline at 28 and 24 px (of 32)
+DIGITS_FAST = ("--method", "gtp,random", "--rounds", 2, "--runs", 2, "--batch-size", 8, "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def few(digits_trained, tmp_path_factory):
+    """30 of the digits ViT's validation images, the first 3 of each class (an ImageFolder of its own)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("few") / "few"
+    for label in sorted((digits_trained / "val").iterdir()):
+        (folder / label.name).mkdir(parents=True)
+        for png in sorted(label.iterdir())[:3]:
+            shutil.copy(png, folder / label.name / png.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digits_compared(digits_trained, few, tmp_path_factory):
+    """One comparison of the trained digits ViT with accuracy and fidelity on the 30 images, and its file."""
+    out = tmp_path_factory.mktemp("digits-compare") / "digits-compare.json"
+    result = cli("compare", digits_trained / "digits.yaml", "--gmacs", DIGITS_TARGETS, *DIGITS_FAST,
+                 "--checkpoint", digits_trained / "vit.pth", "--data", few, "--fidelity", "--output", out)
+    assert result.exit_code == 0, result.output
+    return {"out": out, "stdout": result.stdout, "rows": json.loads(out.read_text())["rows"]}
+
+
+def digits_model(root, size=None):
+    """The trained digits ViT as timm builds it, at `size` through timm's own set_input_size."""
+    import digits
+
+    model = digits.create()
+    model.load_state_dict(torch.load(root / "vit.pth")["state_dict"])
+    if size is not None:
+        model.set_input_size(img_size=(size, size))
+    return model.eval()
+
+
+def by_hand(files, size):
+    """The eval transform of the digits ViT at `size`, written out: bilinear resize of the 32 px image to
+    size x size (crop_pct 1: the centre crop takes it whole), [0, 1], then mean 0.5 and std 0.5."""
+    import numpy as np
+    from PIL import Image
+
+    def one(path):
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB").resize((size, size), Image.BILINEAR))
+        return (torch.from_numpy(pixels).permute(2, 0, 1).float().div(255) - 0.5) / 0.5
+
+    return torch.stack([one(path) for path in files])
+
+
+def images_of(folder):
+    """Every image of an ImageFolder of digits in timm's order (natural sort: class folders 0..9, files named
+    by their number in scikit-learn's digits), with its label."""
+    files = sorted(folder.glob("*/*.png"), key=lambda path: (int(path.parent.name), int(path.stem)))
+    return files, torch.tensor([int(path.parent.name) for path in files])
+
+
+@pytest.mark.slow
+def test_every_row_has_accuracy_and_stock_is_profiles_stock(digits_compared, digits_trained, few, tmp_path):
+    rows = digits_compared["rows"]
+    assert [r["method"] for r in rows] == ["stock", "gtp", "random", RESOLUTION] * 2
+    assert all(r["acc"] is not None and r["acc_n"] == 30 and r["fidelity_top1"] is not None for r in rows)
+    assert [r["img_size"] for r in rows if r["method"] == RESOLUTION] == [28, 24]
+    profiled = cli("profile", digits_trained / "digits.yaml", "--checkpoint", digits_trained / "vit.pth", "--data", few,
+                   "--P", 0, "--no-speed", "--batch-size", 8, "--device", "cpu", "--output", tmp_path / "p.json",
+                   "--format", "json")
+    assert profiled.exit_code == 0, profiled.output
+    stock = json.loads(profiled.stdout)["rows"][0]
+    assert stock["method"] == "stock" and stock["acc"] >= 80
+    assert [r["acc"] for r in rows if r["method"] == "stock"] == [stock["acc"]] * 2
+    assert "top-1 (%)" in digits_compared["stdout"] and "Data: few (30 images)" in digits_compared["stdout"]
+
+
+@pytest.mark.slow
+def test_the_resolution_rows_accuracy_is_timms_model_at_that_size_on_images_resized_by_hand(digits_compared,
+                                                                                            digits_trained, few):
+    files, labels = images_of(few)
+    for row in (r for r in digits_compared["rows"] if r["method"] == RESOLUTION):
+        size = row["img_size"]
+        with torch.no_grad():
+            predicted = digits_model(digits_trained, size)(by_hand(files, size)).argmax(1)
+        assert row["acc"] == round(100 * int((predicted == labels).sum()) / len(files), 2), size
+
+
+@pytest.mark.slow
+def test_the_resolution_rows_fidelity_is_against_the_full_size_stock_model(digits_compared, digits_trained, few):
+    """Agreement and KL(full || resized) computed here on the 30 images: the resized copy is no stock model
+    (its agreement is not 100 % by default), and it is compared with the stock model at 32 px."""
+    files, _ = images_of(few)
+    with torch.no_grad():
+        full = digits_model(digits_trained)(by_hand(files, 32)).log_softmax(1)
+    for row in (r for r in digits_compared["rows"] if r["method"] == RESOLUTION):
+        with torch.no_grad():
+            small = digits_model(digits_trained, row["img_size"])(by_hand(files, row["img_size"])).log_softmax(1)
+        agree = int((small.argmax(1) == full.argmax(1)).sum())
+        kl = float((full.exp() * (full - small)).sum()) / len(files)
+        assert row["fidelity_top1"] == round(100 * agree / len(files), 2)
+        assert row["fidelity_kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6) and row["fidelity_kl"] > 0
+    stock = [r for r in digits_compared["rows"] if r["method"] == "stock"]
+    assert all(r["fidelity_top1"] == 100.0 and r["fidelity_kl"] == 0.0 for r in stock)
+
+
+@pytest.mark.slow
+def test_the_loaders_of_each_size_present_the_same_images_in_the_same_order(digits_trained, few):
+    """With --limit 12 of 30 in batches of 5, and as each of two torchrun processes sees them: the same
+    files in the same batches at 32, 28 and 24 px, the pixels those of the transform written out by hand."""
+    from gtpcli.distributed import World
+    from gtpcli.measure import accuracy, speed, sweep
+
+    cfg = sweep.SweepConfig(model="digits", timm_name="digits", profile=None, methods=[], Ps=[],
+                            timing=speed.Timing(batch_size=5), data=few, limit=12)
+    model = digits_model(digits_trained)
+    loaders = sweep.DataLoaders(model, cfg)
+    order = accuracy.image_order(loaders((32, 32)))
+    assert [len(files) for _, files in order] == [5, 5, 2] and [k for k, _ in order] == [0, 1, 2]
+    chosen = torch.randperm(30, generator=torch.Generator().manual_seed(0))[:12].sort().values.tolist()
+    assert [f for _, files in order for f in files] == [str(images_of(few)[0][i]) for i in chosen]
+    for size in (28, 24):
+        loader = loaders((size, size))
+        assert accuracy.image_order(loader) == order
+        for (images, _, _), (_, files) in zip(loader, order):
+            assert images.shape[-1] == size and torch.allclose(images, by_hand(files, size), atol=1e-6)
+    for rank in (0, 1):  # what each process builds (make: no collective, so no process group needed here)
+        share = sweep.DataLoaders(model, cfg, World(rank=rank, size=2))
+        assert accuracy.image_order(share.make((24, 24))) == accuracy.image_order(share.make((32, 32))) == order[rank::2]
+
+
+@pytest.mark.slow
+def test_resume_with_data_measures_nothing_and_the_plot_draws_the_comparison(digits_compared, digits_trained, few,
+                                                                              tmp_path):
+    again = tmp_path / "again.json"
+    again.write_text(digits_compared["out"].read_text())
+    result = cli("compare", digits_trained / "digits.yaml", "--gmacs", DIGITS_TARGETS, *DIGITS_FAST,
+                 "--checkpoint", digits_trained / "vit.pth", "--data", few, "--fidelity", "--output", again, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "(8 resumed)" in result.stderr and json.loads(again.read_text())["rows"] == digits_compared["rows"]
+    figure = tmp_path / "fig.json"
+    assert cli("plot", again, "--kind", "tradeoff", "-o", figure).exit_code == 0
+    speed = {s["label"].split(" (")[0]: s for s in json.loads(figure.read_text())["panels"][0]["series"]}
+    resolution = sorted((r for r in digits_compared["rows"] if r["method"] == RESOLUTION), key=lambda r: r["gmacs"])
+    assert speed["Resolution baseline"]["y"] == [r["acc"] for r in resolution]
+    assert speed["Resolution baseline"]["point_labels"] == ["0.008 GMACs", "0.011 GMACs"]
+    assert {"GTP", "Random baseline", "stock timm"} <= set(speed)
