@@ -173,7 +173,8 @@ def test_the_pareto_rows_of_each_target_are_ringed(compared):
 def test_the_caption_of_a_comparison_says_what_it_was_measured_under(compared):
     text = plots.figure("tradeoff", [compared]).caption
     for part in ("w.pth", "Test CPU", "float32", "batch 16", "data val", "10 interleaved rounds per target",
-                 "360 images", "stock: the median of its rows, one per target", "ringed: Pareto-optimal"):
+                 "360 images", "stock: the median of its rows, one per target", "bars: quartiles of img/s",
+                 "ringed: Pareto-optimal"):
         assert part in text, part
 
 

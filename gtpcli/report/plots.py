@@ -348,8 +348,9 @@ def compare_tradeoff(sources: Sequence[Source]) -> Figure:
     panels = [compare_panel(sources, quality, key, label) for key, label in axes]
     stock = ("; stock: the median of its rows, one per target (each from its target's own rounds)"
              if any(s.mark == "stock" for p in panels for s in p.series) else "")
+    bars = "; bars: quartiles of img/s over the target's rounds" if any(s.xbounds for p in panels for s in p.series) else ""
     return Figure("tradeoff", tradeoff_title(quality), panels,
-                  caption(sources, compare_conditions) + unmeasured_note(axes) + stock
+                  caption(sources, compare_conditions) + unmeasured_note(axes) + stock + bars
                   + "; ringed: Pareto-optimal among the rows of its target")
 
 
