@@ -137,6 +137,27 @@ def complexity(
 FIGURE_FORMATS = ("png", "svg", "pdf", "json")
 
 
+def invocation(ctx: typer.Context) -> str:
+    """The running command as a user would type it again: its name and every parameter given on the
+    command line (not the defaults), for a report to say what made it."""
+    import shlex
+
+    words = ["gtpcli", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE" or value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not param.param_type_name == "option":
+            words += [str(v) for v in values]
+        elif param.is_flag:
+            words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            words += [part for v in values for part in (param.opts[0], str(v))]
+    return shlex.join(words)
+
+
 def write_figure(figure, path: Path) -> None:
     """A figure as an image, or (.json) the data it draws."""
     from . import files
@@ -413,6 +434,7 @@ def check(
 @command()
 @friendly
 def compare(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Profile name, profile YAML path or timm model name"),
     gmacs: str = typer.Option(..., "--gmacs", help="Target costs in GMACs, e.g. 3.5,3.0,2.6"),
     method: Optional[str] = typer.Option(None, "--method", help=f"Which methods: one or a comma list of {METHODS_TEXT} " + default("all")),
@@ -434,16 +456,21 @@ def compare(
     class_map: Optional[Path] = ClassMapOpt,
     fmt: str = FormatOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), saved after every row; with --dry-run, the plan (.json, .csv or .yaml) " + default("gtpcli-results/MODEL-compare.json, named by the setting as profile's")),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder: README.md (the conditions, the tables, the figures), the result as JSON and each figure its rows can draw"),
 ):
     """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds (with --data, their accuracy or fidelity on the same images)."""
     from . import files
     from .commands.compare import cost_line, measure, plan, targets
     from .config.options import hparams, methods
     from .config.run import RunConfig
-    from .report.compare import render_measured, render_plan
+    from .report.compare import check_report_dir, render_measured, render_plan, write_report
     from .report.tables import emit
 
     check_format(fmt)
+    if report is not None:
+        if dry_run:
+            raise GtpcliError("--report writes what was measured; leave out --dry-run")
+        check_report_dir(report)
     chosen = methods(method) if method is not None else list(REGISTRY)
     wanted = targets(gmacs)
     if dry_run and output is not None:
@@ -460,7 +487,10 @@ def compare(
                     batch_size=None if batch_size is None else str(batch_size), seed=seed, runs=runs,
                     rounds=rounds, warmup=warmup, resume=resume, data=data, limit=limit, fidelity=fidelity,
                     class_map=class_map, fmt=fmt, output=output)
-    emit(measure(run, planned, say), fmt, None, render_measured)
+    measured = measure(run, planned, say)
+    emit(measured, fmt, None, render_measured)
+    if report is not None:
+        say(f"report written: {write_report(measured, report, invocation(ctx))}")
 
 
 @command()

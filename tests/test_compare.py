@@ -339,3 +339,40 @@ def test_resume_with_data_measures_nothing_and_the_plot_draws_the_comparison(dig
     assert speed["Resolution baseline"]["y"] == [r["acc"] for r in resolution]
     assert speed["Resolution baseline"]["point_labels"] == ["0.008 GMACs", "0.011 GMACs"]
     assert {"GTP", "Random baseline", "stock timm"} <= set(speed)
+
+
+def test_report_folder_holds_the_page_the_data_and_replays_the_command(tiny, tmp_path):
+    """--report, here on a resumed comparison (nothing measured again): README.md with every condition and one
+    table per measured target, the rows as JSON (those of the result file), and the command that made it."""
+    again, folder = tmp_path / "again.json", tmp_path / "report"
+    again.write_text(tiny["out"].read_text())
+    result = cli("compare", tiny["profile"], "--gmacs", TARGETS, *FAST, "--output", again, "--resume",
+                 "--report", folder)
+    assert result.exit_code == 0, result.output
+    assert f"report written: {folder / 'README.md'}" in result.stderr
+    page = (folder / "README.md").read_text()
+    assert page.startswith(f"# gtpcli compare: tiny at {TARGETS.replace(',', ', ')} GMACs")
+    assert json.loads((folder / "compare.json").read_text())["rows"] == tiny["file"]["rows"]
+    command = next(line for line in page.splitlines() if line.startswith("- command:"))
+    for word in ("gtpcli compare", "--gmacs 1,0.01,0.007", "--method gtp,random", "--rounds 2", "--resume",
+                 f"--report {folder}"):
+        assert word in command, command
+    for condition in ("random weights", "data: none", "torch threads", f"torch {torch.__version__}",
+                      "2 interleaved rounds", "batch 2", "counted by fvcore"):
+        assert condition in page, condition
+    tables = [line for line in page.splitlines() if line.startswith("| ")]
+    assert sum(line.startswith("| method") for line in tables) == 2  # one table per measured target
+    assert sum(line.startswith("| resolution") for line in tables) == 2
+    assert "skipped: no method reaches 1 GMACs" in page
+
+
+@pytest.mark.parametrize("extra", [["--dry-run"], []])
+def test_report_refuses_a_folder_of_other_files_and_dry_run_before_measuring(tiny, tmp_path, extra):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    args = ["--report", tmp_path / "new"] if extra else ["--report", folder]
+    result = cli("compare", tiny["profile"], "--gmacs", TARGETS, *FAST, *extra, *args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert ("--dry-run" if extra else "not a gtpcli compare report") in result.output
+    assert (folder / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()

@@ -1,5 +1,5 @@
 """Rendering of `gtpcli compare`: the plan or the measured comparison, one table per target, then each
-skipped method's reason once (a target nothing reaches: one line)."""
+skipped method's reason once (a target nothing reaches: one line); and the report folder (`--report`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..errors import GtpcliError
 from .layout import table
 
 
@@ -107,3 +108,86 @@ def render_measured(result: dict[str, Any], console: Console) -> None:
     for warning in dict.fromkeys(f"{r['method']} {setting_text(r['setting'])}: {w}".replace(" : ", ": ")
                                  for r in result["rows"] for w in r.get("warnings") or []):
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+
+
+# --- the report: a folder a user pastes into a paper or an issue ---------------------------------------------
+
+REPORT_PAGE = "README.md"
+REPORT_DATA = "compare.json"
+REPORT_MARK = "# gtpcli compare:"  # the page's first line: how a folder is known to hold an earlier report
+
+
+def check_report_dir(directory: Path) -> None:
+    """Before anything is measured: the folder is new, empty, or an earlier report (rewritten); never a folder
+    of the user's own files."""
+    if directory.exists() and not directory.is_dir():
+        raise GtpcliError(f"--report {directory} is a file; give a folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        page = directory / REPORT_PAGE
+        first = page.read_text(errors="replace").splitlines()[:1] if page.is_file() else []
+        if not (first and first[0].startswith(REPORT_MARK)):
+            raise GtpcliError(f"--report {directory} holds files that are not a gtpcli compare report; give a new "
+                              "or empty folder")
+
+
+def report_figures(result: dict[str, Any]) -> list[str]:
+    """The `gtpcli plot` kinds a comparison's rows can draw: the trade-off where accuracy or fidelity was
+    measured, where the ideal went where the rows were broken down."""
+    rows = result["rows"]
+    kinds = []
+    if any(r.get("acc") is not None or r.get("fidelity_top1") is not None for r in rows if r["method"] != "stock"):
+        kinds.append("tradeoff")
+    if any(r.get("ideal_gap") for r in rows):
+        kinds.append("gap")
+    return kinds
+
+
+def report_conditions(result: dict[str, Any], command: str) -> list[str]:
+    """What every number of the report depends on, one item each."""
+    env = result.get("env") or {}
+    data = result.get("data")
+    images = f"{data} (first {result['limit']} images)" if data and result.get("limit") else data
+    return [f"command: `{command}`",
+            f"model: {result['model']} (timm `{result.get('timm')}`), {result.get('weights', 'random weights')}",
+            f"data: {images}" if data else "data: none (cost and speed only; no accuracy or fidelity)",
+            f"hardware: {env.get('device_name')} ({env.get('device')}), {env.get('threads')} torch threads of "
+            f"{env.get('cpus')} CPUs",
+            f"software: torch {env.get('torch')}, timm {env.get('timm')}, Python {env.get('python')}",
+            f"timing: {env.get('dtype')}, batch {env.get('batch_size')}, {env.get('rounds')} interleaved rounds of "
+            f"{env.get('batches_per_round')} batch(es) per row, order shuffled per round (seed {env.get('seed')})",
+            "GMACs: counted by fvcore on one image, checked against the analytic cost model"]
+
+
+def report_page(result: dict[str, Any], command: str, figures: dict[str, str]) -> str:
+    """The report as Markdown: the conditions, the tables as the terminal shows them, the figures with their
+    captions, and where the data is."""
+    from .markup import render
+
+    targets = ", ".join(f"{t:g}" for t in result["targets_gmacs"])
+    lines = [f"{REPORT_MARK} {result['model']} at {targets} GMACs", "",
+             *(f"- {item}" for item in report_conditions(result, command)), "",
+             render(result, render_measured, "markdown")]
+    for kind, caption in figures.items():
+        lines += ["", f"![{kind}]({kind}.png)", "", caption]
+    lines += ["", f"Every row, whole, as data: [{REPORT_DATA}]({REPORT_DATA}) (the fields: gtpcli's docs/compare.md)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], directory: Path, command: str) -> Path:
+    """The report folder: the Markdown page, the result as JSON, and each figure its rows can draw (as PNG,
+    drawn from the JSON copy, so the page and its figures show the same rows)."""
+    import json
+
+    from ..files import atomic_write
+    from . import draw, plots
+
+    data = directory / REPORT_DATA
+    atomic_write(data, json.dumps(result, indent=2) + "\n", "--report")
+    figures = {}
+    for kind in report_figures(result):
+        figure = plots.figure(kind, [data])
+        draw.save(figure, directory / f"{kind}.png")
+        figures[kind] = figure.caption
+    page = directory / REPORT_PAGE
+    atomic_write(page, report_page(result, command, figures), "--report")
+    return page
