@@ -436,7 +436,8 @@ def check(
 def compare(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Profile name, profile YAML path or timm model name"),
-    gmacs: str = typer.Option(..., "--gmacs", help="Target costs in GMACs, e.g. 3.5,3.0,2.6"),
+    gmacs: Optional[str] = typer.Option(None, "--gmacs", help="Target costs in GMACs, e.g. 3.5,3.0,2.6"),
+    bins: Optional[str] = typer.Option(None, "--bins", help="paper: instead of --gmacs, the GMACs bins of GTP-ViT's Table 2 (deit_s) or 3 (deit_b), with the paper's figures and settings beside each method (reference, not results)"),
     method: Optional[str] = typer.Option(None, "--method", help=f"Which methods: one or a comma list of {METHODS_TEXT} " + default("all")),
     hp: Optional[list[str]] = HpOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each target's setting per method, solved from the cost model, and the resolution baseline) and stop"),
@@ -460,7 +461,7 @@ def compare(
 ):
     """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds (with --data, their accuracy or fidelity on the same images)."""
     from . import files
-    from .commands.compare import cost_line, measure, plan, targets
+    from .commands.compare import cost_line, measure, paper_targets, plan, targets
     from .config.options import hparams, methods
     from .config.run import RunConfig
     from .report.compare import check_report_dir, render_measured, render_plan, write_report
@@ -472,11 +473,14 @@ def compare(
             raise GtpcliError("--report writes what was measured; leave out --dry-run")
         check_report_dir(report)
     chosen = methods(method) if method is not None else list(REGISTRY)
-    wanted = targets(gmacs)
+    if (gmacs is None) == (bins is None):
+        raise GtpcliError("give the targets: --gmacs 3.5,3.0,2.6 or --bins paper (one of them)")
     if dry_run and output is not None:
         files.check_output(output, "--output")
     name, arch = _arch_for(model)
-    planned = plan(name, arch, wanted, hparams(hp, chosen), chosen)
+    timm_name = _timm_name(model)
+    wanted = targets(gmacs) if gmacs is not None else paper_targets(bins, timm_name)
+    planned = plan(name, arch, wanted, hparams(hp, chosen), chosen, timm_name)
     say = lambda text: err.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     if dry_run:
         say(cost_line(planned))
@@ -533,6 +537,18 @@ def _arch_for(model: str):
 
     _, timm_name = backbones.resolve(model)
     return timm_name, backbones.arch_for(timm_name)
+
+
+def _timm_name(model: str) -> str:
+    """The timm model a profile name, profile path or timm name stands for (no torch needed for a profile)."""
+    from .models.profiles import find_profile
+
+    profile = find_profile(model)
+    if profile is not None:
+        return profile.model["timm"]
+    from .models import backbones
+
+    return backbones.resolve(model)[1]
 
 
 def main() -> None:

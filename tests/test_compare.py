@@ -376,3 +376,42 @@ def test_report_refuses_a_folder_of_other_files_and_dry_run_before_measuring(tin
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert ("--dry-run" if extra else "not a gtpcli compare report") in result.output
     assert (folder / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_bins_paper_targets_the_papers_bins_with_its_figures_and_settings_beside():
+    """deit_s: Table 2's bins; each method of the table gets its published row at that bin (the paper's
+    setting, which may differ from the solved one: Evo-ViT's 0.7 at 3.5 GMACs is solved as 0.65), the
+    baselines and TC-ViT none."""
+    from gtpcli.reference.bins import TABLES
+
+    result = cli("compare", "deit_s", "--bins", "paper", "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.stdout)
+    table = TABLES["deit_small_patch16_224"]
+    assert planned["targets_gmacs"] == table["bins"] == [3.5, 3.0, 2.6, 2.3]
+    for row in planned["rows"]:
+        published = table["methods"].get(row["method"])
+        if published is None:
+            assert "paper" not in row, row
+            continue
+        at = table["bins"].index(row["target_gmacs"])
+        assert row["paper"]["setting"] == published["settings"][at]
+        assert (row["paper"]["acc"], row["paper"]["acc_ft"]) == (published["acc"][at], published["acc_ft"][at])
+        assert "Table 2" in row["paper"]["source"] and "A6000" in row["paper"]["source"]
+    evo = next(r for r in planned["rows"] if r["method"] == "evo" and r["target_gmacs"] == 3.5)
+    assert evo["setting"] == {"keep_ratio": 0.65} and evo["paper"]["setting"] == {"keep_ratio": 0.7}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--gmacs 3.5,3.0,2.6 or --bins paper"),
+    (["--gmacs", "3", "--bins", "paper"], "one of them"),
+    (["--bins", "table9"], "only 'paper'"),
+])
+def test_targets_are_gmacs_or_the_papers_bins(args, message):
+    result = cli("compare", "deit_s", *args, "--dry-run")
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_bins_paper_on_a_backbone_without_a_table_is_one_line():
+    result = cli("compare", MODEL.replace("small", "tiny"), "--bins", "paper", "--dry-run")
+    assert result.exit_code == 2 and "cover deit_s and deit_b only" in result.output

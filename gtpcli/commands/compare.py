@@ -33,6 +33,31 @@ def targets(text: str) -> list[float]:
     return found
 
 
+def paper_targets(bins: str, timm_name: str) -> list[float]:
+    """`--bins paper`: the GMACs bins of GTP-ViT's table for this backbone (deit_s: Table 2, deit_b: Table 3)."""
+    from ..reference.bins import table_for
+
+    if bins != "paper":
+        raise GtpcliError(f"--bins {bins!r}: only 'paper' (GTP-ViT's Tables 2/3) is known")
+    return list(table_for(timm_name)["bins"])
+
+
+def with_paper(rows: list[dict[str, Any]], timm_name: str) -> list[dict[str, Any]]:
+    """Each row at a bin of GTP-ViT's table for this backbone gets the paper's figures for its method there,
+    with the paper's own setting (the row's is solved, and may differ): reference, never a result."""
+    from ..reference.bins import SOURCE, TABLES
+
+    table = TABLES.get(timm_name)
+    for row in rows if table else []:
+        published = table["methods"].get(row["method"])
+        if published is None or row["target_gmacs"] not in table["bins"]:
+            continue
+        index = table["bins"].index(row["target_gmacs"])
+        row["paper"] = {"setting": published["settings"][index], "source": f"{SOURCE}, {table['table']}",
+                        **{key: published[key][index] for key in ("acc", "acc_ft", "img_s") if key in published}}
+    return rows
+
+
 def setting_row(target: float, method: str, setting: dict[str, Any], macs: int) -> dict[str, Any]:
     """One planned run: the method at its setting, its analytic GMACs and how far they are from the target."""
     return {"target_gmacs": target, "method": method, "setting": setting, "gmacs": macs / 1e9,
@@ -66,9 +91,10 @@ def refuse_solved_hparams(hparams: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def plan(name: str, arch: Arch, gmacs: Sequence[float], hparams: Mapping[str, Mapping[str, Any]] | None = None,
-         methods: Sequence[str] | None = None) -> dict[str, Any]:
-    """The whole comparison's plan: every target's rows and skipped methods, nothing measured yet. A plan
-    in which nothing can run is one line (exit 2)."""
+         methods: Sequence[str] | None = None, timm_name: str | None = None) -> dict[str, Any]:
+    """The whole comparison's plan: every target's rows and skipped methods, nothing measured yet (with
+    `timm_name`, the paper's figures where a target is a bin of GTP-ViT's table for it). A plan in which
+    nothing can run is one line (exit 2)."""
     refuse_solved_hparams(hparams or {})
     rows, skipped = [], []
     for target in gmacs:
@@ -79,7 +105,8 @@ def plan(name: str, arch: Arch, gmacs: Sequence[float], hparams: Mapping[str, Ma
     if not rows:
         raise GtpcliError("nothing to compare: " + "; ".join(m["reason"] for m in missed))
     return {"model": name, "stock_gmacs": stock_macs(arch) / 1e9, "targets_gmacs": list(gmacs),
-            "measured": False, "rows": rows, "skipped": skipped, "unreached": missed}
+            "measured": False, "rows": with_paper(rows, timm_name) if timm_name else rows, "skipped": skipped,
+            "unreached": missed}
 
 
 def unreached(gmacs: Sequence[float], rows: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,6 +147,8 @@ def as_measured(row: dict[str, Any], planned: dict[str, Any], target: float) -> 
     """A sweep row as the comparison keeps it: whole (nothing measured is lost), named as the plan names it
     (method, setting; the sweep's own schedule label kept as `schedule`), with its target and exact GMACs."""
     found = {**row, "target_gmacs": target, "method": planned["method"], "setting": planned["setting"]}
+    if "paper" in planned:
+        found["paper"] = planned["paper"]
     if "setting" in row:
         found["schedule"] = row["setting"]
     found["gmacs"] = row["macs"] / 1e9 if row.get("macs") else None
@@ -131,7 +160,7 @@ def as_measured(row: dict[str, Any], planned: dict[str, Any], target: float) -> 
 def as_sweep_row(row: dict[str, Any]) -> dict[str, Any]:
     """A saved row as the sweep wrote it, to resume it: `as_measured` undone (the resolution baseline is the
     stock model, the sweep's schedule label its `setting`)."""
-    found = {key: value for key, value in row.items() if key not in ("setting", "schedule")}
+    found = {key: value for key, value in row.items() if key not in ("setting", "schedule", "paper")}
     if "schedule" in row:
         found["setting"] = row["schedule"]
     return {**found, "method": STOCK} if row["method"] == RESOLUTION else found
