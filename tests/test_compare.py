@@ -415,3 +415,13 @@ def test_targets_are_gmacs_or_the_papers_bins(args, message):
 def test_bins_paper_on_a_backbone_without_a_table_is_one_line():
     result = cli("compare", MODEL.replace("small", "tiny"), "--bins", "paper", "--dry-run")
     assert result.exit_code == 2 and "cover deit_s and deit_b only" in result.output
+
+
+def test_the_plan_shows_the_papers_top1_and_setting_beside_each_method_labelled_as_published():
+    result = cli("compare", "deit_s", "--gmacs", "3.5", "--dry-run")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "79.0 (keep_ratio=0.7)" in text and "79.5 (P=8)" in text  # Evo-ViT: the paper's setting, not 0.65
+    assert "without finetuning" in text and "A6000" in text and "not measured here" in text
+    other = cli("compare", "deit_s", "--gmacs", "3.4", "--dry-run")  # no bin of the table: no paper column
+    assert other.exit_code == 0 and "paper" not in other.stdout.lower()

@@ -19,12 +19,30 @@ def setting_text(setting: dict[str, Any]) -> str:
 
 def render_plan(result: dict[str, Any], console: Console) -> None:
     columns = [("method", "left"), ("setting", "left"), ("GMACs (analytic)", "right"), ("vs target", "right")]
+    paper = any("paper" in r for r in result["rows"])
     for target in result["targets_gmacs"]:
         rows = [[r["method"], setting_text(r["setting"]), gmacs_text(r["gmacs"]), f"{r['gap']:+.1%}"]
-                for r in result["rows"] if r["target_gmacs"] == target]
+                + ([paper_text(r)] if paper else []) for r in result["rows"] if r["target_gmacs"] == target]
         caption = f"stock {gmacs_text(result['stock_gmacs'])} GMACs; settings from the cost model, not measured"
-        console.print(table(f"{result['model']} at {target:g} GMACs", columns, rows, caption=caption))
+        console.print(table(f"{result['model']} at {target:g} GMACs", columns + [PAPER_COLUMN] * paper, rows,
+                            caption=caption + paper_caption(result)))
     render_skipped(result, console)
+
+
+PAPER_COLUMN = ("paper top-1", "left")
+
+
+def paper_text(row: dict[str, Any]) -> str:
+    """The paper's top-1 for the row's method at its target, and the setting the paper ran it at."""
+    paper = row.get("paper")
+    return f"{paper['acc']:.1f} ({setting_text(paper['setting'])})" if paper else "-"
+
+
+def paper_caption(result: dict[str, Any]) -> str:
+    """What the paper's column is: published, under the paper's conditions, never measured here."""
+    source = next((r["paper"]["source"] for r in result["rows"] if "paper" in r), None)
+    return (f". Paper top-1: % without finetuning at the paper's own setting (in brackets), as published in {source}; "
+            "a reference, not measured here") if source else ""
 
 
 def render_skipped(result: dict[str, Any], console: Console) -> None:
