@@ -425,3 +425,28 @@ def test_the_plan_shows_the_papers_top1_and_setting_beside_each_method_labelled_
     assert "without finetuning" in text and "A6000" in text and "not measured here" in text
     other = cli("compare", "deit_s", "--gmacs", "3.4", "--dry-run")  # no bin of the table: no paper column
     assert other.exit_code == 0 and "paper" not in other.stdout.lower()
+
+
+def test_the_measured_table_shows_the_papers_column_where_a_row_carries_it(tiny):
+    """A measured row keeps its plan's paper entry (here written into the tiny file by hand, as the plan writes
+    it for a bin of GTP-ViT's table) and the table shows it, labelled, beside the measured columns."""
+    from gtpcli.report.compare import render_measured
+
+    result = json.loads(tiny["out"].read_text())
+    gtp = next(r for r in result["rows"] if r["method"] == "gtp")
+    gtp["paper"] = {"setting": {"P": 8}, "acc": 79.5, "source": "GTP-ViT Tables 2/3 (A6000, batch 128), Table 2"}
+    shown = io.StringIO()
+    render_measured(result, Console(file=shown, width=200, color_system=None))
+    text = " ".join(shown.getvalue().split())
+    assert "paper top-1" in text and "79.5 (P=8)" in text and "not measured here" in text
+
+
+def test_a_measured_row_keeps_its_plans_paper_entry_and_resuming_hands_the_sweep_none():
+    from gtpcli.commands.compare import as_measured, as_sweep_row
+
+    paper = {"setting": {"P": 8}, "acc": 79.5, "source": "Table 2"}
+    swept = {"method": "gtp", "P": 8, "macs": 3_444_000_000, "analytic_macs": 3_444_000_000, "setting": "P=8"}
+    row = as_measured(swept, {"method": "gtp", "setting": {"P": 8}, "paper": paper}, 3.5)
+    assert row["paper"] == paper and row["schedule"] == "P=8"
+    assert as_sweep_row(row) == {**swept, "target_gmacs": 3.5, "gmacs": 3.444, "analytic_gmacs": 3.444,
+                                 "gap": row["gap"]}

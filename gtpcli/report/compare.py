@@ -110,7 +110,9 @@ def render_measured(result: dict[str, Any], console: Console) -> None:
     columns = [("method", "left"), ("setting", "left"), ("GMACs", "right"), ("vs target", "right"),
                ("img/s", "right"), ("speed-up (quartiles)", "left"), ("ideal", "right"), ("of ideal", "right")]
     columns += [(header, "right") for _, header, _ in quality]
-    caption = conditions(result)
+    paper = any("paper" in r for r in result["rows"])
+    columns += [PAPER_COLUMN] * paper
+    caption = conditions(result) + paper_caption(result)
     for target in result["targets_gmacs"]:
         rows = [r for r in result["rows"] if r["target_gmacs"] == target]
         if not rows:
@@ -120,7 +122,8 @@ def render_measured(result: dict[str, Any], console: Console) -> None:
                   "-" if r.get("img_s") is None else f"{r['img_s']:.1f}", speedup_text(r),
                   "-" if r.get("ideal_speedup") is None else f"{r['ideal_speedup']:.2f}x",
                   "-" if r.get("share_of_ideal") is None else f"{r['share_of_ideal']:.0%}"]
-                 + ["-" if r.get(key) is None else f"{r[key]:.1f}" for key, _, _ in quality] for r in rows]
+                 + ["-" if r.get(key) is None else f"{r[key]:.1f}" for key, _, _ in quality]
+                 + [paper_text(r)] * paper for r in rows]
         console.print(table(f"{result['model']} at {target:g} GMACs", columns, cells, caption=caption))
     render_skipped(result, console)
     for warning in dict.fromkeys(f"{r['method']} {setting_text(r['setting'])}: {w}".replace(" : ", ": ")
