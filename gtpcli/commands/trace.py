@@ -72,7 +72,7 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
 
     from ..config import options
     from ..cost import analytic
-    from ..measure import gap, speed, trace
+    from ..measure import speed, trace
     from ..methods.patching import attach
     from ..models import backbones
 
@@ -89,18 +89,15 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         raise GtpcliError(f"--out {out}: cannot write the trace ({exc.strerror or exc}: {exc.filename or out})") from None
     backbone, own = _macs(model, card, method, hparams)  # of the traced images, before the stock passes
     setting = adaptive_setting(card, hparams) if card.adaptive else getattr(model.reduction, "variant_label", None)
-    reduced = attach(model, method, P, hparams)
-    passes = trace.interleaved({"stock": attach(model, None), method: reduced}, model, x, rounds, run.steps,
-                               patched.timing.autocast, run.seed)
-    reduced()  # the model as it was traced
-    forward, stages = trace.shares(passes[method])
-    stock_forward, stock_stages = trace.shares(passes["stock"])
-    faster = speed.ratio([1 / p[trace.FORWARD] for p in passes["stock"]], [1 / p[trace.FORWARD] for p in passes[method]])
-    method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     arch = backbones.arch_of(model)
     stock_macs = sum(analytic.backbone_macs(arch, [0] * arch.L).values())
-    split = gap.where_the_ideal_went(_ms(stock_stages), _ms(stages), stock_macs, backbone + own, card.stages,
-                                     _stage_macs(model, card))
+    stock = trace.Side(attach(model, None), model, x)
+    reduced = trace.Side(attach(model, method, P, hparams), model, x)  # patched again: its token schedule
+    found = trace.against_stock(stock, reduced, (stock_macs, backbone + own), card.stages,
+                                trace.stage_split(model, model, card), rounds, run.steps, patched.timing.autocast,
+                                run.seed)
+    forward, stages, faster = found.forward_ms, found.stages, found.speedup
+    method_time = sum(s["ms"] for s in stages if s["stage"].startswith(method + "."))
     return {
         "model": patched.name, "method": method, "P": None if card.adaptive else P,
         "setting": setting, "device": device,
@@ -108,7 +105,7 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         "time": "device (CUDA kernels under each label)" if device.startswith("cuda") else "CPU",
         "rounds": rounds, "steps": run.steps,
         "forward_ms": forward, "stages": stages,
-        "stock_forward_ms": stock_forward, "stock_stages": stock_stages,
+        "stock_forward_ms": found.stock_forward_ms, "stock_stages": found.stock_stages,
         "forward_speedup": round(faster.median, 3), "forward_speedup_q1": _rounded(faster.q1),
         "forward_speedup_q3": _rounded(faster.q3),
         "method_time_share": round(method_time / forward, 4) if forward else None,
@@ -116,7 +113,7 @@ def trace_result(run: RunConfig, out: Path) -> dict[str, Any]:
         # far above 1: the method's own stages are memory- or launch-bound, not compute-bound
         "time_per_mac_ratio": round((method_time / forward) / (own / (backbone + own)), 1) if own and forward else None,
         "method_macs": own, "total_macs": backbone + own, "stock_macs": stock_macs,
-        "ideal_gap": split,
+        "ideal_gap": found.ideal_gap,
         "top_ops": recorded.top_ops,
         "tensorboard_dir": str(recorded.tensorboard_dir), "chrome_trace": str(recorded.chrome_trace),
         "rows": stages, "config": run.record(),
@@ -139,25 +136,6 @@ def _macs(model, card, method: str, hparams: dict[str, Any]) -> tuple[float, int
     removals = model.reduction.removals
     return (sum(registry.backbone_macs(arch, method, removals, hparams).values()),
             registry.implemented_overhead(arch, method, removals, hparams))
-
-
-def _ms(stages: list[dict[str, Any]]) -> dict[str, float]:
-    """A stage table as {stage: ms}."""
-    return {s["stage"]: s["ms"] for s in stages}
-
-
-def _stage_macs(model, card) -> dict[str, tuple[int, int]] | None:
-    """(stock, method) analytic MACs of attention and of the MLP, where the method's blocks follow the analytic
-    token schedule; None for a method with its own backbone cost or input-dependent counts (the gap then scales
-    both stages by the whole model's MAC ratio)."""
-    from ..cost.analytic import stage_macs
-    from ..models import backbones
-
-    if card.adaptive or card.backbone_macs is not None:
-        return None
-    arch = backbones.arch_of(model)
-    stock, reduced = stage_macs(arch, 0), stage_macs(arch, list(model.reduction.removals))
-    return {stage: (stock[stage], reduced[stage]) for stage in stock}
 
 
 def _rounded(value: float | None) -> float | None:

@@ -11,7 +11,7 @@ import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -94,19 +94,30 @@ def stage_times(model: nn.Module, x: torch.Tensor, steps: int = 3, autocast=null
     return per_step(prof.key_averages(), steps, x.is_cuda)
 
 
-def interleaved(setups: dict[str, Callable[[], object]], model: nn.Module, x: torch.Tensor, rounds: int, steps: int,
-                autocast=nullcontext, seed: int = 0) -> dict[str, list[dict[str, float]]]:
-    """Stage milliseconds of each setup (entered by its callable: the stock model, the method) from `rounds`
-    profiled passes of `steps` forwards each, the setups alternating in an order shuffled per round (the
-    schedule of the timing loop), so a slow phase of the machine falls on both alike."""
+@dataclass
+class Side:
+    """One side of the profiled passes: `enter` puts `model` into its setting (a block swap, or the stock
+    model), `x` is its input batch (a model at its own input size has its own)."""
+
+    enter: Callable[[], object]
+    model: nn.Module
+    x: torch.Tensor
+
+
+def interleaved(sides: dict[str, Side], rounds: int, steps: int, autocast=nullcontext,
+                seed: int = 0) -> dict[str, list[dict[str, float]]]:
+    """Stage milliseconds of each side (the stock model, the method) from `rounds` profiled passes of `steps`
+    forwards each, the sides alternating in an order shuffled per round (the schedule of the timing loop),
+    so a slow phase of the machine falls on both alike."""
     from .speed import schedule
 
-    labels = list(setups)
+    labels = list(sides)
     found: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for order in schedule(len(labels), rounds, seed):
         for at in order:
-            setups[labels[at]]()
-            found[labels[at]].append(stage_times(model, x, steps, autocast))
+            side = sides[labels[at]]
+            side.enter()
+            found[labels[at]].append(stage_times(side.model, side.x, steps, autocast))
     return found
 
 
@@ -126,6 +137,55 @@ def shares(passes: list[dict[str, float]]) -> tuple[float, list[dict[str, float]
         stages.append({"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None,
                        "share_q1": round(spread[0], 4), "share_q3": round(spread[2], 4)})
     return round(forward, 3), stages
+
+
+@dataclass
+class AgainstStock:
+    """A model's stage table beside the stock model's, from the same interleaved profiled passes, and where
+    the ideal went between them (measure/gap.py)."""
+
+    forward_ms: float
+    stages: list[dict]
+    stock_forward_ms: float
+    stock_stages: list[dict]
+    speedup: object  # speed.Ratio: the per-pass ratios of the forward times
+    ideal_gap: dict
+
+
+def against_stock(stock: Side, method: Side, macs: tuple[float, float], own_stages: Collection[str],
+                  split: dict[str, tuple[int, int]] | None, rounds: int, steps: int, autocast=nullcontext,
+                  seed: int = 0) -> AgainstStock:
+    """Profile the stock model and `method` in interleaved passes and split the time `method` loses against
+    its ideal (`macs`: the stock model's and the method's) into its parts: what `gtpcli trace` shows for one
+    method and `gtpcli compare` for each row, one implementation. `split`: `stage_split`'s stage MACs."""
+    from .gap import where_the_ideal_went
+    from .speed import ratio
+
+    passes = interleaved({"stock": stock, "method": method}, rounds, steps, autocast, seed)
+    forward, stages = shares(passes["method"])
+    stock_forward, stock_stages = shares(passes["stock"])
+    faster = ratio([1 / p[FORWARD] for p in passes["stock"]], [1 / p[FORWARD] for p in passes["method"]])
+    found = where_the_ideal_went(stage_ms(stock_stages), stage_ms(stages), *macs, own_stages, split)
+    return AgainstStock(forward, stages, stock_forward, stock_stages, faster, found)
+
+
+def stage_ms(stages: list[dict]) -> dict[str, float]:
+    """A stage table as {stage: ms}."""
+    return {s["stage"]: s["ms"] for s in stages}
+
+
+def stage_split(stock: nn.Module, model: nn.Module, card=None) -> dict[str, tuple[int, int]] | None:
+    """(stock, `model`) analytic MACs of attention and of the MLP: the stock model's blocks against `model`'s,
+    under its method's token schedule (`card`) or, stock, at its own input size; None for a method with its own
+    backbone cost or input-dependent counts (the gap then scales both stages by the whole model's MAC ratio)."""
+    from ..cost.analytic import stage_macs
+    from ..models.backbones import arch_of
+
+    if card is not None and (card.adaptive or card.backbone_macs is not None):
+        return None
+    theirs = stage_macs(arch_of(stock), 0)
+    ours = stage_macs(arch_of(model), list(model.reduction.removals) if card is not None else 0)
+    return {stage: (theirs[stage], ours[stage]) for stage in theirs}
 
 
 def per_step(events, steps: int, on_device: bool) -> dict[str, float]:
