@@ -16,6 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .config.run import SEARCH_GUARD
 from .errors import GtpcliError
+from .measure.breakdown import cost_text as breakdown_cost
 from .methods import REGISTRY, scheduled
 
 METHODS_TEXT = ", ".join(REGISTRY)  # every registered method, for help texts
@@ -451,6 +452,8 @@ def compare(
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per target: each times the stock model and every row of the target for an equal slice, in a shuffled order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per row " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already measured in the result file instead of measuring them again", rich_help_panel=RUN),
+    breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown", help="After a target's timing, where each row's ideal speed-up went (own stages, attention, MLP, rest), from profiled passes of the row and the stock model, interleaved: "
+                                   f"{breakdown_cost()} (--no-breakdown: skip them)", rich_help_panel=RUN),
     data: Optional[Path] = DataOpt,
     limit: Optional[int] = LimitOpt,
     fidelity: bool = FidelityOpt,
@@ -491,7 +494,7 @@ def compare(
                     batch_size=None if batch_size is None else str(batch_size), seed=seed, runs=runs,
                     rounds=rounds, warmup=warmup, resume=resume, data=data, limit=limit, fidelity=fidelity,
                     class_map=class_map, fmt=fmt, output=output)
-    measured = measure(run, planned, say)
+    measured = measure(run, planned, say, breakdown=breakdown)
     emit(measured, fmt, None, render_measured)
     if report is not None:
         say(f"report written: {write_report(measured, report, invocation(ctx))}")

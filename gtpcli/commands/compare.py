@@ -199,12 +199,13 @@ def refuse_profile_file(rows: list[dict[str, Any]], path: Path) -> None:
         raise GtpcliError(f"--output {path} holds gtpcli profile points (no target); give compare a file of its own")
 
 
-def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[str, Any]:
+def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown: bool = True) -> dict[str, Any]:
     """Every target of the plan measured: the stock model and the target's rows as sweep points, timed in the
-    same interleaved rounds; each finished row saved to the result file at once (resume: rows already in it
-    are kept, not measured again). `announce` gets the cost line once every option is checked, before the
-    model is built. The measured result: the header (model, weights, environment, plan) and the rows of this
-    comparison, target by target."""
+    same interleaved rounds, then (`breakdown`) where each row's ideal went, from profiled passes; each finished
+    row and breakdown saved to the result file at once (resume: rows and breakdowns already in it are kept, not
+    measured again). `announce` gets the cost line once every option is checked, before the model is built.
+    The measured result: the header (model, weights, environment, plan) and the rows of this comparison,
+    target by target."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .. import results
@@ -222,7 +223,7 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[s
                     only=[point for c in configs.values() for point in c.only])
     header = {**result_header(cfg, opts), "command": "compare", "stock_gmacs": planned["stock_gmacs"],
               "targets_gmacs": planned["targets_gmacs"], "skipped": planned["skipped"],
-              "unreached": planned["unreached"], "measured": True}
+              "unreached": planned["unreached"], "measured": True, "breakdown": breakdown_passes()}
     path = result_file(opts, cfg, header)
     announce(cost_line(planned))
     model = sweep.build(every)  # every point checked before anything is measured
@@ -236,8 +237,14 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[s
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(cfg.model, total=sum(sweep.steps(c) for c in configs.values()))
+        total = sum(sweep.steps(c) for c in configs.values()) + (breakdown_steps(by_target) if breakdown else 0)
+        task = progress.add_task(cfg.model, total=total)
         started: list[str] = []
+
+        def save_breakdown(row: dict[str, Any], found: dict[str, Any]) -> None:
+            with held():
+                row["ideal_gap"] = found
+                store.save(rows)
 
         def measuring():
             for target, config in configs.items():
@@ -254,6 +261,8 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[s
 
                 mine = [as_sweep_row(r) for r in saved if r.get("target_gmacs") == target]
                 sweep.run(config, mine, save, starting, warn, model=model)
+                if breakdown:
+                    breakdowns(model, config, rows[len(before):], starting, save_breakdown)
 
         with keeping_finished(progress, rows, store, World(), "rows"):
             measuring()
@@ -261,3 +270,34 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None) -> dict[s
     resumed = sum(before.get(results.row_key(row)) == row for row in rows)  # kept as they were
     err.print(f"saved {store.summary(rows, resumed)} in {path}", highlight=False, soft_wrap=True)
     return {**header, "rows": rows}
+
+
+# --- where the ideal went, per row ----------------------------------------------------------------------------
+
+def breakdown_passes() -> dict[str, int]:
+    """How a row's breakdown (`ideal_gap`) is measured, for the result's header: profiled passes of the row and
+    of the stock model each, forwards per pass. A row measured with --no-breakdown has none."""
+    from ..measure.breakdown import ROUNDS, STEPS
+
+    return {"rounds": ROUNDS, "steps": STEPS}
+
+
+def breakdown_steps(by_target: Mapping[float, list[dict[str, Any]]]) -> int:
+    """The progress steps of the breakdowns: one per planned row (the stock model has none)."""
+    return sum(len(rows) for rows in by_target.values())
+
+
+def breakdowns(model, config, mine: list[dict[str, Any]], starting, save) -> None:
+    """Where the ideal went for each measured row of one target (`mine`: stock first) that has no breakdown
+    yet (one resumed keeps its own), each handed to `save(row, breakdown)` as soon as it is measured."""
+    from ..measure.breakdown import row_gap
+    from ..measure.sweep import InputSizes
+    from ..report.compare import setting_text
+
+    sized = InputSizes(model)  # the resolution row's resized copy, dropped with the target
+    stock = as_sweep_row(mine[0])
+    for row in mine[1:]:
+        done = row.get("ideal_gap") is not None
+        starting(f"where the ideal went, {row['method']} {setting_text(row['setting'])}" + (" (resumed)" if done else ""))
+        if not done:
+            save(row, row_gap(model, config, as_sweep_row(row), stock, sized))
