@@ -175,10 +175,10 @@ def write_figure(figure, path: Path) -> None:
 @friendly
 def plot(
     results: list[Path] = typer.Argument(..., help="Result files: gtpcli profile -o or gtpcli compare -o, or the --format json of complexity or trace; several overlay"),
-    kind: str = typer.Option("tradeoff", "--kind", "-k", help="tradeoff (profile or compare results), speedup, tokens (profile results), overhead (complexity), stages (trace)"),
+    kind: str = typer.Option("tradeoff", "--kind", "-k", help="tradeoff (profile or compare results), speedup, tokens (profile results), overhead (complexity), stages (trace), gap (compare or trace: where the ideal speed-up went, a stacked bar per row)"),
     output: Path = typer.Option(..., "--output", "-o", help="The figure: .png, .svg or .pdf; .json writes the data it draws"),
 ):
-    """Draw a result as the paper's figures: accuracy/speed trade-off, speed-up against the ideal, overhead curves, tokens per block, stage shares."""
+    """Draw a result as the paper's figures: accuracy/speed trade-off, speed-up against the ideal, overhead curves, tokens per block, stage shares, where the ideal went."""
     from . import files
     from .report import plots
 

@@ -383,6 +383,97 @@ def test_stages_stack_each_trace_backbone_first_then_each_methods_own(tmp_path):
     assert plots.figure("stages", [gtp, tome]).panels[0].xticks[1] == "evit keep 0.7\n80 ms"
 
 
+# --- gap: where the ideal went, from a hand-written compare result and a trace ----------------------------------
+
+def ideal_gap(parts, ideal_ms=80.0, ideal=1.25, measured=1.1):
+    """A breakdown as measure/gap.py writes it: the parts add up to the gap."""
+    gap = round(sum(parts.values()), 3)
+    return {"stock_ms": 100.0, "measured_ms": ideal_ms + gap, "ideal_ms": ideal_ms, "gap_ms": gap,
+            "ideal_speedup": ideal, "measured_speedup": measured, "mac_ratios": {"attention": 0.8, "mlp": 0.7},
+            "mac_ratios_from": "stages", "parts": {name: {"ms": ms, "share": ms / gap} for name, ms in parts.items()}}
+
+
+def gap_row(target, method, setting, parts=None):
+    row = {"model": "deit_s", "target_gmacs": target, "method": method, "setting": setting, "P": setting.get("P", 0),
+           "hparams": {}, "gmacs": 3.0, "img_s": 100.0}
+    return row | ({"ideal_gap": ideal_gap(parts)} if parts is not None else {})
+
+
+def gap_file(path):
+    """Two targets: at 3.0 GTP (a negative MLP part), random measured without a breakdown and the resolution
+    baseline; at 2.6 GTP alone."""
+    rows = [gap_row(3.0, "stock", {}),
+            gap_row(3.0, "gtp", {"P": 11}, {"own_stages": 8.0, "attention": 4.0, "mlp": -2.5, "rest": 1.0}),
+            gap_row(3.0, "random", {"P": 11}),
+            gap_row(3.0, "resolution", {"img_size": 176}, {"own_stages": 0.0, "attention": 3.0, "mlp": 1.0,
+                                                           "rest": -0.5}),
+            gap_row(2.6, "stock", {}),
+            gap_row(2.6, "gtp", {"P": 14}, {"own_stages": 9.0, "attention": 6.0, "mlp": 3.0, "rest": 0.25})]
+    path.write_text(json.dumps({"model": "deit_s", "weights": "random weights", "env": ENV, "command": "compare",
+                                "targets_gmacs": [3.0, 2.6], "rows": rows}))
+    return path
+
+
+def test_gap_stacks_each_rows_parts_as_the_json_holds_them_one_panel_per_target(tmp_path):
+    path = gap_file(tmp_path / "compare.json")
+    rows = json.loads(path.read_text())["rows"]
+    fig = plots.figure("gap", [path])
+    assert [p.title for p in fig.panels] == ["deit_s at 3 GMACs", "deit_s at 2.6 GMACs"]
+    for panel, target in zip(fig.panels, (3.0, 2.6)):
+        drawn = [r for r in rows if r["target_gmacs"] == target and "ideal_gap" in r]  # random has no breakdown
+        found = by_label(panel)
+        for name, label in plots.GAP_PARTS.items():
+            assert found[label].mark == "bar" and found[label].y == [r["ideal_gap"]["parts"][name]["ms"] for r in drawn]
+        total = found["gap: measured - ideal"]
+        assert total.mark == "total" and total.y == [r["ideal_gap"]["gap_ms"] for r in drawn]
+        for at in range(len(drawn)):
+            assert sum(found[label].y[at] for label in plots.GAP_PARTS.values()) == pytest.approx(total.y[at])
+    assert fig.panels[0].xticks == ["gtp P=11\n1.25x -> 1.10x", "resolution img_size=176\n1.25x -> 1.10x"]
+    assert by_label(fig.panels[0])["MLP"].y == [-2.5, 1.0] and "random" not in " ".join(fig.panels[0].xticks)
+    assert "Test CPU" in fig.caption and "stack down from 0" in fig.caption
+
+
+def test_negative_parts_stack_down_from_zero_and_positive_ones_up(tmp_path):
+    from matplotlib.figure import Figure as Canvas
+
+    from gtpcli.report import draw
+
+    fig = plots.figure("gap", [gap_file(tmp_path / "compare.json")])
+    ax = Canvas().subplots()
+    draw.draw_panel(ax, fig.panels[0], draw.colour_map(fig), draw.hatch_map(fig))
+    gtp = sorted((p.get_y(), p.get_height()) for p in ax.patches if abs(p.get_x() + p.get_width() / 2) < 1e-9)
+    # own 8 from 0, attention 4 on top of it, rest 1 on top of both; the MLP's -2.5 hangs below 0
+    assert gtp == [(0.0, -2.5), (0.0, 8.0), (8.0, 4.0), (12.0, 1.0)]
+    assert any(line.get_ydata()[0] == 0.0 for line in ax.get_lines())  # the zero line: parts below it are gains
+
+
+def test_gap_of_a_trace_is_one_bar(tmp_path):
+    path = trace_file(tmp_path / "t.json", "gtp", {"attention": 0.6, "mlp": 0.4})
+    data = json.loads(path.read_text()) | {"ideal_gap": ideal_gap({"own_stages": 5.0, "attention": 2.0, "mlp": 1.0,
+                                                                   "rest": 0.5})}
+    path.write_text(json.dumps(data))
+    (panel,) = plots.figure("gap", [path]).panels
+    assert panel.xticks == ["gtp P=8\n1.25x -> 1.10x"] and by_label(panel)["own stages"].y == [5.0]
+    assert by_label(panel)["gap: measured - ideal"].y == [8.5]
+
+
+def test_gap_says_in_one_line_what_it_cannot_draw(measured, tmp_path):
+    path = gap_file(tmp_path / "compare.json")
+    data = json.loads(path.read_text())
+    with pytest.raises(GtpcliError, match="is a gtpcli profile result; --kind gap reads gtpcli compare results"):
+        plots.figure("gap", [measured])
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(data | {"rows": [{k: v for k, v in r.items() if k != "ideal_gap"} for r in data["rows"]]}))
+    with pytest.raises(GtpcliError, match="no row has a breakdown .ideal_gap.; measure it with gtpcli compare"):
+        plots.figure("gap", [bare])
+    data["rows"][1]["ideal_gap"]["parts"]["mlp"]["ms"] = "a lot"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GtpcliError, match=r"rows\[1\]\.ideal_gap lacks gap_ms or parts"):
+        plots.figure("gap", [path])
+    with pytest.raises(GtpcliError, match="this trace has no ideal_gap"):
+        plots.figure("gap", [trace_file(tmp_path / "t.json", "gtp", {"attention": 1.0})])
+
+
 def test_a_kind_refuses_the_results_of_another_command(measured, tmp_path):
     trace = trace_file(tmp_path / "t.json", "gtp", {"attention": 1.0})
     with pytest.raises(GtpcliError, match="is a gtpcli trace result; --kind tradeoff reads gtpcli profile"):
@@ -411,6 +502,7 @@ def valid(path):
 @pytest.mark.parametrize("kind", list(plots.KINDS))
 def test_every_kind_writes_png_svg_and_pdf(kind, measured, tmp_path):
     inputs = {"overhead": [complexity_file(tmp_path / "c.json", [197, 785], [384])[0]],
+              "gap": [gap_file(tmp_path / "compare.json")],
               "stages": [trace_file(tmp_path / "t.json", "gtp", {"attention": 0.6, "gtp.select": 0.1, "other": 0.3})],
               "tokens": [measured, profile_result(tmp_path / "tpc.json", [adaptive_row(0.5, [2, 3, 4, 5]), adaptive_row(0.9, [1, 1, 1, 5])])]}
     for suffix in ("png", "svg", "pdf"):

@@ -74,28 +74,30 @@ def _hex(rgba) -> str:
 
 
 def draw_panel(ax, panel: Panel, colours: dict[str, str], hatches: dict[str, str]) -> None:
-    bottoms: list[float] = []
+    stacks: dict[bool, list[float]] = {}  # the tops of the positive stacks and the bottoms of the negative ones
     boxes = [s for s in panel.series if s.mark == "box"]
     for series in panel.series:
         colour = colours.get(series.group, "#000000")
         if series.mark == "bar":
-            bottoms = bottoms or [0.0] * len(series.x)
-            ax.bar(series.x, series.y, bottom=bottoms, color=colour, label=series.label, width=0.6,
-                   hatch=hatches.get(series.group, ""), edgecolor="white", linewidth=0.5)
-            bottoms = [b + y for b, y in zip(bottoms, series.y)]
+            _stacked(ax, series, colour, hatches.get(series.group, ""), stacks)
         elif series.mark == "box":
             _boxes(ax, series, colour, boxes.index(series), len(boxes))
         else:
             _line(ax, series, colour)
     if boxes:
         ax.plot([], [], " ", label="per image: box = quartiles, whiskers = min/max, diamond = mean")
+    if any(y < 0 for s in panel.series if s.mark == "bar" for y in s.y):
+        ax.axhline(0.0, color="#000000", linewidth=0.8)
     ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.set_xscale(panel.xscale)
     ax.set_yscale(panel.yscale)
     if panel.xticks is not None:
-        ax.set_xticks(range(len(panel.xticks)), panel.xticks, fontsize=8)
+        crowded = len(panel.xticks) > 3  # long names side by side would run into each other: slanted
+        ax.set_xticks(range(len(panel.xticks)), panel.xticks, fontsize=8 if not crowded else 7,
+                      rotation=30 if crowded else 0, ha="right" if crowded else "center", rotation_mode="anchor")
+        ax.set_xlim(-0.7, max(len(panel.xticks), 2) - 0.3)  # one bar: as wide as one of two, not the whole panel
     elif all(isinstance(x, int) for s in panel.series for x in s.x):  # blocks, P: no tick at 2.5
         from matplotlib.ticker import MaxNLocator
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -105,6 +107,18 @@ def draw_panel(ax, panel: Panel, colours: dict[str, str], hatches: dict[str, str
         ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     elif handles:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
+
+
+def _stacked(ax, s: Series, colour: str, hatch: str, stacks: dict[bool, list[float]]) -> None:
+    """One segment per x on its stack: a positive value on top of the positive ones before it, a negative one
+    below the negative ones, so parts of opposite signs never hide each other."""
+    for sign in (True, False):
+        stacks.setdefault(sign, [0.0] * len(s.x))
+    bottoms = [stacks[y >= 0][at] for at, y in enumerate(s.y)]
+    ax.bar(s.x, s.y, bottom=bottoms, color=colour, label=s.label, width=0.6, hatch=hatch, edgecolor="white",
+           linewidth=0.5)
+    for at, y in enumerate(s.y):
+        stacks[y >= 0][at] += y
 
 
 def _line(ax, s: Series, colour: str) -> None:
@@ -127,6 +141,9 @@ def _line(ax, s: Series, colour: str) -> None:
     elif s.mark == "pareto":
         ax.plot(s.x, s.y, color="#000000", linestyle="none", marker="o", markersize=11, markerfacecolor="none",
                 markeredgewidth=0.9, label=s.label)
+    elif s.mark == "total":
+        ax.plot(s.x, s.y, color=colour, linestyle="none", marker="_", markersize=22, markeredgewidth=2.5,
+                label=s.label)
     elif s.mark == "reference":
         ax.plot(s.x, s.y, color="#666666", linestyle=":", linewidth=1, label=s.label)
     else:

@@ -2,8 +2,8 @@
 their labels, the reference points, the caption). `draw.py` renders them with matplotlib; nothing here
 imports it, so the data can be tested, and written as JSON, on its own.
 
-Result files read: `gtpcli profile` (tradeoff, speedup, tokens), `gtpcli compare` (tradeoff),
-`gtpcli complexity --format json` (overhead) and `gtpcli trace --format json` (stages).
+Result files read: `gtpcli profile` (tradeoff, speedup, tokens), `gtpcli compare` (tradeoff, gap),
+`gtpcli complexity --format json` (overhead) and `gtpcli trace --format json` (stages, gap).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ LOG_SPREAD = 20  # an axis whose values span more than this factor is drawn on a
 class Series:
     """One thing drawn in a panel. `mark` says how: line (measured), baseline (a dotted line, crosses),
     paper (hollow markers of the same colour), ideal (dashed line), stock (a star), pareto (a black ring
-    around points of other series), bar (one stacked segment per x), box (one box per x)."""
+    around points of other series), bar (one stacked segment per x: positive values stack up from 0, negative
+    ones down from 0), total (a tick per x: the sum of a stack), box (one box per x)."""
 
     label: str
     x: list[Any]
@@ -645,8 +646,92 @@ def stages(sources: Sequence[Source]) -> Figure:
     return Figure("stages", "Stage shares (PyTorch profiler)", panels, " | ".join(parts))
 
 
+# --- gap: where the ideal went ------------------------------------------------------------------------------
+
+GAP_PARTS = {"own_stages": "own stages", "attention": "attention", "mlp": "MLP", "rest": "rest"}
+GAP_NOTE = ("; bars: measured - ideal ms per batch (ideal: the stock model's time x the MAC ratio), split by stage "
+            "from profiled passes interleaved with stock: the method's own stages, attention and MLP beyond the stock "
+            "time scaled by their MAC ratios, and the rest (embedding, head, time outside the labels); parts above 0 "
+            "stack up from 0, parts below 0 (faster than the ideal there) stack down from 0; black tick: the gap, "
+            "their sum; under each bar: the ideal and the measured speed-up of the passes")
+
+
+def gap(sources: Sequence[Source]) -> Figure:
+    """Where the ideal went: per target of a `gtpcli compare` result one panel, one stacked bar per row (its
+    `ideal_gap` parts, in ms per batch) with the net gap marked; `gtpcli trace` results share one panel, a bar
+    each."""
+    kinds = [kind_of(s) for s in sources]
+    for s, kind in zip(sources, kinds):
+        if kind not in ("compare", "trace"):
+            raise GtpcliError(f"{s.path} is a gtpcli {kind} result; --kind gap reads gtpcli compare results "
+                              f"({MAKES['compare']}) or {MAKES['trace']}")
+    compared = [s for s, kind in zip(sources, kinds) if kind == "compare"]
+    traces = [s for s, kind in zip(sources, kinds) if kind == "trace"]
+    panels = [panel for s in compared for panel in compare_gap_panels(s, len(compared) > 1)]
+    if traces:
+        panels.append(gap_panel("gtpcli trace", [(f"{s.data['method']} {point_label(s.data)}", trace_gap(s))
+                                                 for s in traces]))
+    where = [caption([s]) for s in compared] + [f"{s.data['model']}, {s.data['device']}, batch {s.data['batch_size']}"
+                                                for s in traces]
+    return Figure("gap", "Where the ideal went", panels, " | ".join(dict.fromkeys(where)) + GAP_NOTE)
+
+
+def compare_gap_panels(source: Source, named: bool) -> list[Panel]:
+    """One panel per target, a bar per row with a breakdown, in the result's order."""
+    rows = {at: r for at, r in enumerate(source.data["rows"]) if r.get("ideal_gap") is not None}
+    if not rows:
+        raise GtpcliError(f"{source.path}: no row has a breakdown (ideal_gap); measure it with gtpcli compare "
+                          "MODEL --gmacs ... (without --no-breakdown; --resume adds it to the rows already there)")
+    where = f" ({source.name})" if named else ""
+    panels = []
+    for target in dict.fromkeys(r["target_gmacs"] for r in rows.values()):
+        bars = [(gap_label(r), checked_gap(source, r["ideal_gap"], f"rows[{at}]"))
+                for at, r in rows.items() if r["target_gmacs"] == target]
+        panels.append(gap_panel(f"{source.data.get('model', '?')} at {target:g} GMACs{where}", bars))
+    return panels
+
+
+def gap_label(row: dict) -> str:
+    """A bar's name: the method and its setting."""
+    setting = ", ".join(f"{k}={v}" for k, v in (row.get("setting") or {}).items())
+    return f"{row['method']} {setting}".strip()
+
+
+def trace_gap(source: Source) -> dict:
+    if source.data.get("ideal_gap") is None:
+        raise GtpcliError(f"{source.path}: this trace has no ideal_gap; trace it again with this gtpcli")
+    return checked_gap(source, source.data["ideal_gap"], "the trace")
+
+
+def checked_gap(source: Source, split: Any, where: str) -> dict:
+    """An `ideal_gap` whose gap and parts are numbers, or one line naming the file and the row."""
+    try:
+        if is_number(split["gap_ms"]) and all(is_number(split["parts"][name]["ms"]) for name in GAP_PARTS):
+            return split
+    except (KeyError, TypeError):
+        pass
+    raise GtpcliError(f"{source.path}: {where}.ideal_gap lacks gap_ms or parts.{{{','.join(GAP_PARTS)}}}.ms as "
+                      "numbers; is the file hand-edited?")
+
+
+def gap_panel(title: str, bars: list[tuple[str, dict]]) -> Panel:
+    """Stacked bars of the parts (ms per batch) and a tick at each bar's gap; ticks name the bar and its ideal
+    against its measured speed-up."""
+    x = list(range(len(bars)))
+    series = [Series(label, x, [split["parts"][name]["ms"] for _, split in bars], "bar", f"gap.{name}")
+              for name, label in GAP_PARTS.items()]
+    series.append(Series("gap: measured - ideal", x, [split["gap_ms"] for _, split in bars], "total", STOCK))
+    ticks = [f"{label}\n{_times(split.get('ideal_speedup'))} -> {_times(split.get('measured_speedup'))}"
+             for label, split in bars]
+    return Panel(title, "", "ms per batch lost against the ideal", series, xticks=ticks)
+
+
+def _times(value: Any) -> str:
+    return f"{value:.2f}x" if is_number(value) else "?"
+
+
 KINDS: dict[str, Callable[[Sequence[Source]], Figure]] = {
-    "tradeoff": tradeoff, "speedup": speedup, "overhead": overhead, "tokens": tokens, "stages": stages}
+    "tradeoff": tradeoff, "speedup": speedup, "overhead": overhead, "tokens": tokens, "stages": stages, "gap": gap}
 
 
 def figure(kind: str, paths: Sequence[Path]) -> Figure:
