@@ -165,6 +165,56 @@ def test_every_row_is_timed_with_the_stock_model_in_the_same_rounds(tiny):
         assert stock["speedup"] == 1.0 and stock["img_size"] == TINY["img_size"]
 
 
+def test_every_row_says_where_its_ideal_went_from_its_own_macs(tiny):
+    """Each row's breakdown: parts adding up to its gap exactly, the ideal from the row's counted MACs (the
+    ideal_speedup column's), and the stage MAC ratios of its own token schedule or input size, worked out here
+    from the cost model on an Arch written by hand."""
+    from dataclasses import replace
+
+    from gtpcli.cost.analytic import stage_macs
+
+    arch = Arch(N=65, C=32, L=12, H=2, prefix=1, patch_size=8, num_classes=10)  # 64 px in 8 px patches
+    stock_stages = stage_macs(arch, 0)
+    assert tiny["file"]["breakdown"] == {"rounds": 3, "steps": 2}
+    for target in (0.01, 0.007):
+        stock, *rows = [r for r in tiny["file"]["rows"] if r["target_gmacs"] == target]
+        assert "ideal_gap" not in stock
+        for row in rows:
+            split = row["ideal_gap"]
+            parts = {name: part["ms"] for name, part in split["parts"].items()}
+            assert list(parts) == ["own_stages", "attention", "mlp", "rest"]
+            assert sum(parts.values()) == pytest.approx(split["gap_ms"], abs=1e-9)
+            assert split["ideal_ms"] + split["gap_ms"] == pytest.approx(split["measured_ms"], abs=2e-3)
+            assert split["ideal_speedup"] == pytest.approx(stock["macs"] / row["macs"], abs=1e-4)
+            assert split["ideal_speedup"] == pytest.approx(row["ideal_speedup"], abs=5e-4)
+            if row["method"] == RESOLUTION:  # the stock model at its own size: fewer tokens, no stage of its own
+                side = row["setting"]["img_size"] // TINY["patch_size"]
+                own = stage_macs(replace(arch, N=side * side + 1), 0)
+                assert parts["own_stages"] == 0
+            else:
+                own = stage_macs(arch, row["P"])
+            assert split["mac_ratios_from"] == "stages"
+            assert split["mac_ratios"] == {stage: round(own[stage] / stock_stages[stage], 4) for stage in own}
+        assert next(r for r in rows if r["method"] == "gtp")["ideal_gap"]["parts"]["own_stages"]["ms"] > 0
+
+
+def test_no_breakdown_then_resume_measures_only_the_breakdowns(tiny, tmp_path):
+    out = tmp_path / "plain.json"
+    args = ("compare", tiny["profile"], "--gmacs", "0.007", "--method", "gtp", "--rounds", 2, "--runs", 2,
+            "--batch-size", 2, "--device", "cpu", "--output", out, "--format", "json")
+    plain = cli(*args, "--no-breakdown")
+    assert plain.exit_code == 0, plain.output
+    first = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in first] == ["stock", "gtp", RESOLUTION] and not any("ideal_gap" in r for r in first)
+    assert json.loads(plain.stdout)["breakdown"] == {"rounds": 3, "steps": 2} and "breakdowns measured" not in plain.stderr
+    resumed = cli(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [{k: v for k, v in r.items() if k != "ideal_gap"} for r in rows] == first  # nothing else measured again
+    assert ["ideal_gap" in r for r in rows] == [False, True, True]
+    assert "(3 resumed)" in resumed.stderr and "2 breakdowns measured" in resumed.stderr
+
+
 def test_resume_measures_nothing_and_keeps_every_row(tiny, tmp_path):
     again = tmp_path / "again.json"
     again.write_text(tiny["out"].read_text())
@@ -183,10 +233,14 @@ def test_the_tables_fit_80_columns_with_the_unreached_target_in_one_line(tiny):
     lines = shown.getvalue().splitlines()
     prose = [line for line in lines if line.startswith(("skipped:", "warning:"))]  # one line each, soft-wrapped
     assert all(len(line) <= 80 for line in lines if line not in prose)
-    assert sum(line.startswith("tiny at") for line in lines) == 2
+    assert sum(line.startswith("tiny at") and "where the ideal went" not in line for line in lines) == 2
     assert "random weights" in shown.getvalue() and "interleaved rounds" in shown.getvalue()
     for header in ("img/s", "speed-up", "ideal", "of ideal"):
         assert header in shown.getvalue()
+    gaps = [at for at, line in enumerate(lines) if "where the ideal went (ms per batch)" in line]
+    assert len(gaps) == 2  # one per target, after its measured table
+    for name in ("own stages", "attention", "MLP", "rest", "measured", "gap"):
+        assert name in "\n".join(lines[gaps[0]:gaps[1]])
     about_1 = [line for line in lines if " 1 GMACs" in line]
     assert len(about_1) == 1 and about_1[0].startswith("skipped: no method reaches 1 GMACs")
     assert "above the stock model" in about_1[0]
@@ -361,9 +415,11 @@ def test_report_folder_holds_the_page_the_data_and_replays_the_command(tiny, tmp
                       "2 interleaved rounds", "batch 2", "counted by fvcore"):
         assert condition in page, condition
     tables = [line for line in page.splitlines() if line.startswith("| ")]
-    assert sum(line.startswith("| method") for line in tables) == 2  # one table per measured target
-    assert sum(line.startswith("| resolution") for line in tables) == 2
+    assert sum(line.startswith("| method | setting") for line in tables) == 2  # one table per measured target
+    assert sum(line.startswith("| method | ideal | measured") for line in tables) == 2  # and where its ideal went
+    assert sum(line.startswith("| resolution") for line in tables) == 4
     assert "skipped: no method reaches 1 GMACs" in page
+    assert "![gap](gap.png)" in page and (folder / "gap.png").is_file()  # the rows have their breakdowns
 
 
 @pytest.mark.parametrize("extra", [["--dry-run"], []])

@@ -234,6 +234,7 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
     err = console(stderr=True)
     warn = lambda text: err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)  # noqa: E731
     rows: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []  # the breakdowns this run measured
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
@@ -244,6 +245,7 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
         def save_breakdown(row: dict[str, Any], found: dict[str, Any]) -> None:
             with held():
                 row["ideal_gap"] = found
+                gaps.append(found)
                 store.save(rows)
 
         def measuring():
@@ -266,13 +268,19 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
 
         with keeping_finished(progress, rows, store, World(), "rows"):
             measuring()
-    before = {results.row_key(row): row for row in saved}
-    resumed = sum(before.get(results.row_key(row)) == row for row in rows)  # kept as they were
-    err.print(f"saved {store.summary(rows, resumed)} in {path}", highlight=False, soft_wrap=True)
+    before = {results.row_key(row): without_gap(row) for row in saved}
+    resumed = sum(before.get(results.row_key(row)) == without_gap(row) for row in rows)  # kept as they were
+    err.print(f"saved {store.summary(rows, resumed)} in {path}" + (f"; {len(gaps)} breakdowns measured" if gaps else ""),
+              highlight=False, soft_wrap=True)
     return {**header, "rows": rows}
 
 
 # --- where the ideal went, per row ----------------------------------------------------------------------------
+
+def without_gap(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A row's measurement without its breakdown: a resumed row to which this run only added one is resumed."""
+    return None if row is None else {key: value for key, value in row.items() if key != "ideal_gap"}
+
 
 def breakdown_passes() -> dict[str, int]:
     """How a row's breakdown (`ideal_gap`) is measured, for the result's header: profiled passes of the row and
