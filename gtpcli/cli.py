@@ -452,7 +452,7 @@ def compare(
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per target: each times the stock model and every row of the target for an equal slice, in a shuffled order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per row " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already measured in the result file instead of measuring them again", rich_help_panel=RUN),
-    breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown", help="After a target's timing, where each row's ideal speed-up went (own stages, attention, MLP, rest), from profiled passes of the row and the stock model, interleaved: "
+    breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown", help="After a target's timing, where each row's ideal speed-up went (own stages, attention, MLP, rest): "
                                    f"{breakdown_cost()} (--no-breakdown: skip them)", rich_help_panel=RUN),
     data: Optional[Path] = DataOpt,
     limit: Optional[int] = LimitOpt,

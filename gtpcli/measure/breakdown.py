@@ -19,8 +19,8 @@ STEPS = 2   # forwards per profiled pass, after one untimed
 def cost_text(rounds: int = ROUNDS, steps: int = STEPS) -> str:
     """What one row's breakdown costs, in words: each pass of each side runs 1 untimed forward and `steps`
     profiled ones."""
-    return (f"{rounds} profiled passes of {steps} forwards (after 1 untimed) for the row and for the stock model: "
-            f"{rounds * 2 * (1 + steps)} forwards per row")
+    return (f"{rounds} profiled passes of {steps} forwards (after 1 untimed) of the row and of the stock model, "
+            f"interleaved: {rounds * 2 * (1 + steps)} forwards per row")
 
 
 def row_gap(model, cfg, row: dict[str, Any], stock_row: dict[str, Any], sized: Callable[[int], Any],
