@@ -10,6 +10,8 @@ from rich.console import Console
 
 from ..errors import GtpcliError
 from .layout import table
+from .plots import GAP_PARTS
+from .tables import _share, _times
 
 
 def setting_text(setting: dict[str, Any]) -> str:
@@ -132,6 +134,41 @@ def render_measured(result: dict[str, Any], console: Console) -> None:
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
+def render_gap(result: dict[str, Any], target: float, rows: list[dict[str, Any]], console: Console) -> None:
+    """Where each row's ideal went (the rows with a breakdown): the ideal, measured and lost milliseconds per
+    batch, and the parts of the loss, each with its speed-up or share of the gap on a second line."""
+    found = [r for r in rows if r.get("ideal_gap")]
+    if not found:
+        return
+    columns = [("method", "left"), ("ideal", "right"), ("measured", "right"), ("gap", "right")]
+    columns += [(header, "right") for header in GAP_PARTS.values()]
+    cells = [[r["method"], *gap_cells(r["ideal_gap"])] for r in found]
+    console.print(table(f"{result['model']} at {target:g} GMACs: where the ideal went (ms per batch)", columns,
+                        cells, caption=gap_caption(result)))
+
+
+def gap_cells(split: dict[str, Any]) -> list[str]:
+    """ideal, measured, gap and each part: milliseconds, then the speed-up over stock or the share of the gap."""
+    found = [f"{split['ideal_ms']:.1f}\n{_times(split['ideal_speedup'])}",
+             f"{split['measured_ms']:.1f}\n{_times(split['measured_speedup'])}",
+             f"{split['gap_ms']:+.1f}\n{_share(1.0 if split['gap_ms'] else None)}"]
+    parts = split["parts"]
+    return found + [f"{parts[name]['ms']:+.1f}\n{_share(parts[name]['share'])}" if name in parts else "-"
+                    for name in GAP_PARTS]
+
+
+def gap_caption(result: dict[str, Any]) -> str:
+    """How the breakdown was measured and what each part means, once per table."""
+    passes = result.get("breakdown") or {}
+    how = (f"{passes['rounds']} profiled passes of {passes['steps']} forwards"
+           if passes.get("rounds") and passes.get("steps") else "profiled passes")
+    return (f"From {how} of each row and of stock, interleaved, on the timed batch: each stage's median. Ideal: "
+            "stock ms x row GMACs / stock GMACs (counted); gap = measured - ideal = own stages (the method's "
+            "labelled stages) + attention + MLP (the row's time there beyond stock's scaled by that stage's MAC "
+            "ratio: the path the method forces) + rest (embedding, head, gathers and copies outside the labels). "
+            "Second lines: speed-up over stock, share of the gap")
+
+
 # --- the report: a folder a user pastes into a paper or an issue ---------------------------------------------
 
 REPORT_PAGE = "README.md"
@@ -213,49 +250,3 @@ def write_report(result: dict[str, Any], directory: Path, command: str) -> Path:
     page = directory / REPORT_PAGE
     atomic_write(page, report_page(result, command, figures), "--report")
     return page
-
-
-GAP_PARTS = {"own_stages": "own stages", "attention": "attention", "mlp": "MLP", "rest": "rest"}
-
-
-def render_gap(result: dict[str, Any], target: float, rows: list[dict[str, Any]], console: Console) -> None:
-    """Where each row's ideal went (the rows with a breakdown): the ideal, measured and lost milliseconds per
-    batch, and the parts of the loss, each with its speed-up or share of the gap on a second line."""
-    found = [r for r in rows if r.get("ideal_gap")]
-    if not found:
-        return
-    columns = [("method", "left"), ("ideal", "right"), ("measured", "right"), ("gap", "right")]
-    columns += [(header, "right") for header in GAP_PARTS.values()]
-    cells = [[r["method"], *gap_cells(r["ideal_gap"])] for r in found]
-    console.print(table(f"{result['model']} at {target:g} GMACs: where the ideal went (ms per batch)", columns,
-                        cells, caption=gap_caption(result)))
-
-
-def gap_cells(split: dict[str, Any]) -> list[str]:
-    """ideal, measured, gap and each part: milliseconds, then the speed-up over stock or the share of the gap."""
-    found = [f"{split['ideal_ms']:.1f}\n{times(split['ideal_speedup'])}",
-             f"{split['measured_ms']:.1f}\n{times(split['measured_speedup'])}",
-             f"{split['gap_ms']:+.1f}\n{share_text(1.0 if split['gap_ms'] else None)}"]
-    parts = split["parts"]
-    return found + [f"{parts[name]['ms']:+.1f}\n{share_text(parts[name]['share'])}" if name in parts else "-"
-                    for name in GAP_PARTS]
-
-
-def times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def share_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def gap_caption(result: dict[str, Any]) -> str:
-    """How the breakdown was measured and what each part means, once per table."""
-    passes = result.get("breakdown") or {}
-    how = (f"{passes['rounds']} profiled passes of {passes['steps']} forwards"
-           if passes.get("rounds") and passes.get("steps") else "profiled passes")
-    return (f"From {how} of each row and of stock, interleaved, on the timed batch: each stage's median. Ideal: "
-            "stock ms x row GMACs / stock GMACs (counted); gap = measured - ideal = own stages (the method's "
-            "labelled stages) + attention + MLP (the row's time there beyond stock's scaled by that stage's MAC "
-            "ratio: the path the method forces) + rest (embedding, head, gathers and copies outside the labels). "
-            "Second lines: speed-up over stock, share of the gap")

@@ -648,7 +648,7 @@ def stages(sources: Sequence[Source]) -> Figure:
 
 # --- gap: where the ideal went ------------------------------------------------------------------------------
 
-GAP_PARTS = {"own_stages": "own stages", "attention": "attention", "mlp": "MLP", "rest": "rest"}
+GAP_PARTS = {"own_stages": "own stages", "attention": "attention", "mlp": "MLP", "rest": "rest"}  # and the table's
 GAP_NOTE = ("; bars: measured - ideal ms per batch (ideal: the stock model's time x the MAC ratio), split by stage "
             "from profiled passes interleaved with stock: the method's own stages, attention and MLP beyond the stock "
             "time scaled by their MAC ratios, and the rest (embedding, head, time outside the labels); parts above 0 "
@@ -682,6 +682,10 @@ def compare_gap_panels(source: Source, named: bool) -> list[Panel]:
     if not rows:
         raise GtpcliError(f"{source.path}: no row has a breakdown (ideal_gap); measure it with gtpcli compare "
                           "MODEL --gmacs ... (without --no-breakdown; --resume adds it to the rows already there)")
+    for at, r in rows.items():
+        if not is_number(r.get("target_gmacs")):
+            raise GtpcliError(f"{source.path}: rows[{at}].target_gmacs is {r.get('target_gmacs')!r}, not a number; is "
+                              "the file hand-edited?")
     where = f" ({source.name})" if named else ""
     panels = []
     for target in dict.fromkeys(r["target_gmacs"] for r in rows.values()):
@@ -698,6 +702,7 @@ def gap_label(row: dict) -> str:
 
 
 def trace_gap(source: Source) -> dict:
+    """A trace's breakdown; traces written before it existed have none."""
     if source.data.get("ideal_gap") is None:
         raise GtpcliError(f"{source.path}: this trace has no ideal_gap; trace it again with this gtpcli")
     return checked_gap(source, source.data["ideal_gap"], "the trace")
