@@ -129,12 +129,12 @@ def shares(passes: list[dict[str, float]]) -> tuple[float, list[dict[str, float]
     names = [name for name in dict.fromkeys(k for one in passes for k in one) if name != FORWARD]
     per_pass = [{**{name: one.get(name, 0.0) for name in names},
                  "other": max(one.get(FORWARD, 0.0) - sum(one.get(name, 0.0) for name in names), 0.0)} for one in passes]
-    medians = {name: quartiles([one[name] for one in per_pass])[1] for name in names + ["other"]}
-    forward = sum(medians.values())
+    medians = {name: round(quartiles([one[name] for one in per_pass])[1], 3) for name in names + ["other"]}
+    forward = sum(medians.values())  # of the rounded stages: the table's rows add up to it as printed
     stages = []
     for name, ms in medians.items():
         spread = quartiles([one[name] / sum(one.values()) if sum(one.values()) else 0.0 for one in per_pass])
-        stages.append({"stage": name, "ms": round(ms, 3), "share": round(ms / forward, 4) if forward else None,
+        stages.append({"stage": name, "ms": ms, "share": round(ms / forward, 4) if forward else None,
                        "share_q1": round(spread[0], 4), "share_q3": round(spread[2], 4)})
     return round(forward, 3), stages
 
