@@ -150,7 +150,7 @@ def invocation(ctx: typer.Context) -> str:
         if source is None or source.name != "COMMANDLINE" or value is None:
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
-        if not param.param_type_name == "option":
+        if param.param_type_name != "option":
             words += [str(v) for v in values]
         elif param.is_flag:
             words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
