@@ -480,8 +480,7 @@ def compare(
         raise GtpcliError("give the targets: --gmacs 3.5,3.0,2.6 or --bins paper (one of them)")
     if dry_run and output is not None:
         files.check_output(output, "--output")
-    name, arch = _arch_for(model)
-    timm_name = _timm_name(model)
+    name, timm_name, arch = _model_for(model)
     wanted = targets(gmacs) if gmacs is not None else paper_targets(bins, timm_name)
     planned = plan(name, arch, wanted, hparams(hp, chosen), chosen, timm_name)
     say = lambda text: err.print(text, highlight=False, soft_wrap=True)  # noqa: E731
@@ -531,27 +530,21 @@ def bench(
 def _arch_for(model: str):
     """(name, Arch) for a profile name or path (no torch needed) or any timm ViT name (built on the meta
     device, without weights); unknown names get close matches."""
+    name, _, arch = _model_for(model)
+    return name, arch
+
+
+def _model_for(model: str):
+    """(name, timm name, Arch) for a profile name or path (no torch needed) or any timm ViT name."""
     from .models.profiles import find_profile
 
     profile = find_profile(model)
     if profile is not None:
-        return profile.name, profile.arch
+        return profile.name, profile.model["timm"], profile.arch
     from .models import backbones
 
     _, timm_name = backbones.resolve(model)
-    return timm_name, backbones.arch_for(timm_name)
-
-
-def _timm_name(model: str) -> str:
-    """The timm model a profile name, profile path or timm name stands for (no torch needed for a profile)."""
-    from .models.profiles import find_profile
-
-    profile = find_profile(model)
-    if profile is not None:
-        return profile.model["timm"]
-    from .models import backbones
-
-    return backbones.resolve(model)[1]
+    return timm_name, timm_name, backbones.arch_for(timm_name)
 
 
 def main() -> None:
