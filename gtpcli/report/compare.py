@@ -235,13 +235,12 @@ def report_page(result: dict[str, Any], command: str, figures: dict[str, str]) -
 def write_report(result: dict[str, Any], directory: Path, command: str) -> Path:
     """The report folder: the Markdown page, the result as JSON, and each figure its rows can draw (as PNG,
     drawn from the JSON copy, so the page and its figures show the same rows)."""
-    import json
-
     from ..files import atomic_write
+    from ..results import write
     from . import draw, plots
 
     data = directory / REPORT_DATA
-    atomic_write(data, json.dumps(result, indent=2) + "\n", "--report")
+    write(result, data, "--report")
     figures = {}
     for kind in report_figures(result):
         figure = plots.figure(kind, [data])
