@@ -438,6 +438,7 @@ def compare(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Profile name, profile YAML path or timm model name"),
     gmacs: Optional[str] = typer.Option(None, "--gmacs", help="Target costs in GMACs, e.g. 3.5,3.0,2.6"),
+    speedup: Optional[str] = typer.Option(None, "--speedup", help="Instead of --gmacs, measured-speed targets over the stock model, e.g. 1.2,1.5: each method at the setting that reaches the speed-up, solved from a short timing of its ideal setting"),
     bins: Optional[str] = typer.Option(None, "--bins", help="paper: instead of --gmacs, the GMACs bins of GTP-ViT's Table 2 (deit_s) or 3 (deit_b), with the paper's figures and settings beside each method (reference, not results)"),
     method: Optional[str] = typer.Option(None, "--method", help=f"Which methods: one or a comma list of {METHODS_TEXT} " + default("all")),
     hp: Optional[list[str]] = HpOpt,
@@ -462,9 +463,9 @@ def compare(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result file (.json or .yaml), saved after every row; with --dry-run, the plan (.json, .csv or .yaml) " + default("gtpcli-results/MODEL-compare.json, named by the setting as profile's")),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder: README.md (the conditions, the tables, the figures), the result as JSON and each figure its rows can draw"),
 ):
-    """Every method at matched cost: for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds (with --data, their accuracy or fidelity on the same images)."""
+    """Every method at matched cost (or matched measured speed, --speedup): for each target GMACs, each method at its nearest setting and the random and resolution baselines, measured with the stock model in interleaved rounds (with --data, their accuracy or fidelity on the same images)."""
     from . import files
-    from .commands.compare import cost_line, measure, paper_targets, plan, targets
+    from .commands.compare import cost_line, measure, paper_targets, plan, plan_speedups, speedup_targets, targets
     from .config.options import hparams, methods
     from .config.run import RunConfig
     from .report.compare import check_report_dir, render_measured, render_plan, write_report
@@ -476,13 +477,17 @@ def compare(
             raise GtpcliError("--report writes what was measured; leave out --dry-run")
         check_report_dir(report)
     chosen = methods(method) if method is not None else list(REGISTRY)
-    if (gmacs is None) == (bins is None):
-        raise GtpcliError("give the targets: --gmacs 3.5,3.0,2.6 or --bins paper (one of them)")
+    if [gmacs, speedup, bins].count(None) != 2:
+        raise GtpcliError("give the targets: --gmacs 3.5,3.0,2.6, --speedup 1.2,1.5 or --bins paper (one of them)")
     if dry_run and output is not None:
         files.check_output(output, "--output")
     name, timm_name, arch = _model_for(model)
-    wanted = targets(gmacs) if gmacs is not None else paper_targets(bins, timm_name)
-    planned = plan(name, arch, wanted, hparams(hp, chosen), chosen, timm_name)
+    given_hp = hparams(hp, chosen)
+    if speedup is not None:
+        planned = plan_speedups(name, arch, speedup_targets(speedup), given_hp, chosen)
+    else:
+        wanted = targets(gmacs) if gmacs is not None else paper_targets(bins, timm_name)
+        planned = plan(name, arch, wanted, given_hp, chosen, timm_name)
     say = lambda text: err.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     if dry_run:
         say(cost_line(planned))
@@ -493,7 +498,7 @@ def compare(
                     batch_size=None if batch_size is None else str(batch_size), seed=seed, runs=runs,
                     rounds=rounds, warmup=warmup, resume=resume, data=data, limit=limit, fidelity=fidelity,
                     class_map=class_map, fmt=fmt, output=output)
-    measured = measure(run, planned, say, breakdown=breakdown)
+    measured = measure(run, planned, say, breakdown=breakdown, arch=arch, hparams=given_hp)
     emit(measured, fmt, None, render_measured)
     if report is not None:
         say(f"report written: {write_report(measured, report, invocation(ctx))}")

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from gtpcli import methods
 from gtpcli.cli import app
-from gtpcli.commands.compare import RESOLUTION, plan
+from gtpcli.commands.compare import RESOLUTION, plan, plan_speedups, retarget
 from gtpcli.cost.analytic import Arch
-from gtpcli.methods.solve import solve_all
+from gtpcli.cost.solve import Miss, resolution
+from gtpcli.methods.solve import candidates, solve_all
 
 DEIT_S = Arch(N=197, C=384, L=12, H=6)
 MODEL = "deit_small_patch16_224"  # a timm name: its Arch is read on the meta device, no weights
@@ -459,7 +460,11 @@ def test_bins_paper_targets_the_papers_bins_with_its_figures_and_settings_beside
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "--gmacs 3.5,3.0,2.6 or --bins paper"),
+    ([], "--gmacs 3.5,3.0,2.6, --speedup 1.2,1.5 or --bins paper"),
+    (["--gmacs", "3", "--speedup", "1.5"], "one of them"),
+    (["--speedup", "1.5,1"], "--speedup: every target must be above 1"),
+    (["--speedup", "0.8"], "--speedup: every target must be above 1"),
+    (["--speedup", "1.5,1.5"], "names a target twice"),
     (["--gmacs", "3", "--bins", "paper"], "one of them"),
     (["--bins", "table9"], "only 'paper'"),
 ])
@@ -506,3 +511,108 @@ def test_a_measured_row_keeps_its_plans_paper_entry_and_resuming_hands_the_sweep
     assert row["paper"] == paper and row["schedule"] == "P=8"
     assert as_sweep_row(row) == {**swept, "target_gmacs": 3.5, "gmacs": 3.444, "analytic_gmacs": 3.444,
                                  "gap": row["gap"]}
+
+
+# --- speed targets (--speedup): planned at the ideal cost, each setting corrected by a short timing --------------
+
+def test_a_speed_target_is_planned_at_its_ideal_gmacs_with_every_row_marked():
+    result = plan_speedups("deit_s", DEIT_S, [1.2, 1.5])
+    stock = result["stock_gmacs"]
+    assert result["targets_speedup"] == [1.2, 1.5]
+    assert result["targets_gmacs"] == [pytest.approx(stock / 1.2, rel=1e-5), pytest.approx(stock / 1.5, rel=1e-5)]  # 6 digits
+    same_cost = plan("deit_s", DEIT_S, result["targets_gmacs"])
+    assert [(r["method"], r["setting"]) for r in result["rows"]] == [(r["method"], r["setting"]) for r in same_cost["rows"]]
+    speedup_of = dict(zip(result["targets_gmacs"], [1.2, 1.5]))
+    assert all(r["target_speedup"] == speedup_of[r["target_gmacs"]] for r in result["rows"] + result["skipped"])
+
+
+def nearest_setting(method: str, gmacs: float) -> dict:
+    """The setting whose analytic MACs are nearest `gmacs`, straight from the candidates (first on ties)."""
+    if method == RESOLUTION:
+        return {"img_size": resolution(DEIT_S, round(gmacs * 1e9)).value}
+    card = methods.REGISTRY[method]
+    value, _ = min(candidates(DEIT_S, card), key=lambda c: abs(c[1] - round(gmacs * 1e9)))
+    return {card.matched_cost_knob().name: value}
+
+
+@pytest.mark.parametrize("method", ["gtp", "tome", "evit", "random", RESOLUTION])
+@pytest.mark.parametrize("share", [0.8, 1.0, 1.15])
+def test_a_speed_targets_row_is_solved_again_where_its_measured_share_of_ideal_reaches_it(method, share):
+    """At 1.5x a row planned at g GMACs (ideal stock / g) that measured `share` of its ideal there reaches 1.5x,
+    at that share, at g x measured / 1.5 GMACs: the setting nearest that, cheaper where it fell short of its
+    ideal, dearer where it beat it."""
+    planned = next(r for r in plan_speedups("deit_s", DEIT_S, [1.5])["rows"] if r["method"] == method)
+    measured = share * (planned["target_gmacs"] * 1.5) / planned["gmacs"]  # share x ideal (stock / g)
+    found = retarget(DEIT_S, planned, measured, {})
+    asked = planned["gmacs"] * measured / 1.5
+    assert found["calibration"]["asked_gmacs"] == pytest.approx(asked, rel=1e-5)
+    assert found["setting"] == nearest_setting(method, found["calibration"]["asked_gmacs"])
+    assert found["calibration"]["setting"] == planned["setting"] and found["calibration"]["speedup"] == measured
+    assert (found["target_gmacs"], found["target_speedup"]) == (planned["target_gmacs"], 1.5)
+    assert found["gap"] == pytest.approx(found["gmacs"] / planned["target_gmacs"] - 1)
+    if share < 1:
+        assert found["gmacs"] <= planned["gmacs"]
+    elif share > 1:
+        assert found["gmacs"] >= planned["gmacs"]
+    else:  # at its ideal: asked for the ideal cost again
+        assert asked == pytest.approx(planned["target_gmacs"], rel=1e-5)
+
+
+def test_a_speed_target_out_of_a_methods_reach_after_the_correction_is_one_line():
+    planned = next(r for r in plan_speedups("deit_s", DEIT_S, [1.5])["rows"] if r["method"] == "gtp")
+    found = retarget(DEIT_S, planned, 0.3, {})  # 0.3x at P=11: 1.5x asks for a fifth of its cost
+    assert isinstance(found, Miss)
+    assert found.reason.startswith("gtp at 1.5x: 0.30x at P=11 asks for 0.603 GMACs; GTP:") and "out of reach" in found.reason
+
+
+TINY_ARCH = Arch(N=65, C=32, L=12, H=2, patch_size=8, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_speed(tiny, tmp_path_factory):
+    """The tiny ViT compared at two measured-speed targets, without breakdowns, then resumed."""
+    out = tmp_path_factory.mktemp("speed") / "speed.json"
+    args = ["compare", tiny["profile"], "--speedup", "1.1,1.4", *FAST, "--no-breakdown", "--output", out]
+    planned = cli(*args[:-2], "--dry-run", "--format", "json")
+    measured = cli(*args)
+    resumed = cli(*args, "--resume", "--format", "json")
+    for result in (planned, measured, resumed):
+        assert result.exit_code == 0, result.output
+    return {"plan": json.loads(planned.stdout), "measured": measured, "resumed": resumed,
+            "file": json.loads(out.read_text())}
+
+
+def test_each_speed_targets_rows_are_the_corrected_settings_or_say_why_not(tiny_speed):
+    """Every planned row ends measured at the setting its short timing asked for, or skipped with its reason."""
+    result, rows = tiny_speed["file"], tiny_speed["file"]["rows"]
+    assert result["targets_speedup"] == [1.1, 1.4] and result["targets_gmacs"] == tiny_speed["plan"]["targets_gmacs"]
+    for planned in tiny_speed["plan"]["rows"]:
+        target, method = planned["target_gmacs"], planned["method"]
+        found = [r for r in rows if (r["target_gmacs"], r["method"]) == (target, method)]
+        skipped = [s for s in result["skipped"] if (s["target_gmacs"], s["method"]) == (target, method)]
+        assert len(found) + len(skipped) == 1, (target, method)
+        if skipped:
+            assert skipped[0]["reason"].startswith(f"{method} at {planned['target_speedup']:g}x: ")
+            continue
+        row, cal = found[0], found[0]["calibration"]
+        assert cal["setting"] == planned["setting"] and cal["gmacs"] == planned["gmacs"] and cal["speedup"] > 0
+        assert cal["asked_gmacs"] == pytest.approx(planned["gmacs"] * cal["speedup"] / planned["target_speedup"], rel=1e-5)
+        if method == RESOLUTION:
+            assert row["setting"] == {"img_size": resolution(TINY_ARCH, round(cal["asked_gmacs"] * 1e9)).value}
+        else:
+            card = methods.REGISTRY[method]
+            value, macs = min(candidates(TINY_ARCH, card), key=lambda c: abs(c[1] - round(cal["asked_gmacs"] * 1e9)))
+            assert row["setting"] == {"P": value} and row["analytic_macs"] == macs
+        assert row["speedup_gap"] == round(row["speedup"] / planned["target_speedup"] - 1, 4)
+    stocks = [r for r in rows if r["method"] == "stock"]
+    assert [r["target_speedup"] for r in stocks] == [1.1, 1.4] and all("speedup_gap" not in r for r in stocks)
+
+
+def test_a_speed_comparison_says_its_targets_as_speed_ups_and_resumes_without_timing_again(tiny_speed):
+    stdout = tiny_speed["measured"].stdout
+    assert "tiny at 1.1x (ideal" in stdout and "tiny at 1.4x (ideal" in stdout and "Speed target:" in stdout
+    assert "corrected by a short timing" in tiny_speed["measured"].stderr
+    resumed = json.loads(tiny_speed["resumed"].stdout)["rows"]
+    assert resumed == tiny_speed["file"]["rows"]  # the settings its calibration chose, not new ones
+    n = len(resumed)
+    assert f"saved {n} points ({n} resumed)" in tiny_speed["resumed"].stderr

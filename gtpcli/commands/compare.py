@@ -16,7 +16,7 @@ from ..cost.analytic import Arch
 from ..cost.solve import Miss, resolution, stock_macs
 from ..errors import GtpcliError
 from ..methods import REGISTRY
-from ..methods.solve import solve_all
+from ..methods.solve import solve
 
 RESOLUTION = "resolution"  # the baseline that lowers the input size instead of the tokens per block
 STOCK = "stock"            # the unreduced model, measured with every target as its reference
@@ -25,11 +25,20 @@ MAX_TARGETS = 32
 
 def targets(text: str) -> list[float]:
     """`3.5,3.0,2.6` to GMACs, each positive and none twice, in the order given."""
-    found = parse_numbers(text, "--gmacs", limit=MAX_TARGETS)
-    if any(value <= 0 for value in found):
-        raise GtpcliError(f"--gmacs: every target must be positive, got {text!r}")
+    return numbers(text, "--gmacs", 0, "positive")
+
+
+def speedup_targets(text: str) -> list[float]:
+    """`1.2,1.5` to speed-ups over the stock model, each above 1 (the stock model's own) and none twice."""
+    return numbers(text, "--speedup", 1, "above 1 (the stock model's own speed)")
+
+
+def numbers(text: str, option: str, floor: float, above: str) -> list[float]:
+    found = parse_numbers(text, option, limit=MAX_TARGETS)
+    if any(value <= floor for value in found):
+        raise GtpcliError(f"{option}: every target must be {above}, got {text!r}")
     if len(set(found)) != len(found):
-        raise GtpcliError(f"--gmacs: {text!r} names a target twice")
+        raise GtpcliError(f"{option}: {text!r} names a target twice")
     return found
 
 
@@ -67,19 +76,30 @@ def setting_row(target: float, method: str, setting: dict[str, Any], macs: int) 
 def plan_target(arch: Arch, target: float, hparams: Mapping[str, Mapping[str, Any]],
                 methods: Sequence[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The planned rows at one target (each method, then the resolution baseline), and what was skipped."""
-    macs = round(target * 1e9)
     rows, skipped = [], []
-    for method, found in solve_all(arch, macs, hparams, methods).items():
+    for method in [*(methods if methods is not None else REGISTRY), RESOLUTION]:
+        found = solve_row(arch, method, target, hparams)
         if isinstance(found, Miss):
             skipped.append({"target_gmacs": target, "method": method, "reason": found.reason})
         else:
-            rows.append(setting_row(target, method, found.kwargs, found.macs))
-    size = resolution(arch, macs)
-    if isinstance(size, Miss):
-        skipped.append({"target_gmacs": target, "method": RESOLUTION, "reason": f"resolution: {size.reason}"})
-    else:
-        rows.append(setting_row(target, RESOLUTION, {"img_size": size.value}, size.macs))
+            rows.append(found)
     return rows, skipped
+
+
+def solve_row(arch: Arch, method: str, gmacs: float, hparams: Mapping[str, Mapping[str, Any]],
+              target: float | None = None) -> dict[str, Any] | Miss:
+    """A method's (or the resolution baseline's) planned row at the setting nearest `gmacs`, filed under
+    `target` (a speed target's rows are solved at GMACs of their own), or why it has none."""
+    macs = round(gmacs * 1e9)
+    if method == RESOLUTION:
+        size = resolution(arch, macs)
+        if isinstance(size, Miss):
+            return Miss(f"resolution: {size.reason}")
+        return setting_row(gmacs if target is None else target, RESOLUTION, {"img_size": size.value}, size.macs)
+    found = solve(arch, REGISTRY[method], macs, hparams.get(method))
+    if isinstance(found, Miss):
+        return found
+    return setting_row(gmacs if target is None else target, method, found.kwargs, found.macs)
 
 
 def refuse_solved_hparams(hparams: Mapping[str, Mapping[str, Any]]) -> None:
@@ -109,6 +129,38 @@ def plan(name: str, arch: Arch, gmacs: Sequence[float], hparams: Mapping[str, Ma
             "unreached": missed}
 
 
+def plan_speedups(name: str, arch: Arch, speedups: Sequence[float],
+                   hparams: Mapping[str, Mapping[str, Any]] | None = None,
+                   methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """The plan of measured-speed targets before any timing: each speed-up's rows at its ideal GMACs (the
+    stock model's over the speed-up, to 6 significant digits), filed under that cost; `calibrated` corrects
+    each row's setting by a short timing once the model is built."""
+    stock = stock_macs(arch) / 1e9
+    planned = plan(name, arch, [float(f"{stock / s:.6g}") for s in speedups], hparams, methods)
+    speedup_of = dict(zip(planned["targets_gmacs"], speedups))
+    for item in planned["rows"] + planned["skipped"] + planned["unreached"]:
+        item["target_speedup"] = speedup_of[item["target_gmacs"]]
+    return {**planned, "targets_speedup": list(speedups)}
+
+
+def retarget(arch: Arch, row: dict[str, Any], measured: float, hparams: Mapping[str, Mapping[str, Any]]
+             ) -> dict[str, Any] | Miss:
+    """A speed target's row solved again from what a short timing measured at its setting: a method that
+    reached `measured` speed-up at g GMACs reached measured / (stock / g) of its ideal, so at the same share it
+    reaches the target speed-up s at g * measured / s GMACs. One correction, no search: the table says how
+    near the measured speed-up came."""
+    from ..report.compare import setting_text
+
+    speedup = row["target_speedup"]
+    asked = float(f"{row['gmacs'] * measured / speedup:.6g}")
+    found = solve_row(arch, row["method"], asked, hparams, target=row["target_gmacs"])
+    calibration = {"setting": row["setting"], "gmacs": row["gmacs"], "speedup": measured, "asked_gmacs": asked}
+    if isinstance(found, Miss):
+        return Miss(f"{row['method']} at {speedup:g}x: {measured:.2f}x at {setting_text(row['setting'])} asks for "
+                    f"{asked:.3f} GMACs; {found.reason}")
+    return {**found, "target_speedup": speedup, "calibration": calibration}
+
+
 def unreached(gmacs: Sequence[float], rows: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets at which no method and no baseline can run, each with one line (the resolution
     baseline's reason says why: above the stock model, or below the smallest input)."""
@@ -128,8 +180,10 @@ def cost_line(result: dict[str, Any]) -> str:
     methods = len({row["method"] for row in rows})
     reasons = len({skip["reason"] for skip in result["skipped"]})
     plural = "s" if len(targets_) != 1 else ""
+    corrected = (f"; at each speed target every setting is first corrected by a short timing ({CALIBRATION_RUNS} "
+                 "batches per row)") if "targets_speedup" in result else ""
     return (f"compare {result['model']}: {len(rows)} runs to measure ({len(targets_)} target{plural}, {methods} "
-            f"methods and baselines)" + (f"; {reasons} skipped, each said below" if reasons else ""))
+            f"methods and baselines){corrected}" + (f"; {reasons} skipped, each said below" if reasons else ""))
 
 
 # --- measuring the plan -------------------------------------------------------------------------------------
@@ -143,12 +197,14 @@ def as_point(row: dict[str, Any]) -> tuple[str, int | None, dict[str, Any]]:
     return row["method"], setting.pop("P", None), setting
 
 
+PLAN_ONLY = ("paper", "target_speedup", "calibration")  # what a measured row keeps from its planned row
+
+
 def as_measured(row: dict[str, Any], planned: dict[str, Any], target: float) -> dict[str, Any]:
     """A sweep row as the comparison keeps it: whole (nothing measured is lost), named as the plan names it
     (method, setting; the sweep's own schedule label kept as `schedule`), with its target and exact GMACs."""
     found = {**row, "target_gmacs": target, "method": planned["method"], "setting": planned["setting"]}
-    if "paper" in planned:
-        found["paper"] = planned["paper"]
+    found |= {key: planned[key] for key in PLAN_ONLY if key in planned}
     if "setting" in row:
         found["schedule"] = row["setting"]
     found["gmacs"] = row["macs"] / 1e9 if row.get("macs") else None
@@ -160,7 +216,7 @@ def as_measured(row: dict[str, Any], planned: dict[str, Any], target: float) -> 
 def as_sweep_row(row: dict[str, Any]) -> dict[str, Any]:
     """A saved row as the sweep wrote it, to resume it: `as_measured` undone (the resolution baseline is the
     stock model, the sweep's schedule label its `setting`)."""
-    found = {key: value for key, value in row.items() if key not in ("setting", "schedule", "paper")}
+    found = {key: value for key, value in row.items() if key not in ("setting", "schedule", *PLAN_ONLY)}
     if "schedule" in row:
         found["setting"] = row["schedule"]
     return {**found, "method": STOCK} if row["method"] == RESOLUTION else found
@@ -168,18 +224,21 @@ def as_sweep_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def with_ideal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One target's rows (stock first) with the ideal speed-up, stock GMACs over the row's, and the share of
-    it the measured speed-up reached."""
+    it the measured speed-up reached; at a speed target, how far the measured speed-up is from it."""
     stock = rows[0].get("gmacs") if rows else None
     for row in rows:
         ideal = stock / row["gmacs"] if stock and row.get("gmacs") else None
         row["ideal_speedup"] = round(ideal, 3) if ideal else None
         row["share_of_ideal"] = round(row["speedup"] / ideal, 3) if ideal and row.get("speedup") else None
+        if row.get("target_speedup") and row["method"] != STOCK:
+            row["speedup_gap"] = round(row["speedup"] / row["target_speedup"] - 1, 4) if row.get("speedup") else None
     return rows
 
 
 def measured_rows(target: float, planned: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The sweep's rows of one target (stock, then the planned rows in order, as far as they got)."""
-    stock = {"method": STOCK, "setting": {}}
+    speed = {"target_speedup": planned[0]["target_speedup"]} if planned and "target_speedup" in planned[0] else {}
+    stock = {"method": STOCK, "setting": {}, **speed}
     return with_ideal([as_measured(row, plan_row, target) for row, plan_row in zip(rows, [stock, *planned])])
 
 
@@ -199,31 +258,44 @@ def refuse_profile_file(rows: list[dict[str, Any]], path: Path) -> None:
         raise GtpcliError(f"--output {path} holds gtpcli profile points (no target); give compare a file of its own")
 
 
-def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown: bool = True) -> dict[str, Any]:
+def target_config(cfg, rows: list[dict[str, Any]]):
+    """The sweep of one target: the stock model and these planned rows, as points."""
+    return replace(cfg, methods=sorted({r["method"] for r in rows if r["method"] != RESOLUTION}),
+                   only=[as_point(r) for r in rows])
+
+
+def by_target(planned: dict[str, Any]) -> dict[float, list[dict[str, Any]]]:
+    """The planned rows of each target that has any, in the plan's order."""
+    found = {t: [r for r in planned["rows"] if r["target_gmacs"] == t] for t in planned["targets_gmacs"]}
+    return {t: rows for t, rows in found.items() if rows}
+
+
+def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown: bool = True,
+            arch: Arch | None = None, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Every target of the plan measured: the stock model and the target's rows as sweep points, timed in the
     same interleaved rounds, then (`breakdown`) where each row's ideal went, from profiled passes; each finished
     row and breakdown saved to the result file at once (resume: rows and breakdowns already in it are kept, not
-    measured again). `announce` gets the cost line once every option is checked, before the model is built.
-    The measured result: the header (model, weights, environment, plan) and the rows of this comparison,
-    target by target."""
+    measured again). Speed targets (`plan_speedups`; `arch` and `hparams` as planned) first have their
+    settings corrected by a short timing (`calibrated`). `announce` gets the cost line once every option is
+    checked, before the model is built. The measured result: the header (model, weights, environment, plan)
+    and the rows of this comparison, target by target."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .. import results
     from ..distributed import World
     from ..measure import sweep
+    from ..report.plots import speedup_of, target_text
     from ..report.tables import console
     from .profile import keeping_finished, result_header, stopping_on_signals, sweep_config
 
     cfg = sweep_config(opts)
-    targets_ = [t for t in planned["targets_gmacs"] if any(r["target_gmacs"] == t for r in planned["rows"])]
-    by_target = {t: [r for r in planned["rows"] if r["target_gmacs"] == t] for t in targets_}
-    configs = {t: replace(cfg, methods=sorted({r["method"] for r in rows if r["method"] != RESOLUTION}),
-                          only=[as_point(r) for r in rows]) for t, rows in by_target.items()}
-    every = replace(cfg, methods=sorted({m for c in configs.values() for m in c.methods}),
-                    only=[point for c in configs.values() for point in c.only])
+    speed = "targets_speedup" in planned
+    every = target_config(cfg, planned["rows"])
     header = {**result_header(cfg, opts), "command": "compare", "stock_gmacs": planned["stock_gmacs"],
-              "targets_gmacs": planned["targets_gmacs"], "skipped": planned["skipped"],
-              "unreached": planned["unreached"], "measured": True, "breakdown": breakdown_passes()}
+              "targets_gmacs": planned["targets_gmacs"],
+              **{key: planned[key] for key in ("targets_speedup",) if speed},
+              "skipped": planned["skipped"], "unreached": planned["unreached"], "measured": True,
+              "breakdown": breakdown_passes()}
     path = result_file(opts, cfg, header)
     announce(cost_line(planned))
     model = sweep.build(every)  # every point checked before anything is measured
@@ -238,9 +310,22 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with stopping_on_signals() as held, Progress(*columns, console=err, transient=True) as progress:
-        total = sum(sweep.steps(c) for c in configs.values()) + (breakdown_steps(by_target) if breakdown else 0)
-        task = progress.add_task(cfg.model, total=total)
         started: list[str] = []
+
+        def steps_of(plan_: dict[str, Any]) -> int:
+            targets_ = by_target(plan_)
+            return (sum(sweep.steps(target_config(cfg, r)) for r in targets_.values())
+                    + (breakdown_steps(targets_) if breakdown else 0))
+
+        task = progress.add_task(cfg.model, total=steps_of(planned) + (calibration_steps(cfg, planned) if speed else 0))
+
+        def progress_at(target: float):
+            name = target_text(target, speedup_of(planned, target))
+
+            def starting(label: str) -> None:
+                progress.update(task, completed=len(started), description=f"{cfg.model} at {name}: {label}")
+                started.append(label)
+            return starting
 
         def save_breakdown(row: dict[str, Any], found: dict[str, Any]) -> None:
             with held():
@@ -248,31 +333,87 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
                 gaps.append(found)
                 store.save(rows)
 
-        def measuring():
-            for target, config in configs.items():
+        def measuring(planned):
+            if speed:
+                planned = calibrated(model, cfg, planned, arch, hparams or {}, saved, progress_at, warn)
+                header["skipped"] = planned["skipped"]
+                sweep.check(model, target_config(cfg, planned["rows"]))  # the corrected settings, before timing
+                progress.update(task, total=len(started) + steps_of(planned))
+            for target, planned_rows in by_target(planned).items():
                 before = list(rows)
 
-                def save(so_far: list[dict[str, Any]], target=target) -> None:
+                def save(so_far: list[dict[str, Any]], target=target, planned_rows=planned_rows) -> None:
                     with held():
-                        rows[:] = before + measured_rows(target, by_target[target], so_far)
+                        rows[:] = before + measured_rows(target, planned_rows, so_far)
                         store.save(rows)
 
-                def starting(label: str, target=target) -> None:
-                    progress.update(task, completed=len(started), description=f"{cfg.model} at {target:g} GMACs: {label}")
-                    started.append(label)
-
+                config = target_config(cfg, planned_rows)
                 mine = [as_sweep_row(r) for r in saved if r.get("target_gmacs") == target]
-                sweep.run(config, mine, save, starting, warn, model=model)
+                sweep.run(config, mine, save, progress_at(target), warn, model=model)
                 if breakdown:
-                    breakdowns(model, config, rows[len(before):], starting, save_breakdown)
+                    breakdowns(model, config, rows[len(before):], progress_at(target), save_breakdown)
 
         with keeping_finished(progress, rows, store, World(), "rows"):
-            measuring()
+            measuring(planned)
     before = {results.row_key(row): without_gap(row) for row in saved}
     resumed = sum(before.get(results.row_key(row)) == without_gap(row) for row in rows)  # kept as they were
     err.print(f"saved {store.summary(rows, resumed)} in {path}" + (f"; {len(gaps)} breakdowns measured" if gaps else ""),
               highlight=False, soft_wrap=True)
     return {**header, "rows": rows}
+
+
+# --- speed targets: each row's setting corrected by a short timing --------------------------------------------
+
+CALIBRATION_RUNS = 6  # timed batches per row, one per interleaved round, of the timing that corrects the settings
+
+
+def calibration_config(cfg, rows: list[dict[str, Any]]):
+    """The short timing of a speed target's rows: no data, no MAC counting, one batch per round for
+    `CALIBRATION_RUNS` rounds (or the measurement's own runs, if fewer)."""
+    runs = min(CALIBRATION_RUNS, cfg.timing.runs)
+    timing = replace(cfg.timing, runs=runs, rounds=runs)
+    return replace(target_config(cfg, rows), data=None, fidelity=False, flops=False, timing=timing)
+
+
+def calibration_steps(cfg, planned: dict[str, Any]) -> int:
+    from ..measure import sweep
+
+    return sum(sweep.steps(calibration_config(cfg, rows)) for rows in by_target(planned).values())
+
+
+def calibrated(model, cfg, planned: dict[str, Any], arch: Arch, hparams: Mapping[str, Mapping[str, Any]],
+               saved: list[dict[str, Any]], progress_at, warn) -> dict[str, Any]:
+    """The speed targets' plan with each row solved again (`retarget`) from the speed-up a short interleaved
+    timing of its ideal setting measured; resuming, a row already measured for the same target and method
+    keeps the setting it was measured at (its calibration is in the row), so the comparison goes on where it
+    stopped. A row whose corrected setting is out of reach is skipped with its reason."""
+    from ..measure import sweep
+
+    rows, skipped = [], list(planned["skipped"])
+    for target, planned_rows in by_target(planned).items():
+        kept = {r["method"]: r for r in saved if r.get("target_gmacs") == target and r.get("calibration")}
+        todo = [r for r in planned_rows if r["method"] not in kept]
+        timed = sweep.run(calibration_config(cfg, todo), [], lambda so_far: None, progress_at(target), warn,
+                          model=model) if todo else []
+        measured = {r["method"]: t.get("speedup") for r, t in zip(todo, timed[1:])}
+        for row in planned_rows:
+            if row["method"] in kept:
+                rows.append(as_planned(kept[row["method"]]))
+                continue
+            found = retarget(arch, row, measured[row["method"]], hparams) if measured[row["method"]] else \
+                Miss(f"{row['method']} at {row['target_speedup']:g}x: the short timing measured no speed-up")
+            if isinstance(found, Miss):
+                skipped.append({"target_gmacs": target, "target_speedup": row["target_speedup"],
+                                "method": row["method"], "reason": found.reason})
+            else:
+                rows.append(found)
+    return {**planned, "rows": rows, "skipped": skipped}
+
+
+def as_planned(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved row of a speed target as the plan row it was measured from."""
+    found = setting_row(row["target_gmacs"], row["method"], row["setting"], round(row["analytic_gmacs"] * 1e9))
+    return {**found, "target_speedup": row["target_speedup"], "calibration": row["calibration"]}
 
 
 # --- where the ideal went, per row ----------------------------------------------------------------------------

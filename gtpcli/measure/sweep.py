@@ -95,6 +95,13 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
         torch.manual_seed(RANDOM_WEIGHTS_SEED)  # random weights: the same model in every run and every process
         model = backbones.create(cfg.timm_name, cfg.checkpoint, cfg.strict, cfg.pretrained,
                                  **backbones.constructor_kwargs(cfg.profile, cfg.img_size))
+    check(model, cfg)
+    return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
+
+
+def check(model: torch.nn.Module, cfg: SweepConfig) -> None:
+    """Every point of `cfg` applied to `model` once and removed: a point the model cannot run is one line
+    before anything is measured."""
     for method, P, setting, _ in cfg.points()[1:]:
         if (setting or {}).get(INPUT_SIZE) is not None:
             check_input_size(model, setting[INPUT_SIZE])
@@ -103,7 +110,6 @@ def build(cfg: SweepConfig) -> torch.nn.Module:
         if method != STOCK:
             apply(model, method, P, cfg.hparams_for(method, P, setting))
     unpatch(model)
-    return model.to(cfg.timing.device, speed.dtype_of(cfg.timing.dtype))
 
 
 class InputSizes:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import GtpcliError
 from .layout import table
-from .plots import GAP_PARTS
+from .plots import GAP_PARTS, speedup_of, target_text
 from .tables import _share, _times
 
 
@@ -26,7 +26,10 @@ def render_plan(result: dict[str, Any], console: Console) -> None:
         rows = [[r["method"], setting_text(r["setting"]), gmacs_text(r["gmacs"]), f"{r['gap']:+.1%}"]
                 + ([paper_text(r)] if paper else []) for r in result["rows"] if r["target_gmacs"] == target]
         caption = f"stock {gmacs_text(result['stock_gmacs'])} GMACs; settings from the cost model, not measured"
-        console.print(table(f"{result['model']} at {target:g} GMACs", columns + [PAPER_COLUMN] * paper, rows,
+        if speedup_of(result, target):
+            caption += (f"; the ideal cost of {target_text(target, speedup_of(result, target))}: each setting is "
+                        "corrected by a short timing before the measurement")
+        console.print(table(f"{result['model']} at {title(result, target)}", columns + [PAPER_COLUMN] * paper, rows,
                             caption=caption + paper_caption(result)))
     render_skipped(result, console)
 
@@ -45,6 +48,12 @@ def paper_caption(result: dict[str, Any]) -> str:
     source = next((r["paper"]["source"] for r in result["rows"] if "paper" in r), None)
     return (f". Paper top-1: % without finetuning at the paper's own setting (in brackets), as published in {source}; "
             "a reference, not measured here") if source else ""
+
+
+def title(result: dict[str, Any], target: float) -> str:
+    """A target's table title: "3.5 GMACs", or for a speed target "1.5x (ideal 3.067 GMACs)"."""
+    speedup = speedup_of(result, target)
+    return f"{speedup:g}x (ideal {gmacs_text(target)} GMACs)" if speedup else target_text(target)
 
 
 def render_skipped(result: dict[str, Any], console: Console) -> None:
@@ -119,19 +128,32 @@ def render_measured(result: dict[str, Any], console: Console) -> None:
         rows = [r for r in result["rows"] if r["target_gmacs"] == target]
         if not rows:
             continue
-        cells = [[r["method"], setting_text(r["setting"]) or "-", gmacs_text(r.get("gmacs")),
-                  "-" if r.get("gap") is None or r["method"] == "stock" else f"{r['gap']:+.1%}",
+        cells = [[r["method"], setting_text(r["setting"]) or "-", gmacs_text(r.get("gmacs")), vs_target(r),
                   "-" if r.get("img_s") is None else f"{r['img_s']:.1f}", speedup_text(r),
                   "-" if r.get("ideal_speedup") is None else f"{r['ideal_speedup']:.2f}x",
                   "-" if r.get("share_of_ideal") is None else f"{r['share_of_ideal']:.0%}"]
                  + ["-" if r.get(key) is None else f"{r[key]:.1f}" for key, _, _ in quality]
                  + [paper_text(r)] * paper for r in rows]
-        console.print(table(f"{result['model']} at {target:g} GMACs", columns, cells, caption=caption))
+        speed = speedup_of(result, target)
+        console.print(table(f"{result['model']} at {title(result, target)}", columns, cells,
+                            caption=caption + (SPEED_CAPTION if speed else "")))
         render_gap(result, target, rows, console)
     render_skipped(result, console)
     for warning in dict.fromkeys(f"{r['method']} {setting_text(r['setting'])}: {w}".replace(" : ", ": ")
                                  for r in result["rows"] for w in r.get("warnings") or []):
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+
+
+SPEED_CAPTION = (". Speed target: each row's setting solved at the GMACs where, at the share of its ideal a short "
+                 "timing measured, it reaches the speed-up; vs target: measured speed-up against it")
+
+
+def vs_target(row: dict[str, Any]) -> str:
+    """How far a row is from its target: its speed-up against a speed target, else its GMACs against a cost one."""
+    if row["method"] == "stock":
+        return "-"
+    gap = row.get("speedup_gap") if row.get("target_speedup") else row.get("gap")
+    return "-" if gap is None else f"{gap:+.1%}"
 
 
 def render_gap(result: dict[str, Any], target: float, rows: list[dict[str, Any]], console: Console) -> None:
@@ -143,7 +165,7 @@ def render_gap(result: dict[str, Any], target: float, rows: list[dict[str, Any]]
     columns = [("method", "left"), ("ideal", "right"), ("measured", "right"), ("gap", "right")]
     columns += [(header, "right") for header in GAP_PARTS.values()]
     cells = [[r["method"], *gap_cells(r["ideal_gap"])] for r in found]
-    console.print(table(f"{result['model']} at {target:g} GMACs: where the ideal went (ms per batch)", columns,
+    console.print(table(f"{result['model']} at {title(result, target)}: where the ideal went (ms per batch)", columns,
                         cells, caption=gap_caption(result)))
 
 
@@ -222,8 +244,10 @@ def report_page(result: dict[str, Any], command: str, figures: dict[str, str]) -
     captions, and where the data is."""
     from .markup import render
 
-    targets = ", ".join(f"{t:g}" for t in result["targets_gmacs"])
-    lines = [f"{REPORT_MARK} {result['model']} at {targets} GMACs", "",
+    speedups = result.get("targets_speedup")
+    targets = (", ".join(f"{t:g}x" for t in speedups) if speedups
+               else ", ".join(f"{t:g}" for t in result["targets_gmacs"]) + " GMACs")
+    lines = [f"{REPORT_MARK} {result['model']} at {targets}", "",
              *(f"- {item}" for item in report_conditions(result, command)), "",
              render(result, render_measured, "markdown")]
     for kind, caption in figures.items():

@@ -355,6 +355,17 @@ def compare_tradeoff(sources: Sequence[Source]) -> Figure:
                   + "; ringed: Pareto-optimal among the rows of its target")
 
 
+def target_text(gmacs: float, speedup: float | None = None) -> str:
+    """A comparison's target as the user gave it: "3.5 GMACs", or "1.5x" for a speed target (`--speedup`),
+    which the result files under its ideal GMACs (the stock model's over the speed-up)."""
+    return f"{speedup:g}x" if speedup else f"{gmacs:g} GMACs"
+
+
+def speedup_of(result: dict, target: float) -> float | None:
+    """The speed-up a target of a comparison stands for (None: a GMACs target)."""
+    return dict(zip(result.get("targets_gmacs") or [], result.get("targets_speedup") or [])).get(target)
+
+
 def compare_conditions(source: Source) -> list[str]:
     """A comparison's own conditions for the caption: its rounds and how many images."""
     rounds = (source.data.get("env") or {}).get("rounds")
@@ -374,7 +385,7 @@ def compare_panel(sources: Sequence[Source], quality: str, key: str, xlabel: str
             series.append(Series(f"{name[:1].upper()}{name[1:]}{' baseline' if baseline else ''}{where}",
                                  [r[key] for r in block], [r[quality] for r in block],
                                  "baseline" if baseline else "line", method, at,
-                                 [f"{r['target_gmacs']:g} GMACs" for r in block],
+                                 [target_text(r["target_gmacs"], r.get("target_speedup")) for r in block],
                                  xbounds=iqr(block) if key == "img_s" else []))
         stock = [r for r in rows if r["method"] == STOCK]
         if stock:
@@ -691,7 +702,7 @@ def compare_gap_panels(source: Source, named: bool) -> list[Panel]:
     for target in dict.fromkeys(r["target_gmacs"] for r in rows.values()):
         bars = [(gap_label(r), checked_gap(source, r["ideal_gap"], f"rows[{at}]"))
                 for at, r in rows.items() if r["target_gmacs"] == target]
-        panels.append(gap_panel(f"{source.data.get('model', '?')} at {target:g} GMACs{where}", bars))
+        panels.append(gap_panel(f"{source.data.get('model', '?')} at {target_text(target, speedup_of(source.data, target))}{where}", bars))
     return panels
 
 
