@@ -176,10 +176,11 @@ def test_every_row_says_where_its_ideal_went_from_its_own_macs(tiny):
 
     arch = Arch(N=65, C=32, L=12, H=2, prefix=1, patch_size=8, num_classes=10)  # 64 px in 8 px patches
     stock_stages = stage_macs(arch, 0)
-    assert tiny["file"]["breakdown"] == {"rounds": 3, "steps": 2}
+    assert tiny["file"]["breakdown"] == {"rounds": 3, "steps": 1, "stock": "shared by the target's rows"}
     for target in (0.01, 0.007):
         stock, *rows = [r for r in tiny["file"]["rows"] if r["target_gmacs"] == target]
         assert "ideal_gap" not in stock
+        assert len({row["ideal_gap"]["stock_ms"] for row in rows}) == 1  # one set of stock passes serves them all
         for row in rows:
             split = row["ideal_gap"]
             parts = {name: part["ms"] for name, part in split["parts"].items()}
@@ -207,7 +208,7 @@ def test_no_breakdown_then_resume_measures_only_the_breakdowns(tiny, tmp_path):
     assert plain.exit_code == 0, plain.output
     first = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in first] == ["stock", "gtp", RESOLUTION] and not any("ideal_gap" in r for r in first)
-    assert json.loads(plain.stdout)["breakdown"] == {"rounds": 3, "steps": 2} and "breakdowns measured" not in plain.stderr
+    assert json.loads(plain.stdout)["breakdown"]["rounds"] == 3 and "breakdowns measured" not in plain.stderr
     resumed = cli(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
     rows = json.loads(out.read_text())["rows"]

@@ -327,10 +327,11 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
                 started.append(label)
             return starting
 
-        def save_breakdown(row: dict[str, Any], found: dict[str, Any]) -> None:
+        def save_breakdowns(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
             with held():
-                row["ideal_gap"] = found
-                gaps.append(found)
+                for row, gap in found:
+                    row["ideal_gap"] = gap
+                    gaps.append(gap)
                 store.save(rows)
 
         def measuring(planned):
@@ -351,7 +352,7 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
                 mine = [as_sweep_row(r) for r in saved if r.get("target_gmacs") == target]
                 sweep.run(config, mine, save, progress_at(target), warn, model=model)
                 if breakdown:
-                    breakdowns(model, config, rows[len(before):], progress_at(target), save_breakdown)
+                    breakdowns(model, config, rows[len(before):], progress_at(target), save_breakdowns)
 
         with keeping_finished(progress, rows, store, World(), "rows"):
             measuring(planned)
@@ -416,37 +417,49 @@ def as_planned(row: dict[str, Any]) -> dict[str, Any]:
     return {**found, "target_speedup": row["target_speedup"], "calibration": row["calibration"]}
 
 
-# --- where the ideal went, per row ----------------------------------------------------------------------------
+# --- where the ideal went, per row, beside one set of stock passes per target ------------------------------
 
 def without_gap(row: dict[str, Any] | None) -> dict[str, Any] | None:
     """A row's measurement without its breakdown: a resumed row to which this run only added one is resumed."""
     return None if row is None else {key: value for key, value in row.items() if key != "ideal_gap"}
 
 
-def breakdown_passes() -> dict[str, int]:
-    """How a row's breakdown (`ideal_gap`) is measured, for the result's header: profiled passes of the row and
-    of the stock model each, forwards per pass. A row measured with --no-breakdown has none."""
+def breakdown_passes() -> dict[str, Any]:
+    """How a row's breakdown (`ideal_gap`) is measured, for the result's header: profiled passes of each row
+    and of the stock model, forwards per pass, and that one set of stock passes serves the target's rows. A
+    row measured with --no-breakdown has none."""
     from ..measure.breakdown import ROUNDS, STEPS
 
-    return {"rounds": ROUNDS, "steps": STEPS}
+    return {"rounds": ROUNDS, "steps": STEPS, "stock": "shared by the target's rows"}
 
 
 def breakdown_steps(by_target: Mapping[float, list[dict[str, Any]]]) -> int:
-    """The progress steps of the breakdowns: one per planned row (the stock model has none)."""
-    return sum(len(rows) for rows in by_target.values())
+    """The progress steps of the breakdowns: one per profiled round of each target."""
+    from ..measure.breakdown import ROUNDS
+
+    return ROUNDS * len(by_target)
 
 
 def breakdowns(model, config, mine: list[dict[str, Any]], starting, save) -> None:
     """Where the ideal went for each measured row of one target (`mine`: stock first) that has no breakdown
-    yet (one resumed keeps its own), each handed to `save(row, breakdown)` as soon as it is measured."""
-    from ..measure.breakdown import row_gap
+    yet (one resumed keeps its own), from the same profiled passes beside one set of the stock model's, all
+    handed to `save([(row, breakdown), ...])` as soon as they are measured."""
+    from ..measure.breakdown import ROUNDS, target_gaps
     from ..measure.sweep import InputSizes
-    from ..report.compare import setting_text
 
-    sized = InputSizes(model)  # the resolution row's resized copy, dropped with the target
-    stock = as_sweep_row(mine[0])
-    for row in mine[1:]:
-        done = row.get("ideal_gap") is not None
-        starting(f"where the ideal went, {row['method']} {setting_text(row['setting'])}" + (" (resumed)" if done else ""))
-        if not done:
-            save(row, row_gap(model, config, as_sweep_row(row), stock, sized))
+    todo = [row for row in mine[1:] if row.get("ideal_gap") is None]
+    if not todo:
+        starting("where the ideal went (resumed)")
+        return
+    label = f"where the ideal went: {len(todo)} rows beside stock, profiled round"
+    announced = [1]
+    starting(f"{label} 1/{ROUNDS}")
+
+    def tick() -> None:  # after each round: the next one's step
+        if announced[0] < ROUNDS:
+            announced[0] += 1
+            starting(f"{label} {announced[0]}/{ROUNDS}")
+
+    found = target_gaps(model, config, [as_sweep_row(r) for r in todo], as_sweep_row(mine[0]), InputSizes(model),
+                        tick)
+    save(list(zip(todo, found)))

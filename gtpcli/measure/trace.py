@@ -11,7 +11,7 @@ import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 from pathlib import Path
 
 import torch
@@ -104,20 +104,21 @@ class Side:
     x: torch.Tensor
 
 
-def interleaved(sides: dict[str, Side], rounds: int, steps: int, autocast=nullcontext,
-                seed: int = 0) -> dict[str, list[dict[str, float]]]:
-    """Stage milliseconds of each side (the stock model, the method) from `rounds` profiled passes of `steps`
+def interleaved(sides: dict[Any, Side], rounds: int, steps: int, autocast=nullcontext, seed: int = 0,
+                tick: Callable[[], None] = lambda: None) -> dict[Any, list[dict[str, float]]]:
+    """Stage milliseconds of each side (the stock model, the methods) from `rounds` profiled passes of `steps`
     forwards each, the sides alternating in an order shuffled per round (the schedule of the timing loop),
-    so a slow phase of the machine falls on both alike."""
+    so a slow phase of the machine falls on all alike; `tick` after each round."""
     from .speed import schedule
 
     labels = list(sides)
-    found: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    found: dict[Any, list[dict[str, float]]] = {label: [] for label in labels}
     for order in schedule(len(labels), rounds, seed):
         for at in order:
             side = sides[labels[at]]
             side.enter()
             found[labels[at]].append(stage_times(side.model, side.x, steps, autocast))
+        tick()
     return found
 
 
@@ -157,14 +158,21 @@ def against_stock(stock: Side, method: Side, macs: tuple[float, float], own_stag
                   seed: int = 0) -> AgainstStock:
     """Profile the stock model and `method` in interleaved passes and split the time `method` loses against
     its ideal (`macs`: the stock model's and the method's) into its parts: what `gtpcli trace` shows for one
-    method and `gtpcli compare` for each row, one implementation. `split`: `stage_split`'s stage MACs."""
+    method, one implementation with `gtpcli compare`'s rows (`gap_against`). `split`: `stage_split`'s stage MACs."""
+    passes = interleaved({"stock": stock, "method": method}, rounds, steps, autocast, seed)
+    return gap_against(passes["stock"], passes["method"], macs, own_stages, split)
+
+
+def gap_against(stock_passes: list[dict[str, float]], passes: list[dict[str, float]], macs: tuple[float, float],
+                own_stages: Collection[str], split: dict[str, tuple[int, int]] | None) -> AgainstStock:
+    """A model's profiled passes against the stock model's of the same rounds (pass i of each in round i):
+    both stage tables, the per-round speed-up, and where the ideal went."""
     from .gap import where_the_ideal_went
     from .speed import ratio
 
-    passes = interleaved({"stock": stock, "method": method}, rounds, steps, autocast, seed)
-    forward, stages = shares(passes["method"])
-    stock_forward, stock_stages = shares(passes["stock"])
-    faster = ratio([1 / p[FORWARD] for p in passes["stock"]], [1 / p[FORWARD] for p in passes["method"]])
+    forward, stages = shares(passes)
+    stock_forward, stock_stages = shares(stock_passes)
+    faster = ratio([1 / p[FORWARD] for p in stock_passes], [1 / p[FORWARD] for p in passes])
     found = where_the_ideal_went(stage_ms(stock_stages), stage_ms(stages), *macs, own_stages, split)
     return AgainstStock(forward, stages, stock_forward, stock_stages, faster, found)
 
