@@ -449,7 +449,7 @@ def compare(
     dtype: str = DtypeOpt,
     batch_size: Optional[int] = typer.Option(None, help="Images per timed batch " + default("128 on CUDA, 16 on CPU"), rich_help_panel=RUN),
     seed: int = typer.Option(0, help="Seed of the timed random input batch and of the order of each timing round", rich_help_panel=RUN),
-    runs: Optional[int] = typer.Option(None, help="Timed batches per row, spread over the rounds " + default("30 on CUDA, 20 on CPU"), rich_help_panel=RUN),
+    runs: Optional[int] = typer.Option(None, help="Timed batches per row, spread over the rounds " + default("30 on CUDA; on CPU one per round, 10"), rich_help_panel=RUN),
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds per target: each times the stock model and every row of the target for an equal slice, in a shuffled order " + default("10, at most one per timed batch"), rich_help_panel=RUN),
     warmup: Optional[int] = typer.Option(None, help="Untimed batches per row " + default("10 on CUDA, 1 on CPU"), rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already measured in the result file instead of measuring them again", rich_help_panel=RUN),

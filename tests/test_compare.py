@@ -617,3 +617,16 @@ def test_a_speed_comparison_says_its_targets_as_speed_ups_and_resumes_without_ti
     assert resumed == tiny_speed["file"]["rows"]  # the settings its calibration chose, not new ones
     n = len(resumed)
     assert f"saved {n} points ({n} resumed)" in tiny_speed["resumed"].stderr
+
+
+def test_on_cpu_a_comparison_times_each_row_once_per_round_unless_runs_says(tiny, tmp_path):
+    """profile's CPU default is 20 timed batches, two per round; compare's is one per round (10), as its
+    help says, and --runs still rules."""
+    args = ("compare", tiny["profile"], "--gmacs", "0.007", "--method", "gtp", "--batch-size", 2, "--device", "cpu",
+            "--no-breakdown", "--format", "json")
+    plain = cli(*args, "--output", tmp_path / "plain.json")
+    assert plain.exit_code == 0, plain.output
+    assert {(r["runs"], r["rounds"]) for r in json.loads(plain.stdout)["rows"]} == {(10, 10)}
+    given = cli(*args, "--runs", 4, "--rounds", 2, "--output", tmp_path / "given.json")
+    assert given.exit_code == 0, given.output
+    assert {(r["runs"], r["rounds"]) for r in json.loads(given.stdout)["rows"]} == {(4, 2)}

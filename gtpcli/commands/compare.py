@@ -258,6 +258,18 @@ def refuse_profile_file(rows: list[dict[str, Any]], path: Path) -> None:
         raise GtpcliError(f"--output {path} holds gtpcli profile points (no target); give compare a file of its own")
 
 
+CPU_RUNS = 10  # timed batches per row on CPU by default: one per round (profile's 20 are two)
+
+
+def timed_once_per_round(cfg, runs: int | None):
+    """profile's timing, except that on CPU, unless --runs is given, each round times every row once: a
+    target has 8 configurations, three targets 24, and one batch per round keeps `gtpcli compare deit_s
+    --gmacs 3.5,3.0,2.6` within 10 minutes on 2 idle cores (docs/compare.md), the median over 10 rounds."""
+    if runs is not None or cfg.timing.device.startswith("cuda"):
+        return cfg
+    return replace(cfg, timing=replace(cfg.timing, runs=max(CPU_RUNS, cfg.timing.rounds)))
+
+
 def target_config(cfg, rows: list[dict[str, Any]]):
     """The sweep of one target: the stock model and these planned rows, as points."""
     return replace(cfg, methods=sorted({r["method"] for r in rows if r["method"] != RESOLUTION}),
@@ -288,7 +300,7 @@ def measure(opts, planned: dict[str, Any], announce=lambda text: None, breakdown
     from ..report.tables import console
     from .profile import keeping_finished, result_header, stopping_on_signals, sweep_config
 
-    cfg = sweep_config(opts)
+    cfg = timed_once_per_round(sweep_config(opts), opts.runs)
     speed = "targets_speedup" in planned
     every = target_config(cfg, planned["rows"])
     header = {**result_header(cfg, opts), "command": "compare", "stock_gmacs": planned["stock_gmacs"],
