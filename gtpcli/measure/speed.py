@@ -45,7 +45,8 @@ class Timing:
     @classmethod
     def default(cls, device: str, dtype: str = "float32", amp: str | None = None) -> "Timing":
         """The paper's protocol on CUDA (batch 128); on CPU a budget that keeps `gtpcli profile deit_s
-        --P 0..14` (16 configurations) at about 4 minutes on 2 idle cores (docs/timing.md)."""
+        --P 0..14` (16 configurations) at 9-10 minutes on 2 idle cores, by its measured CPU time
+        (docs/timing.md)."""
         if device.startswith("cuda"):
             return cls(device, dtype, batch_size=128, warmup=10, runs=30, rounds=10, amp=amp)
         return cls(device, dtype, batch_size=16, warmup=1, runs=20, rounds=10, amp=amp)
