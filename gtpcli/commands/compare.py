@@ -135,12 +135,14 @@ def plan_speedups(name: str, arch: Arch, speedups: Sequence[float],
     """The plan of measured-speed targets before any timing: each speed-up's rows at its ideal GMACs (the
     stock model's over the speed-up, to 6 significant digits), filed under that cost; `calibrated` corrects
     each row's setting by a short timing once the model is built."""
+    from ..report.plots import speedup_of
+
     stock = stock_macs(arch) / 1e9
-    planned = plan(name, arch, [float(f"{stock / s:.6g}") for s in speedups], hparams, methods)
-    speedup_of = dict(zip(planned["targets_gmacs"], speedups))
+    planned = {**plan(name, arch, [float(f"{stock / s:.6g}") for s in speedups], hparams, methods),
+               "targets_speedup": list(speedups)}
     for item in planned["rows"] + planned["skipped"] + planned["unreached"]:
-        item["target_speedup"] = speedup_of[item["target_gmacs"]]
-    return {**planned, "targets_speedup": list(speedups)}
+        item["target_speedup"] = speedup_of(planned, item["target_gmacs"])
+    return planned
 
 
 def retarget(arch: Arch, row: dict[str, Any], measured: float, hparams: Mapping[str, Mapping[str, Any]]
@@ -389,6 +391,7 @@ def calibration_config(cfg, rows: list[dict[str, Any]]):
 
 
 def calibration_steps(cfg, planned: dict[str, Any]) -> int:
+    """The progress steps of the short timings: each target's points and rounds."""
     from ..measure import sweep
 
     return sum(sweep.steps(calibration_config(cfg, rows)) for rows in by_target(planned).values())
@@ -464,14 +467,6 @@ def breakdowns(model, config, mine: list[dict[str, Any]], starting, save) -> Non
         starting("where the ideal went (resumed)")
         return
     label = f"where the ideal went: {len(todo)} rows beside stock, profiled round"
-    announced = [1]
-    starting(f"{label} 1/{ROUNDS}")
-
-    def tick() -> None:  # after each round: the next one's step
-        if announced[0] < ROUNDS:
-            announced[0] += 1
-            starting(f"{label} {announced[0]}/{ROUNDS}")
-
     found = target_gaps(model, config, [as_sweep_row(r) for r in todo], as_sweep_row(mine[0]), InputSizes(model),
-                        tick)
+                        lambda round_: starting(f"{label} {round_}/{ROUNDS}"))
     save(list(zip(todo, found)))

@@ -25,7 +25,7 @@ def cost_text(rounds: int = ROUNDS, steps: int = STEPS) -> str:
 
 
 def target_gaps(model, cfg, rows: list[dict[str, Any]], stock_row: dict[str, Any], sized: Callable[[int], Any],
-                tick: Callable[[], None] = lambda: None, rounds: int = ROUNDS,
+                starting: Callable[[int], None] = lambda round_: None, rounds: int = ROUNDS,
                 steps: int = STEPS) -> list[dict[str, Any]]:
     """Each row's ideal gap against the stock model (rows as the sweep wrote them, MACs counted; `sized`:
     sweep.InputSizes of `model`), on the timed input batch at the batch the timing ran: where_the_ideal_went's
@@ -42,7 +42,7 @@ def target_gaps(model, cfg, rows: list[dict[str, Any]], stock_row: dict[str, Any
         sides[at] = row_side(model, row, timing, cfg.seed, sized)
         cards.append(None if row["method"] == STOCK else registry.get(row["method"]))
         splits.append(stage_split(model, sides[at].model, cards[-1]))  # while the model is patched at the row
-    passes = interleaved(sides, rounds, steps, timing.autocast, cfg.seed, tick)
+    passes = interleaved(sides, rounds, steps, timing.autocast, cfg.seed, starting)
     return [gap_against(passes[STOCK], passes[at], (macs_of(stock_row), macs_of(row)), card.stages if card else (),
                         split).ideal_gap for at, (row, card, split) in enumerate(zip(rows, cards, splits))]
 

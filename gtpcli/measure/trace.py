@@ -105,20 +105,20 @@ class Side:
 
 
 def interleaved(sides: dict[Any, Side], rounds: int, steps: int, autocast=nullcontext, seed: int = 0,
-                tick: Callable[[], None] = lambda: None) -> dict[Any, list[dict[str, float]]]:
+                starting: Callable[[int], None] = lambda round_: None) -> dict[Any, list[dict[str, float]]]:
     """Stage milliseconds of each side (the stock model, the methods) from `rounds` profiled passes of `steps`
     forwards each, the sides alternating in an order shuffled per round (the schedule of the timing loop),
-    so a slow phase of the machine falls on all alike; `tick` after each round."""
+    so a slow phase of the machine falls on all alike; `starting(r)` as round r (from 1) begins."""
     from .speed import schedule
 
     labels = list(sides)
     found: dict[Any, list[dict[str, float]]] = {label: [] for label in labels}
-    for order in schedule(len(labels), rounds, seed):
+    for round_, order in enumerate(schedule(len(labels), rounds, seed), 1):
+        starting(round_)
         for at in order:
             side = sides[labels[at]]
             side.enter()
             found[labels[at]].append(stage_times(side.model, side.x, steps, autocast))
-        tick()
     return found
 
 
